@@ -1,0 +1,100 @@
+"""Time: RFC 3339 instants as integer microseconds, local dates and month windows.
+
+Instants are held as integer microseconds since the Unix epoch (UTC). Local
+dates are day ordinals (``date.toordinal()``) and local months are month
+indexes (``year * 12 + month - 1``) in a policy's IANA timezone.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+US_PER_SECOND = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+class TimestampError(ValueError):
+    """A timestamp that is not RFC 3339 with an offset."""
+
+
+def parse_instant(text: object) -> int:
+    """Parse an RFC 3339 timestamp with offset to microseconds since the epoch."""
+    if not isinstance(text, str):
+        raise TimestampError("must be a string")
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise TimestampError("must be RFC 3339 with an offset, e.g. 2026-03-01T09:30:00+08:00")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zulu, sign, off_h, off_m = match.groups()[6:]
+    micros = int((fraction or "").ljust(6, "0")[:6])
+    try:
+        naive = datetime(year, month, day, hour, minute, min(second, 59), micros)
+    except ValueError as exc:
+        raise TimestampError(f"is not a real date and time ({exc})") from None
+    offset = 0 if zulu else (int(off_h) * 60 + int(off_m)) * (1 if sign == "+" else -1)
+    if not zulu and (int(off_h) > 23 or int(off_m) > 59):
+        raise TimestampError("has an invalid offset")
+    delta = naive - datetime(1970, 1, 1) - timedelta(minutes=offset)
+    # A leap second (:60) is read as :59.999999, the last instant of the minute.
+    leap = US_PER_SECOND - 1 if second == 60 else 0
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds + leap
+
+
+def format_instant(us: int) -> str:
+    """Microseconds since the epoch as RFC 3339 in UTC (``...Z``)."""
+    moment = _EPOCH + timedelta(microseconds=us)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    """The IANA timezone ``name``; raises KeyError naming it when unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise KeyError(name) from None
+
+
+def local_day(us: int, tz: str) -> int:
+    """The local date of instant ``us`` in ``tz``, as a day ordinal."""
+    return _local_day(us // US_PER_SECOND, tz)
+
+
+@lru_cache(maxsize=65536)
+def _local_day(seconds: int, tz: str) -> int:
+    return datetime.fromtimestamp(seconds, zone(tz)).toordinal()
+
+
+def month_of_day(ordinal: int) -> int:
+    """The month index of a day ordinal."""
+    d = date.fromordinal(ordinal)
+    return d.year * 12 + d.month - 1
+
+
+def local_month(us: int, tz: str) -> int:
+    """The local month index of instant ``us`` in ``tz``."""
+    return month_of_day(local_day(us, tz))
+
+
+@lru_cache(maxsize=4096)
+def month_start(month: int, tz: str) -> int:
+    """The instant (microseconds) of local midnight on the first day of ``month``."""
+    year, month0 = divmod(month, 12)
+    start = datetime(year, month0 + 1, 1, tzinfo=zone(tz))
+    return int(start.timestamp()) * US_PER_SECOND
+
+
+def month_label(month: int) -> str:
+    """A month index as ``YYYY-MM``."""
+    year, month0 = divmod(month, 12)
+    return f"{year:04d}-{month0 + 1:02d}"

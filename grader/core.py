@@ -1,0 +1,194 @@
+"""The one step: apply an event or a clock tick to one customer -> outputs.
+
+apply_event() and apply_tick() are what `grader replay` and the streaming
+worker both call; nothing about grading lives anywhere else. They update the
+CustomerState they are given (and return it) and produce tier changes. No I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from grader.clock import format_instant, local_month, month_start
+from grader.events import ACTIVITY_TYPES, Event, ParseContext
+from grader.metrics import MetricView
+from grader.policy import Policy
+from grader.rational import Ratio, display
+from grader.scoring import score
+from grader.state import CustomerState, TierState, prune, record
+from grader.tiering import decide
+
+TIER_CHANGE_NAMESPACE = uuid.UUID("6f1c2b0e-6a43-4d0c-9a57-3f1f0c2d7e11")
+
+
+@dataclass(frozen=True)
+class Grading:
+    """The active policies and what follows from them; built once at start-up."""
+
+    policies: tuple[Policy, ...]
+    currency: str = field(init=False)
+    timezones: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("at least one policy must be active")
+        names = [p.name for p in self.policies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"policy names must be unique, got {', '.join(names)}")
+        currencies = sorted({p.currency for p in self.policies})
+        if len(currencies) > 1:
+            raise ValueError(f"active policies must share one currency, got {', '.join(currencies)}")
+        object.__setattr__(self, "currency", currencies[0])
+        object.__setattr__(self, "timezones", tuple(sorted({p.timezone for p in self.policies})))
+
+    def parse_context(self, now_us: int | None = None) -> ParseContext:
+        """What event validation needs; ``now_us`` set in live mode."""
+        return ParseContext(self.currency, {p.name: p.tier_names for p in self.policies}, now_us)
+
+    def horizon(self, as_of: int) -> int:
+        """The first instant of the longest window any policy uses, as of ``as_of``."""
+        return min(month_start(local_month(as_of, p.timezone) - p.longest_window + 1, p.timezone)
+                   for p in self.policies)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one step did: ``status`` and the tier changes it produced."""
+
+    state: CustomerState
+    status: str  # "applied" | "duplicate" | "expired" | "ignored"
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    snapshot_changed: bool = False
+
+
+def new_state(customer_id: str) -> CustomerState:
+    """A customer never seen before."""
+    return CustomerState(customer_id)
+
+
+def apply_event(state: CustomerState, event: Event, grading: Grading, now_us: int) -> StepResult:
+    """Apply one valid event (``now_us`` is the wall clock, for ``emitted_at``)."""
+    if event.type not in ACTIVITY_TYPES and event.type != "override":
+        return StepResult(state, "ignored")  # tickets order support queues, not grades
+    if event.event_id in state.seen:
+        return StepResult(state, "duplicate")
+    if event.ts < state.horizon:
+        return StepResult(state, "expired")
+    blacklisted = state.blacklisted
+    record(state, event, grading.timezones)
+    _advance(state, event.ts, grading)
+    kind = "override" if event.type == "override" else "event"
+    changes, changed = regrade(state, grading, {"kind": kind, "event_id": event.event_id}, now_us)
+    return StepResult(state, "applied", changes, changed or blacklisted != state.blacklisted)
+
+
+def apply_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) -> StepResult:
+    """Re-grade as of ``as_of`` (a clock tick); as_of never moves backwards."""
+    _advance(state, as_of, grading)
+    changes, changed = regrade(state, grading, {"kind": "clock"}, now_us)
+    return StepResult(state, "applied", changes, changed)
+
+
+def _advance(state: CustomerState, ts: int, grading: Grading) -> None:
+    if ts <= state.as_of:
+        return
+    state.as_of = ts
+    horizon = grading.horizon(ts)
+    if horizon > state.horizon:
+        state.horizon = horizon
+        prune(state, horizon)
+
+
+def regrade(state: CustomerState, grading: Grading, cause: dict[str, Any], now_us: int
+            ) -> tuple[list[dict[str, Any]], bool]:
+    """Score the customer under every policy and decide its tiers.
+
+    Returns the tier changes and whether the customer's snapshot (any tier or
+    pinned flag) changed.
+    """
+    if not state.graded:
+        return [], False
+    views = {tz: MetricView(state, tz) for tz in grading.timezones}
+    changes: list[dict[str, Any]] = []
+    snapshot_changed = False
+    for policy in grading.policies:
+        view = views[policy.timezone]
+        value, breakdown = score(policy, view.value)
+        current = state.tiers.get(policy.name)
+        change = _decide(state, policy, current, value, view)
+        if change is None:
+            assert current is not None
+            current.score = value
+            continue
+        new, direction = change
+        snapshot_changed = True
+        if direction is not None:
+            changes.append(_change_record(state, policy, current, new, direction, breakdown,
+                                          view, cause, now_us))
+        state.tiers[policy.name] = new
+    return changes, snapshot_changed
+
+
+def _decide(state: CustomerState, policy: Policy, current: TierState | None, value: Ratio,
+            view: MetricView) -> tuple[TierState, str | None] | None:
+    """The new TierState and direction, or None when nothing but the score moved."""
+    previous = current
+    if current is not None and current.tier not in policy.tier_names:
+        current = None  # a new policy version dropped this tier: grade afresh
+    days = view.days_since(current.changed_at) if current is not None else 0
+    decision = decide(policy, current, value, state.pinned_tier(policy.name), days)
+    if decision.direction is None:
+        assert previous is not None
+        if decision.pinned == previous.pinned:
+            return None
+        return TierState(previous.tier, value, previous.sequence, previous.changed_at,
+                         decision.pinned), None
+    sequence = previous.sequence + 1 if previous is not None else 1
+    return TierState(decision.tier, value, sequence, state.as_of, decision.pinned), \
+        decision.direction
+
+
+def _change_record(state: CustomerState, policy: Policy, previous: TierState | None,
+                   new: TierState, direction: str, breakdown: dict[str, Ratio],
+                   view: MetricView, cause: dict[str, Any], now_us: int) -> dict[str, Any]:
+    metrics = {ln.metric.key: _shown(view.value(ln.metric)) for ln in policy.lines}
+    return {
+        "event_id": tier_change_id(state.customer_id, policy.name, new.sequence),
+        "customer_id": state.customer_id,
+        "policy": policy.name,
+        "policy_version": policy.version,
+        "from_tier": previous.tier if previous is not None else None,
+        "to_tier": new.tier,
+        "direction": direction,
+        "score": display(new.score),
+        "previous_score": display(previous.score) if previous is not None else None,
+        "breakdown": {key: display(points) for key, points in breakdown.items()},
+        "metrics": metrics,
+        "cause": cause,
+        "as_of": format_instant(state.as_of),
+        "emitted_at": format_instant(now_us),
+        "sequence": new.sequence,
+    }
+
+
+def _shown(value: Ratio | None) -> float | int | None:
+    return None if value is None else display(value)
+
+
+def tier_change_id(customer_id: str, policy: str, sequence: int) -> str:
+    """The deterministic id of a tier change: a UUIDv5 of (customer, policy, sequence)."""
+    return str(uuid.uuid5(TIER_CHANGE_NAMESPACE, f"{customer_id}\x1f{policy}\x1f{sequence}"))
+
+
+def snapshot(state: CustomerState) -> dict[str, Any]:
+    """The customer-tiers message: every current tier and the blacklist flag."""
+    return {
+        "customer_id": state.customer_id,
+        "blacklisted": state.blacklisted,
+        "as_of": format_instant(state.as_of),
+        "tiers": {name: {"tier": t.tier, "score": display(t.score), "sequence": t.sequence,
+                         "pinned": t.pinned} for name, t in sorted(state.tiers.items())},
+    }
+

@@ -1,0 +1,20 @@
+"""The one error root of grader. The CLI turns any GraderError into one line."""
+
+from __future__ import annotations
+
+
+class GraderError(Exception):
+    """A user-facing error: bad file, bad setting, bad argument.
+
+    The CLI prints ``str(error)`` on one line and exits with ``exit_code``.
+    """
+
+    exit_code = 2
+
+
+class PolicyError(GraderError):
+    """A policy file that cannot be loaded; the message names file, line and key."""
+
+
+class SettingsError(GraderError):
+    """A setting that is missing or invalid; the message names the setting."""

@@ -1,0 +1,169 @@
+"""Metric functions over a CustomerState, as of its ``as_of``, in one timezone.
+
+Every value is an exact (numerator, denominator) pair, or None when the metric
+is missing. Money is in major units (minor units over 100). Window sums are
+computed once per (timezone, N) and shared by the metrics that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from grader.clock import local_day, month_of_day
+from grader.metricref import MetricRef
+from grader.rational import Ratio
+from grader.state import COUNT, GP, GP_COUNT, REFUNDS, SALES, CustomerState
+
+MINOR = 100
+# Window aggregate: (sales, refunds, gross_profit, gp_count, sale_count, active_months)
+Window = tuple[int, int, int, int, int, int]
+
+
+class MetricView:
+    """The metrics of one customer in one timezone; values are memoised."""
+
+    __slots__ = ("state", "tz", "today", "month", "_windows", "_values")
+
+    def __init__(self, state: CustomerState, tz: str) -> None:
+        self.state = state
+        self.tz = tz
+        self.today = local_day(state.as_of, tz)
+        self.month = month_of_day(self.today)
+        self._windows: dict[int, Window] = {}
+        self._values: dict[str, Ratio | None] = {}
+
+    def value(self, ref: MetricRef) -> Ratio | None:
+        """The value of ``ref`` (None when missing)."""
+        try:
+            return self._values[ref.key]
+        except KeyError:
+            value = self._values[ref.key] = _FUNCTIONS[ref.name](self, ref)
+            return value
+
+    def window(self, months: int) -> Window:
+        """Sums over the ``months`` local months ending with the as_of month."""
+        agg = self._windows.get(months)
+        if agg is None:
+            first = self.month - months + 1
+            sales = refunds = gp = gp_count = count = active = 0
+            for month, b in self.state.months.get(self.tz, {}).items():
+                if first <= month <= self.month:
+                    sales += b[SALES]
+                    refunds += b[REFUNDS]
+                    gp += b[GP]
+                    gp_count += b[GP_COUNT]
+                    count += b[COUNT]
+                    active += b[COUNT] > 0
+            agg = self._windows[months] = (sales, refunds, gp, gp_count, count, active)
+        return agg
+
+    def days_since(self, ts: int) -> int:
+        """Local days from instant ``ts`` to as_of (never negative)."""
+        return max(0, self.today - local_day(ts, self.tz))
+
+
+def _n(ref: MetricRef) -> int:
+    assert ref.window is not None
+    return ref.window
+
+
+def sales(view: MetricView, ref: MetricRef) -> Ratio:
+    """Sales minus refunds dated in the window."""
+    w = view.window(_n(ref))
+    return (w[0] - w[1], MINOR)
+
+
+def monthly_avg_sales(view: MetricView, ref: MetricRef) -> Ratio:
+    """sales(N) / N."""
+    w = view.window(_n(ref))
+    return (w[0] - w[1], MINOR * _n(ref))
+
+
+def gross_profit(view: MetricView, ref: MetricRef) -> Ratio:
+    """Sum of gross_profit of sales in the window."""
+    return (view.window(_n(ref))[2], MINOR)
+
+
+def margin(view: MetricView, ref: MetricRef) -> Ratio | None:
+    """gross_profit(N) / sales(N); missing when sales <= 0 or no sale carried gross_profit."""
+    w = view.window(_n(ref))
+    net = w[0] - w[1]
+    if net <= 0 or w[3] == 0:
+        return None
+    return (w[2], net)
+
+
+def purchase_count(view: MetricView, ref: MetricRef) -> Ratio:
+    """Number of sales in the window."""
+    return (view.window(_n(ref))[4], 1)
+
+
+def active_months(view: MetricView, ref: MetricRef) -> Ratio:
+    """Months of the window with at least one sale."""
+    return (view.window(_n(ref))[5], 1)
+
+
+def avg_payment_days(view: MetricView, ref: MetricRef) -> Ratio | None:
+    """Amount-weighted mean days to pay over the window's sales (cash sales: 0 days)."""
+    w = view.window(_n(ref))
+    if w[4] == 0:
+        return None
+    first, last = view.month - _n(ref) + 1, view.month
+    weighted = 0
+    for invoice in view.state.invoices.values():
+        if invoice.first_ts is None:
+            continue
+        amount = sum(a for m, a in invoice.months(view.tz).items() if first <= m <= last)
+        if amount:
+            end = invoice.paid_ts if invoice.paid_ts is not None else view.state.as_of
+            days = local_day(end, view.tz) - local_day(invoice.first_ts, view.tz)
+            weighted += amount * max(0, days)
+    return (weighted, w[0])
+
+
+def interactions(view: MetricView, ref: MetricRef) -> Ratio:
+    """Interactions of one kind in the window."""
+    assert ref.arg is not None
+    counts = view.state.interactions.get(view.tz, {}).get(ref.arg, {})
+    first = view.month - _n(ref) + 1
+    return (sum(c for m, c in counts.items() if first <= m <= view.month), 1)
+
+
+def sales_lifetime(view: MetricView, ref: MetricRef) -> Ratio:
+    """All sales minus all refunds ever applied."""
+    return (view.state.lifetime_sales, MINOR)
+
+
+def tenure_days(view: MetricView, ref: MetricRef) -> Ratio | None:
+    """Local days since the first activity event."""
+    first = view.state.first_activity
+    return None if first is None else (view.days_since(first), 1)
+
+
+def days_since_last_sale(view: MetricView, ref: MetricRef) -> Ratio | None:
+    """Local days since the last sale; missing if none."""
+    last = view.state.last_sale
+    return None if last is None else (view.days_since(last), 1)
+
+
+def assessment(view: MetricView, ref: MetricRef) -> Ratio | None:
+    """The latest score of one indicator; missing if none."""
+    assert ref.arg is not None
+    latest = view.state.assessments.get(ref.arg)
+    return None if latest is None else (latest[2], latest[3])
+
+
+_FUNCTIONS: dict[str, Callable[[MetricView, MetricRef], Ratio | None]] = {
+    "sales": sales,
+    "monthly_avg_sales": monthly_avg_sales,
+    "gross_profit": gross_profit,
+    "margin": margin,
+    "purchase_count": purchase_count,
+    "active_months": active_months,
+    "avg_payment_days": avg_payment_days,
+    "interactions": interactions,
+    "sales_lifetime": sales_lifetime,
+    "tenure_days": tenure_days,
+    "days_since_last_sale": days_since_last_sale,
+    "assessment": assessment,
+}
