@@ -1,0 +1,61 @@
+"""Shared helpers: build events and gradings without files or services."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grader.clock import parse_instant
+from grader.core import Grading
+from grader.events import Event, validate
+from grader.policy import Policy, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ROOT / "config" / "policies"
+_ids = itertools.count(1)
+
+
+def preset(name: str) -> Policy:
+    """A shipped preset policy."""
+    return load_policy(PRESETS / f"{name}.toml")
+
+
+def policy_text(text: str, name: str = "test") -> Policy:
+    """A policy from TOML text."""
+    return parse_policy(text, source=f"{name}.toml", default_name=name)
+
+
+def grading(*names: str) -> Grading:
+    """A Grading of presets (default abc-100)."""
+    return Grading(tuple(preset(n) for n in names or ("abc-100",)))
+
+
+def event(etype: str, when: str, customer: str = "C1", grading_: Grading | None = None,
+          **fields: Any) -> Event:
+    """A valid event of ``etype`` at local Shanghai time ``when`` (or a full timestamp)."""
+    occurred = when if ("+" in when[10:] or when.endswith("Z")) else f"{when}+08:00"
+    if len(occurred) == len("2026-01-01+08:00"):
+        occurred = occurred.replace("+08:00", "T12:00:00+08:00")
+    obj: dict[str, Any] = {"event_id": fields.pop("event_id", f"e{next(_ids):06d}"),
+                           "type": etype, "customer_id": customer, "occurred_at": occurred}
+    if etype in ("sale", "refund", "payment"):
+        obj["currency"] = fields.pop("currency", "CNY")
+    obj.update(fields)
+    g = grading_ or grading("abc-100", "sabcd-weighted", "stars")
+    return validate(obj, g.parse_context())
+
+
+def at(text: str) -> int:
+    """Microseconds of a timestamp; a bare date means local noon in Shanghai."""
+    if len(text) == 10:
+        text += "T12:00:00+08:00"
+    return parse_instant(text)
+
+
+@pytest.fixture
+def make_event() -> Callable[..., Event]:
+    return event
