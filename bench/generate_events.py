@@ -31,9 +31,11 @@ import random
 import sys
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 import orjson
 
@@ -58,15 +60,7 @@ INDICATORS = ("C1", "C2", "C3", "D1", "D2", "D3")
 ASSESSORS = ("li.wei", "zhang.min", "wang.fang", "auditor:03", "auditor:07", "chen_jie")
 POLICY_TIERS: dict[str, tuple[str, ...]] = {
     "abc-100": ("A", "B", "C"),
-    "stars": (
-        "7-star",
-        "6-star",
-        "5-star",
-        "4-star",
-        "3-star",
-        "quasi-star",
-        "unrated",
-    ),
+    "stars": ("7-star", "6-star", "5-star", "4-star", "3-star", "quasi-star", "unrated"),
 }
 OVERRIDE_REASONS = (
     "strategic account",
@@ -105,6 +99,10 @@ REQUIRED_FIELDS = (
 
 Event = tuple[int, str, str, dict[str, object]]
 """(instant in epoch seconds, type, customer_id, type-specific fields)."""
+Item = dict[str, object] | bytes
+"""A valid record still to be serialized, or an already-made bad line."""
+RECENT_LINES = 2000
+"""Re-sends copy one of this many most recent valid lines."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +162,9 @@ def months_before(moment: datetime, months: int) -> datetime:
 
 def format_ts(instant: int, utc: bool) -> str:
     """Epoch seconds as RFC 3339, either ``...Z`` or China time ``...+08:00``."""
-    t = time.gmtime(instant if utc else instant + CST_OFFSET)
-    suffix = "Z" if utc else "+08:00"
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}{suffix}"
-    )
+    if utc:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(instant))
+    return time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(instant + CST_OFFSET))
 
 
 def business_instant(rng: random.Random, lo: int, hi: int) -> int:
@@ -322,7 +317,7 @@ def make_payments(
             moment = max(sale.t + offset, win.lo)
             if moment > win.hi or len(events) >= budget:
                 continue
-            fields = {
+            fields: dict[str, object] = {
                 "invoice_id": sale.invoice,
                 "amount": money(rng, cents),
                 "currency": CURRENCY,
@@ -367,7 +362,7 @@ def assessment_event(rng: random.Random, customer: Customer) -> Event:
     """A 0..10 score on one indicator, centred on the customer's quality."""
     score: float = min(10.0, max(0.0, rng.gauss(customer.quality, 1.5)))
     score = round(score) if rng.random() < 0.4 else round(score, 1)
-    fields = {
+    fields: dict[str, object] = {
         "indicator": rng.choice(INDICATORS),
         "score": score,
         "assessor": rng.choice(ASSESSORS),
@@ -382,11 +377,7 @@ def override_episode(rng: random.Random, customer: Customer, win: Window) -> lis
     base = {"reason": rng.choice(OVERRIDE_REASONS), "actor": rng.choice(ACTORS)}
     if rng.random() < 0.65:
         policy = rng.choice(tuple(POLICY_TIERS))
-        first = {
-            "action": "pin",
-            "policy": policy,
-            "tier": rng.choice(POLICY_TIERS[policy]),
-        }
+        first = {"action": "pin", "policy": policy, "tier": rng.choice(POLICY_TIERS[policy])}
         undo: dict[str, object] = {"action": "unpin", "policy": policy}
     else:
         first, undo = {"action": "blacklist"}, {"action": "unblacklist"}
@@ -441,17 +432,9 @@ def money_events(
     sales = make_sales(rng, pick_customers(rng, people, cum, counts["sale"]), counts["payment"])
     payments = make_payments(rng, sales, counts["payment"], win)
     extra = pick_customers(rng, people, cum, counts["payment"] - len(payments))
-    sales += [
-        Sale(
-            business_instant(rng, c.start, c.end),
-            c,
-            lognormal_cents(rng, c.ticket, 0.6),
-        )
-        for c in extra
-    ]
-    refunds = [
-        refund_event(rng, s, win) for s in rng.sample(sales, min(counts["refund"], len(sales)))
-    ]
+    sales += make_sales(rng, extra, 0)
+    refunded = rng.sample(sales, min(counts["refund"], len(sales)))
+    refunds = [refund_event(rng, s, win) for s in refunded]
     return [sale_event(rng, s) for s in sales] + payments + refunds
 
 
@@ -462,6 +445,7 @@ def other_events(
     cum = cumulative([math.sqrt(c.weight) for c in people])
 
     def pick(k: int) -> list[Customer]:
+        """``k`` customers drawn by square-rooted size."""
         return pick_customers(rng, people, cum, k)
 
     events = [interaction_event(rng, c) for c in pick(counts["interaction"])]
@@ -572,40 +556,41 @@ def line_budget(events: int, duplicates: float, bad: float) -> tuple[int, int]:
     return n_dup, n_bad
 
 
-def distinct_lines(
+def distinct_items(
     rng: random.Random, people: Sequence[Customer], n: int, n_bad: int, win: Window
-) -> list[tuple[bytes, bool]]:
-    """``n`` distinct lines in time order as (line, valid); ``n_bad`` are bad."""
+) -> list[Item]:
+    """``n`` distinct items in time order: valid records, and ``n_bad`` bad lines."""
     counts = type_counts(n)
-    events = money_events(rng, people, counts, win) + other_events(rng, people, counts, win)
+    events = money_events(rng, people, counts, win)
+    events += other_events(rng, people, counts, win)
     events.sort(key=lambda e: e[0])
     width = max(6, len(str(n)))
     records = [to_record(rng, i, width, e) for i, e in enumerate(events, 1)]
     bad_at = set(rng.sample(range(len(records)), min(n_bad, len(records))))
-    return [
-        (corrupt(rng, r), False) if i in bad_at else (orjson.dumps(r), True)
-        for i, r in enumerate(records)
-    ]
+    return [corrupt(rng, r) if i in bad_at else r for i, r in enumerate(records)]
 
 
-def interleave(
-    rng: random.Random, distinct: Sequence[tuple[bytes, bool]], n_dup: int
-) -> Iterator[bytes]:
-    """Yield ``distinct`` lines with ``n_dup`` re-sends of recent earlier valid lines."""
-    total = len(distinct) + n_dup
+def interleave(rng: random.Random, items: Sequence[Item], n_dup: int) -> Iterator[bytes]:
+    """Serialize ``items`` lazily, adding ``n_dup`` re-sends of recent valid lines.
+
+    Lines are produced one at a time on purpose: keeping ~10^5 separate bytes
+    objects alive is several times slower than the serialization itself.
+    """
+    total = len(items) + n_dup
     dup_at = set(rng.sample(range(1, total), n_dup)) if n_dup else set()
-    sent: list[bytes] = []
-    source = iter(distinct)
-    last = b""
+    recent: deque[bytes] = deque(maxlen=RECENT_LINES)
+    source = iter(items)
+    line = b""
     for position in range(total):
         if position in dup_at:
-            back = int(rng.expovariate(1 / 300))
-            yield sent[-1 - min(back, len(sent) - 1)] if sent else last
+            back = min(int(rng.expovariate(1 / 300)), len(recent) - 1)
+            yield recent[-1 - back] if recent else line
             continue
-        last, valid = next(source)
-        if valid:
-            sent.append(last)
-        yield last
+        item = next(source)
+        line = item if isinstance(item, bytes) else orjson.dumps(item)
+        if not isinstance(item, bytes):
+            recent.append(line)
+        yield line
 
 
 def generate(
@@ -633,95 +618,72 @@ def generate(
     win = Window(int(months_before(end, months).timestamp()), int(end.timestamp()))
     rng = random.Random(seed)
     people = [make_customer(rng, i, win) for i in range(1, customers + 1)]
-    distinct = distinct_lines(rng, people, events - n_dup, n_bad, win)
+    items = distinct_items(rng, people, events - n_dup, n_bad, win)
     if shuffle:
-        rng.shuffle(distinct)
-    return interleave(rng, distinct, n_dup)
+        rng.shuffle(items)
+    return interleave(rng, items, n_dup)
 
 
 # --------------------------------------------------------------------------
 # command line
 
+CLI_OPTIONS: tuple[tuple[str, type, object, str], ...] = (
+    ("--customers", int, 30_000, "number of customers"),
+    ("--events", int, 200_000, "number of lines in total, re-sends and bad lines included"),
+    ("--seed", int, 1, "random seed"),
+    ("--as-of", str, "2026-11-22T00:00:00+08:00", "latest instant, RFC 3339 with offset"),
+    ("--months", int, 36, "months of history before --as-of"),
+    ("--duplicates", float, 0.02, "fraction of lines that re-send an earlier line"),
+    ("--bad", float, 0.005, "fraction of bad lines"),
+    ("--out", str, "-", "output file, '-' for stdout"),
+)
+"""(flag, type, default, help) of the plain command-line options."""
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command-line options."""
-    parser = argparse.ArgumentParser(
-        description="Generate a synthetic grader events file (JSON lines)."
-    )
-    parser.add_argument(
-        "--customers",
-        type=int,
-        default=30_000,
-        help="number of customers (default 30000)",
-    )
-    parser.add_argument(
-        "--events",
-        type=int,
-        default=200_000,
-        help="number of lines in total (default 200000)",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument(
-        "--as-of",
-        default="2026-11-22T00:00:00+08:00",
-        help="latest instant, RFC 3339 with offset",
-    )
-    parser.add_argument(
-        "--months",
-        type=int,
-        default=36,
-        help="months of history before as-of (default 36)",
-    )
-    parser.add_argument(
-        "--duplicates",
-        type=float,
-        default=0.02,
-        help="fraction of re-sent lines (default 0.02)",
-    )
-    parser.add_argument(
-        "--bad", type=float, default=0.005, help="fraction of bad lines (default 0.005)"
-    )
+    """The command-line options (see ``CLI_OPTIONS``)."""
+    parser = argparse.ArgumentParser(description="Generate a synthetic grader events file.")
+    for flag, kind, default, text in CLI_OPTIONS:
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
     parser.add_argument(
         "--shuffle",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="random line order (default on)",
+        help="lines in random order rather than time order (default on)",
     )
-    parser.add_argument("--out", default="-", help="output file, '-' for stdout (default)")
     return parser.parse_args(argv)
+
+
+def write_lines(lines: Iterator[bytes], handle: BinaryIO) -> tuple[int, int]:
+    """Write ``lines`` newline-terminated to ``handle``; return (lines, bytes)."""
+    count = size = 0
+    for line in lines:
+        handle.write(line)
+        handle.write(b"\n")
+        count += 1
+        size += len(line) + 1
+    return count, size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the file and print a one-line summary to stderr."""
     args = parse_args(argv)
     started = time.perf_counter()
+    options = {k: getattr(args, k) for k in ("duplicates", "bad", "shuffle", "months")}
     try:
-        lines = list(
-            generate(
-                args.customers,
-                args.events,
-                args.seed,
-                args.as_of,
-                duplicates=args.duplicates,
-                bad=args.bad,
-                shuffle=args.shuffle,
-                months=args.months,
-            )
-        )
+        lines = generate(args.customers, args.events, args.seed, args.as_of, **options)
     except ValueError as exc:
         print(f"generate_events: {exc}", file=sys.stderr)
         return 2
-    data = b"\n".join(lines) + b"\n" if lines else b""
     if args.out == "-":
-        sys.stdout.buffer.write(data)
+        count, size = write_lines(lines, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
     else:
         with open(args.out, "wb") as handle:
-            handle.write(data)
+            count, size = write_lines(lines, handle)
     elapsed = time.perf_counter() - started
-    print(
-        f"generate_events: {len(lines)} lines, {len(data)} bytes, {elapsed:.2f} s -> {args.out}",
-        file=sys.stderr,
-    )
+    summary = f"{count} lines, {size} bytes, {elapsed:.2f} s -> {args.out}"
+    print(f"generate_events: {summary}", file=sys.stderr)
     return 0
 
 
