@@ -47,10 +47,22 @@ class Grading:
         """What event validation needs; ``now_us`` set in live mode."""
         return ParseContext(self.currency, {p.name: p.tier_names for p in self.policies}, now_us)
 
-    def horizon(self, as_of: int) -> int:
-        """The first instant of the longest window any policy uses, as of ``as_of``."""
-        return min(month_start(local_month(as_of, p.timezone) - p.longest_window + 1, p.timezone)
-                   for p in self.policies)
+    def horizon(self, as_of: int) -> tuple[int, int]:
+        """The horizon as of ``as_of``, and the instant until which it stays the same.
+
+        The horizon is the first instant of the longest window any policy
+        uses; it moves only when as_of enters a new local month in some
+        policy's timezone.
+        """
+        horizon = until = None
+        for p in self.policies:
+            month = local_month(as_of, p.timezone)
+            start = month_start(month - p.longest_window + 1, p.timezone)
+            next_month = month_start(month + 1, p.timezone)
+            horizon = start if horizon is None else min(horizon, start)
+            until = next_month if until is None else min(until, next_month)
+        assert horizon is not None and until is not None
+        return horizon, until
 
 
 @dataclass(slots=True)
@@ -95,7 +107,9 @@ def _advance(state: CustomerState, ts: int, grading: Grading) -> None:
     if ts <= state.as_of:
         return
     state.as_of = ts
-    horizon = grading.horizon(ts)
+    if ts < state.horizon_until:
+        return
+    horizon, state.horizon_until = grading.horizon(ts)
     if horizon > state.horizon:
         state.horizon = horizon
         prune(state, horizon)
@@ -115,7 +129,7 @@ def regrade(state: CustomerState, grading: Grading, cause: dict[str, Any], now_u
     snapshot_changed = False
     for policy in grading.policies:
         view = views[policy.timezone]
-        value, breakdown = score(policy, view.value)
+        value, breakdown = score(policy, view)
         current = state.tiers.get(policy.name)
         change = _decide(state, policy, current, value, view)
         if change is None:

@@ -34,11 +34,12 @@ class MetricView:
 
     def value(self, ref: MetricRef) -> Ratio | None:
         """The value of ``ref`` (None when missing)."""
-        try:
-            return self._values[ref.key]
-        except KeyError:
-            value = self._values[ref.key] = _FUNCTIONS[ref.name](self, ref)
-            return value
+        values = self._values
+        key = ref.key
+        if key in values:
+            return values[key]
+        value = values[key] = _FUNCTIONS[ref.name](self, ref)
+        return value
 
     def window(self, months: int) -> Window:
         """Sums over the ``months`` local months ending with the as_of month."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from math import lcm
 from pathlib import Path
 from typing import Any
 
@@ -83,20 +84,30 @@ class Policy:
     downgrade_margin: Ratio
     min_days_in_tier: int
     source: str
+    tier_names: tuple[str, ...] = field(init=False)
+    longest_window: int = field(init=False)
+    _ranks: dict[str, int] = field(init=False, repr=False, compare=False)
+    # Scoring plan: each line's weight * scale as an integer over ``weight_den``.
+    plan: tuple[tuple[Line, int], ...] = field(init=False, repr=False, compare=False)
+    weight_den: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def tier_names(self) -> tuple[str, ...]:
-        """Tier names, best first."""
-        return tuple(t.name for t in self.tiers)
-
-    @property
-    def longest_window(self) -> int:
-        """The longest window in months any line uses (1 when none does)."""
-        return max((ln.metric.window or 1 for ln in self.lines), default=1)
+    def __post_init__(self) -> None:
+        den = self.scale[1]
+        for line in self.lines:
+            den = lcm(den, line.weight[1])
+        plan = tuple((ln, ln.weight[0] * self.scale[0] * den // (ln.weight[1] * self.scale[1]))
+                     for ln in self.lines)
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "weight_den", den)
+        names = tuple(t.name for t in self.tiers)
+        object.__setattr__(self, "tier_names", names)
+        object.__setattr__(self, "_ranks", {name: i for i, name in enumerate(names)})
+        object.__setattr__(self, "longest_window",
+                           max((ln.metric.window or 1 for ln in self.lines), default=1))
 
     def rank(self, tier: str) -> int:
-        """0 for the best tier, 1 for the next, ..."""
-        return self.tier_names.index(tier)
+        """0 for the best tier, 1 for the next, ...; raises KeyError for an unknown tier."""
+        return self._ranks[tier]
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -6,11 +6,10 @@ integer pairs and reduced once; nothing here is ever a binary float.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from math import gcd
 
-from grader.metricref import MetricRef
-from grader.policy import Band, Bound, Line, Policy
+from grader.metrics import MetricView
+from grader.policy import Band, Bound, Policy
 from grader.rational import Ratio
 
 
@@ -27,24 +26,29 @@ def band_points(bands: tuple[Band, ...], value: Ratio) -> Ratio:
     raise AssertionError("bands validated at load cover every value")
 
 
-def line_points(line: Line, value: Ratio | None) -> Ratio:
-    """A line's points for a metric value (its ``missing`` points when None)."""
-    if value is None:
-        return line.missing
-    return band_points(line.bands, value) if line.bands else value
+def score(policy: Policy, view: MetricView) -> tuple[Ratio, dict[str, Ratio]]:
+    """The exact score of a policy and the points of each of its lines.
 
-
-def score(policy: Policy, value_of: Callable[[MetricRef], Ratio | None]
-          ) -> tuple[Ratio, dict[str, Ratio]]:
-    """The exact score of a policy and the points of each of its lines."""
-    num, den = 0, 1
+    score = scale * sum(weight * points); the weights (times scale) are
+    integers over ``policy.weight_den``, so whole points sum as integers.
+    """
+    num, den = 0, 1  # the sum, in units of 1 / weight_den
     breakdown: dict[str, Ratio] = {}
-    for line in policy.lines:
-        pn, pd = breakdown[line.metric.key] = line_points(line, value_of(line.metric))
-        wn, wd = line.weight
-        tn, td = wn * pn, wd * pd
-        num, den = num * td + tn * den, den * td
-    num, den = num * policy.scale[0], den * policy.scale[1]
+    value_of = view.value
+    for line, weight in policy.plan:
+        value = value_of(line.metric)
+        if value is None:
+            points = line.missing
+        elif line.bands:
+            points = band_points(line.bands, value)
+        else:
+            points = value
+        breakdown[line.metric.key] = points
+        if points[1] == 1:
+            num += weight * points[0] * den
+        else:
+            num, den = num * points[1] + weight * points[0] * den, den * points[1]
+    den *= policy.weight_den
     common = gcd(num, den)
     return (num // common, den // common), breakdown
 
@@ -59,7 +63,12 @@ def admits(bound: Bound, value: Ratio, shift: Ratio = (0, 1)) -> bool:
 
 def earned_tier(policy: Policy, value: Ratio) -> str:
     """The best tier whose minimum the score meets."""
+    num, den = value
     for tier in policy.tiers:
-        if tier.minimum is None or admits(tier.minimum, value):
+        minimum = tier.minimum
+        if minimum is None:
+            return tier.name
+        left, right = num * minimum.value[1], minimum.value[0] * den
+        if left > right or (left == right and minimum.inclusive):
             return tier.name
     raise AssertionError("the last tier has no minimum")

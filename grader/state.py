@@ -80,6 +80,7 @@ class CustomerState:
     customer_id: str
     as_of: int = 0
     horizon: int = 0
+    horizon_until: int = 0  # as_of may grow up to here before the horizon must be recomputed
     seen: dict[str, int] = field(default_factory=dict)
     first_activity: int | None = None
     last_sale: int | None = None

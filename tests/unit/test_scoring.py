@@ -8,6 +8,7 @@ import pytest
 
 from grader.core import apply_event, apply_tick, new_state
 from grader.metricref import MetricRef
+from grader.metrics import MetricView
 from grader.rational import Ratio, ratio, round2
 from grader.scoring import earned_tier, score
 from tests.conftest import at, event, grading, preset
@@ -18,14 +19,20 @@ SABCD = preset("sabcd-weighted")
 EPS = Fraction(1, 10**9)
 
 
-def abc_points(monthly: Fraction | None, days: Fraction | None) -> tuple[Fraction, dict[str, Ratio]]:
-    values = {"monthly_avg_sales(12)": monthly, "avg_payment_days(12)": days}
+class FixedView(MetricView):
+    """A metric view with given values, to test scoring alone."""
 
-    def value_of(ref: MetricRef) -> Ratio | None:
-        v = values[ref.key]
+    def __init__(self, values: dict[str, Fraction | None]) -> None:
+        self._given = values
+
+    def value(self, ref: MetricRef) -> Ratio | None:
+        v = self._given[ref.key]
         return None if v is None else ratio(v)
 
-    total, breakdown = score(ABC, value_of)
+
+def abc_points(monthly: Fraction | None, days: Fraction | None) -> tuple[Fraction, dict[str, Ratio]]:
+    total, breakdown = score(ABC, FixedView({"monthly_avg_sales(12)": monthly,
+                                            "avg_payment_days(12)": days}))
     return Fraction(*total), breakdown
 
 
@@ -110,8 +117,7 @@ def test_sabcd_weighted_score_is_exact() -> None:
         "assessment(C2)": Fraction(19, 2), "assessment(C3)": None, "assessment(D1)": Fraction(7),
         "assessment(D2)": Fraction(0), "assessment(D3)": Fraction(10),
     }
-    total, breakdown = score(SABCD, lambda ref: None if values[ref.key] is None
-                             else ratio(values[ref.key]))  # type: ignore[arg-type]
+    total, breakdown = score(SABCD, FixedView(values))
     # 10 * (.15*8 + .15*2 + .10*10 + .10*10 + .05*10 + .05*10 + .05*10 + .10*10 + .10*9.5
     #       + .05*0 + .04*7 + .03*0 + .03*10) = 10 * 7.53
     assert Fraction(*total) == Fraction("75.3")
