@@ -31,11 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--policy", action="append", default=None,
                     help="preset name or policy file (repeatable; default: settings)")
     rp.add_argument("--out", required=True, type=Path, help="output directory")
+    rp.add_argument("--workers", type=_positive, default=None,
+                    help="processes to grade with (default: the CPUs this process may use)")
     pol = sub.add_parser("policy", help="policy tools")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     check = pol_sub.add_parser("check", help="validate a policy file and print it")
     check.add_argument("file", help="policy file or preset name")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +86,7 @@ def _replay(args: argparse.Namespace) -> int:
     progress = _progress if sys.stderr.isatty() else None
     now_us = time.time_ns() // 1000
     try:
-        result = replay(read_lines(args.events), as_of, grading, now_us, progress)
+        result = replay(read_lines(args.events), as_of, grading, now_us, progress, args.workers)
         write_outputs(result, args.out)
     except OSError as exc:
         raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
