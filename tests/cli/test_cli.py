@@ -1,0 +1,160 @@
+"""The `grader` command, run for real as a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT
+
+DATA = ROOT / "tests" / "data"
+AS_OF = "2026-11-22T00:00:00+08:00"
+
+
+def grader(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "grader", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_replay_small_fixture(tmp_path: Path) -> None:
+    result = grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--policy", "abc-100",
+                    "--policy", "stars", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rejected=3" in result.stderr and "duplicate=1" in result.stderr
+    assert "after-as-of=1" in result.stderr and "ignored=1" in result.stderr
+    rows = list(csv.reader((tmp_path / "tiers.csv").read_text().splitlines()))
+    assert rows == [
+        ["customer_id", "policy", "tier", "score"],
+        ["C-A", "abc-100", "A", "100.00"],
+        ["C-A", "stars", "6-star", "24000.00"],
+        ["C-B", "abc-100", "C", "50.00"],
+        ["C-B", "stars", "5-star", "6000.00"],
+        ["C-C", "abc-100", "B", "60.00"],
+        ["C-C", "stars", "3-star", "50.00"],
+        ["C-D", "abc-100", "C", "100.00"],
+        ["C-D", "stars", "6-star", "24000.00"],
+    ]
+    dead = [orjson.loads(line) for line in (tmp_path / "dead-letters.jsonl").read_bytes().splitlines()]
+    assert [(d["line"], d["code"], d["field"]) for d in dead] == [
+        (10, "wrong_currency", "currency"), (11, "bad_json", None),
+        (12, "missing_field", "customer_id")]
+    assert dead[1]["raw"] == '{"event_id":"x2","type":"sale",'
+    changes = [orjson.loads(line)
+               for line in (tmp_path / "tier-changes.jsonl").read_bytes().splitlines()]
+    by_customer = [(c["customer_id"], c["policy"], c["to_tier"], c["direction"]) for c in changes]
+    assert by_customer == [
+        ("C-A", "abc-100", "A", "initial"), ("C-A", "stars", "6-star", "initial"),
+        ("C-B", "abc-100", "B", "initial"),  # the open invoice is 0 days old on the sale day
+        ("C-B", "stars", "5-star", "initial"),
+        ("C-B", "abc-100", "C", "down"),     # paid in full 45 days later: 20 points, not 30
+        ("C-C", "abc-100", "B", "initial"), ("C-C", "stars", "quasi-star", "initial"),
+        ("C-C", "stars", "3-star", "up"),
+        ("C-D", "abc-100", "A", "initial"), ("C-D", "stars", "6-star", "initial"),
+        ("C-D", "abc-100", "C", "down"),
+    ]
+    pin = changes[-1]
+    assert pin["cause"] == {"kind": "override", "event_id": "d1"} and pin["sequence"] == 2
+
+
+def test_replay_defaults_to_the_configured_policy(tmp_path: Path) -> None:
+    result = grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    policies = {row["policy"] for row in csv.DictReader((tmp_path / "tiers.csv").read_text().splitlines())}
+    assert policies == {"abc-100"}
+
+
+def test_replay_policy_given_as_a_file(tmp_path: Path) -> None:
+    result = grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--policy",
+                    ROOT / "config" / "policies" / "stars.toml", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert "C-C,stars,3-star,50.00" in (tmp_path / "o" / "tiers.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["replay", "missing.jsonl", "--as-of", AS_OF, "--out", "OUT"], ["missing.jsonl", "not found"]),
+        (["replay", "tests/data/small.jsonl", "--as-of", "2026-11-22", "--out", "OUT"],
+         ["--as-of", "RFC 3339"]),
+        (["replay", "tests/data/small.jsonl", "--as-of", AS_OF, "--policy", "gold", "--out", "OUT"],
+         ["unknown policy 'gold'"]),
+        (["replay", "tests/data/small.jsonl", "--as-of", AS_OF, "--policy", "nope/x.toml",
+          "--out", "OUT"], ["nope/x.toml", "not found"]),
+        (["replay", "tests/data/small.jsonl", "--as-of", AS_OF, "--workers", "0", "--out", "OUT"],
+         ["--workers"]),
+        (["replay", "tests/data/small.jsonl", "--out", "OUT"], ["--as-of"]),
+        (["frobnicate"], ["invalid choice"]),
+        (["policy", "check", "gold"], ["unknown policy 'gold'"]),
+    ],
+)
+def test_bad_arguments_give_one_line(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    one_line_error(grader(*[str(tmp_path / "out") if a == "OUT" else a for a in args]), *needles)
+
+
+def test_bad_policy_file_names_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    text = (ROOT / "config" / "policies" / "abc-100.toml").read_text()
+    bad.write_text(text.replace('["<= 30", 30]', '["< 30", 30]'))
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if '"> 30 and' in t)
+    one_line_error(grader("policy", "check", bad), f"bad.toml:{line}:", "lines[1].bands",
+                   "leave a gap")
+    one_line_error(grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--policy", bad,
+                          "--out", tmp_path / "o"), f"bad.toml:{line}:")
+
+
+def test_bad_setting_gives_one_line(tmp_path: Path) -> None:
+    env_cmd = [sys.executable, "-m", "grader", "replay", str(DATA / "small.jsonl"), "--as-of",
+               AS_OF, "--out", str(tmp_path)]
+    import os
+    result = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                            env={**os.environ, "GRADER_POLICIES": "abc-100,nope"})
+    one_line_error(result, "unknown policy 'nope'")
+    result = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                            env={**os.environ, "GRADER_PARTITIONS": "many"})
+    one_line_error(result, "partitions", "GRADER_PARTITIONS")
+
+
+def test_policy_check_prints_tiers_and_lines() -> None:
+    result = grader("policy", "check", "abc-100")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "policy abc-100 version 1" in out and "OK" in out
+    assert "A            >= 80" in out and "C            otherwise" in out
+    assert "monthly_avg_sales(12)" in out and "> 10000 and < 20000" in out
+    assert grader("policy", "check", "config/policies/stars.toml").stdout.count("-star") >= 6
+
+
+def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.generate_events import generate
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(generate(2000, 21000, seed=5, as_of=AS_OF)) + b"\n")
+    outputs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        result = grader("replay", events, "--as-of", AS_OF, "--policy", "abc-100", "--policy",
+                        "sabcd-weighted", "--policy", "stars", "--workers", workers, "--out", out)
+        assert result.returncode == 0, result.stderr
+        outputs[workers] = {name: (out / name).read_bytes() for name in
+                            ("tiers.csv", "dead-letters.jsonl")}
+        changes = [orjson.loads(x) for x in (out / "tier-changes.jsonl").read_bytes().splitlines()]
+        outputs[workers]["changes"] = [{k: v for k, v in c.items() if k != "emitted_at"}
+                                       for c in changes]  # type: ignore[assignment]
+    assert outputs["1"] == outputs["2"]
+    assert outputs["1"]["tiers.csv"].count(b"\n") > 2000
