@@ -28,11 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="grade a JSON-lines file offline")
     rp.add_argument("events", type=Path, help="events file (JSON lines)")
     rp.add_argument("--as-of", required=True, help="RFC 3339 instant T to grade as of")
-    rp.add_argument("--policy", action="append", default=None,
-                    help="preset name or policy file (repeatable; default: settings)")
+    rp.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        help="preset name or policy file (repeatable; default: settings)",
+    )
     rp.add_argument("--out", required=True, type=Path, help="output directory")
-    rp.add_argument("--workers", type=_positive, default=None,
-                    help="processes to grade with (default: the CPUs this process may use)")
+    rp.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="processes to grade with (default: the CPUs this process may use)",
+    )
     pol = sub.add_parser("policy", help="policy tools")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     check = pol_sub.add_parser("check", help="validate a policy file and print it")

@@ -20,7 +20,9 @@ _RFC3339 = re.compile(
 )
 
 # Upper-case T and Z, no leap second, offsets within +-23:59: what fromisoformat reads exactly.
-_COMMON = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(?:\.\d{1,9})?(?:Z|[+-][01]\d:[0-5]\d|[+-]2[0-3]:[0-5]\d)")
+_COMMON = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(?:\.\d{1,9})?(?:Z|[+-][01]\d:[0-5]\d|[+-]2[0-3]:[0-5]\d)"
+)
 _ONE_US = timedelta(microseconds=1)
 
 

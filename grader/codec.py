@@ -17,26 +17,34 @@ VERSION = 1
 
 def dump_state(state: CustomerState) -> bytes:
     """Serialise a customer's state."""
-    return orjson.dumps({
-        "v": VERSION,
-        "id": state.customer_id,
-        "as_of": state.as_of,
-        "horizon": state.horizon,
-        "seen": state.seen,
-        "first": state.first_activity,
-        "last_sale": state.last_sale,
-        "lifetime": state.lifetime_sales,
-        "months": {tz: {str(m): b for m, b in by.items()} for tz, by in state.months.items()},
-        "inter": {tz: {k: {str(m): c for m, c in counts.items()} for k, counts in kinds.items()}
-                  for tz, kinds in state.interactions.items()},
-        "invoices": {i: {"s": inv.sales, "p": inv.payments} for i, inv in state.invoices.items()},
-        "assess": state.assessments,
-        "pins": state.pins,
-        "blacklist": state.blacklist,
-        "audit": state.audit,
-        "tiers": {p: [t.tier, *t.score, t.sequence, t.changed_at, t.pinned]
-                  for p, t in state.tiers.items()},
-    })
+    return orjson.dumps(
+        {
+            "v": VERSION,
+            "id": state.customer_id,
+            "as_of": state.as_of,
+            "horizon": state.horizon,
+            "seen": state.seen,
+            "first": state.first_activity,
+            "last_sale": state.last_sale,
+            "lifetime": state.lifetime_sales,
+            "months": {tz: {str(m): b for m, b in by.items()} for tz, by in state.months.items()},
+            "inter": {
+                tz: {k: {str(m): c for m, c in counts.items()} for k, counts in kinds.items()}
+                for tz, kinds in state.interactions.items()
+            },
+            "invoices": {
+                i: {"s": inv.sales, "p": inv.payments} for i, inv in state.invoices.items()
+            },
+            "assess": state.assessments,
+            "pins": state.pins,
+            "blacklist": state.blacklist,
+            "audit": state.audit,
+            "tiers": {
+                p: [t.tier, *t.score, t.sequence, t.changed_at, t.pinned]
+                for p, t in state.tiers.items()
+            },
+        }
+    )
 
 
 def load_state(data: bytes) -> CustomerState:
@@ -44,20 +52,32 @@ def load_state(data: bytes) -> CustomerState:
     raw: dict[str, Any] = orjson.loads(data)
     if raw.get("v") != VERSION:
         raise ValueError(f"unsupported state version {raw.get('v')!r}")
-    state = CustomerState(raw["id"], as_of=raw["as_of"], horizon=raw["horizon"],
-                          seen=raw["seen"], first_activity=raw["first"],
-                          last_sale=raw["last_sale"], lifetime_sales=raw["lifetime"])
+    state = CustomerState(
+        raw["id"],
+        as_of=raw["as_of"],
+        horizon=raw["horizon"],
+        seen=raw["seen"],
+        first_activity=raw["first"],
+        last_sale=raw["last_sale"],
+        lifetime_sales=raw["lifetime"],
+    )
     state.months = {tz: {int(m): b for m, b in by.items()} for tz, by in raw["months"].items()}
-    state.interactions = {tz: {k: {int(m): c for m, c in counts.items()}
-                               for k, counts in kinds.items()}
-                          for tz, kinds in raw["inter"].items()}
-    state.invoices = {i: Invoice([tuple(e) for e in inv["s"]],  # type: ignore[misc]
-                                 [tuple(e) for e in inv["p"]])  # type: ignore[misc]
-                      for i, inv in raw["invoices"].items()}
-    state.assessments = {k: tuple(v) for k, v in raw["assess"].items()}  # type: ignore[misc]
-    state.pins = {k: tuple(v) for k, v in raw["pins"].items()}  # type: ignore[misc]
-    state.blacklist = tuple(raw["blacklist"]) if raw["blacklist"] else None  # type: ignore[assignment]
+    state.interactions = {
+        tz: {k: {int(m): c for m, c in counts.items()} for k, counts in kinds.items()}
+        for tz, kinds in raw["inter"].items()
+    }
+    state.invoices = {
+        i: Invoice(
+            [tuple(e) for e in inv["s"]],
+            [tuple(e) for e in inv["p"]],
+        )
+        for i, inv in raw["invoices"].items()
+    }
+    state.assessments = {k: tuple(v) for k, v in raw["assess"].items()}
+    state.pins = {k: tuple(v) for k, v in raw["pins"].items()}
+    state.blacklist = tuple(raw["blacklist"]) if raw["blacklist"] else None
     state.audit = raw["audit"]
-    state.tiers = {p: TierState(t[0], (t[1], t[2]), t[3], t[4], t[5])
-                   for p, t in raw["tiers"].items()}
+    state.tiers = {
+        p: TierState(t[0], (t[1], t[2]), t[3], t[4], t[5]) for p, t in raw["tiers"].items()
+    }
     return state

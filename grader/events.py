@@ -134,8 +134,14 @@ def _require(obj: dict[str, Any], name: str) -> Any:
     return obj[name]
 
 
-def _string(obj: dict[str, Any], name: str, *, code: str = "bad_field", optional: bool = False,
-            max_len: int = 256) -> Any:
+def _string(
+    obj: dict[str, Any],
+    name: str,
+    *,
+    code: str = "bad_field",
+    optional: bool = False,
+    max_len: int = 256,
+) -> Any:
     if optional and obj.get(name) is None:
         return None
     value = _require(obj, name)
@@ -159,7 +165,9 @@ def _currency(obj: dict[str, Any], ctx: ParseContext) -> None:
         raise _Reject("bad_currency", "currency", "currency must be an ISO 4217 code like CNY")
     if currency != ctx.currency:
         raise _Reject(
-            "wrong_currency", "currency", f"currency {currency} is not the policy currency {ctx.currency}"
+            "wrong_currency",
+            "currency",
+            f"currency {currency} is not the policy currency {ctx.currency}",
         )
 
 
@@ -167,15 +175,17 @@ def _number(obj: dict[str, Any], name: str, *, code: str = "bad_field") -> Fract
     value = _require(obj, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Reject(code, name, f"{name} must be a number")
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+    if (isinstance(value, float) and value != value) or value in (float("inf"), float("-inf")):
         raise _Reject(code, name, f"{name} must be a finite number")
     return Fraction(Decimal(repr(value))) if isinstance(value, float) else Fraction(value)
 
 
 def _money_fields(obj: dict[str, Any], ctx: ParseContext) -> dict[str, Any]:
     _currency(obj, ctx)
-    return {"amount": _money(obj, "amount"),
-            "invoice_id": _string(obj, "invoice_id", optional=True, max_len=128)}
+    return {
+        "amount": _money(obj, "amount"),
+        "invoice_id": _string(obj, "invoice_id", optional=True, max_len=128),
+    }
 
 
 def _sale(obj: dict[str, Any], ctx: ParseContext) -> dict[str, Any]:
@@ -215,8 +225,11 @@ def _override(obj: dict[str, Any], ctx: ParseContext) -> dict[str, Any]:
     action = _string(obj, "action", code="bad_action")
     if action not in OVERRIDE_ACTIONS:
         raise _Reject("bad_action", "action", "action must be pin, unpin, blacklist or unblacklist")
-    fields = {"action": action, "reason": _string(obj, "reason", max_len=1024),
-              "actor": _string(obj, "actor")}
+    fields = {
+        "action": action,
+        "reason": _string(obj, "reason", max_len=1024),
+        "actor": _string(obj, "actor"),
+    }
     if action in ("pin", "unpin"):
         policy = fields["policy"] = _string(obj, "policy", code="unknown_policy")
         if policy not in ctx.tiers_by_policy:
@@ -224,7 +237,9 @@ def _override(obj: dict[str, Any], ctx: ParseContext) -> dict[str, Any]:
     if action == "pin":
         tier = fields["tier"] = _string(obj, "tier", code="unknown_tier")
         if tier not in ctx.tiers_by_policy[fields["policy"]]:
-            raise _Reject("unknown_tier", "tier", f"tier {tier!r} is not a tier of {fields['policy']}")
+            raise _Reject(
+                "unknown_tier", "tier", f"tier {tier!r} is not a tier of {fields['policy']}"
+            )
     return fields
 
 
@@ -232,8 +247,11 @@ def _ticket(obj: dict[str, Any], ctx: ParseContext) -> dict[str, Any]:
     queue = _string(obj, "queue", optional=True, max_len=64) or "default"
     if not _CUSTOMER_ID.fullmatch(queue):
         raise _Reject("bad_field", "queue", "queue must be 1..64 chars of [A-Za-z0-9._:-]")
-    return {"ticket_id": _string(obj, "ticket_id", max_len=128), "queue": queue,
-            "subject": _string(obj, "subject", optional=True, max_len=1024)}
+    return {
+        "ticket_id": _string(obj, "ticket_id", max_len=128),
+        "queue": queue,
+        "subject": _string(obj, "subject", optional=True, max_len=1024),
+    }
 
 
 _TYPE_FIELDS = {

@@ -78,7 +78,7 @@ def parse_metric(text: object) -> MetricRef:
         signature = f"{name}({', '.join(kinds)})" if kinds else name
         raise ValueError(f"metric {text!r} must be written {signature}")
     window, arg = None, None
-    for kind, value in zip(kinds, args):
+    for kind, value in zip(kinds, args, strict=True):
         if kind == "N":
             if not value.isdigit() or not 1 <= int(value) <= MAX_WINDOW:
                 raise ValueError(f"metric {text!r}: window must be 1..{MAX_WINDOW} months")

@@ -22,7 +22,7 @@ Window = tuple[int, int, int, int, int, int]
 class MetricView:
     """The metrics of one customer in one timezone; values are memoised."""
 
-    __slots__ = ("state", "tz", "today", "month", "_windows", "_values")
+    __slots__ = ("_values", "_windows", "month", "state", "today", "tz")
 
     def __init__(self, state: CustomerState, tz: str) -> None:
         self.state = state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from itertools import pairwise
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -95,15 +96,18 @@ class Policy:
         den = self.scale[1]
         for line in self.lines:
             den = lcm(den, line.weight[1])
-        plan = tuple((ln, ln.weight[0] * self.scale[0] * den // (ln.weight[1] * self.scale[1]))
-                     for ln in self.lines)
+        plan = tuple(
+            (ln, ln.weight[0] * self.scale[0] * den // (ln.weight[1] * self.scale[1]))
+            for ln in self.lines
+        )
         object.__setattr__(self, "plan", plan)
         object.__setattr__(self, "weight_den", den)
         names = tuple(t.name for t in self.tiers)
         object.__setattr__(self, "tier_names", names)
         object.__setattr__(self, "_ranks", {name: i for i, name in enumerate(names)})
-        object.__setattr__(self, "longest_window",
-                           max((ln.metric.window or 1 for ln in self.lines), default=1))
+        object.__setattr__(
+            self, "longest_window", max((ln.metric.window or 1 for ln in self.lines), default=1)
+        )
 
     def rank(self, tier: str) -> int:
         """0 for the best tier, 1 for the next, ...; raises KeyError for an unknown tier."""
@@ -132,14 +136,34 @@ def parse_policy(text: str, *, source: str, default_name: str) -> Policy:
 class _Builder:
     """Turns a parsed TOML document into a Policy, raising located errors."""
 
-    TOP_KEYS = frozenset({"name", "version", "description", "kind", "currency", "timezone",
-                          "scale", "support_priority", "rules", "tiers", "lines", "terms"})
+    TOP_KEYS = frozenset(
+        {
+            "name",
+            "version",
+            "description",
+            "kind",
+            "currency",
+            "timezone",
+            "scale",
+            "support_priority",
+            "rules",
+            "tiers",
+            "lines",
+            "terms",
+        }
+    )
 
     def __init__(self, doc: dict[str, Any], loc: Locator, default_name: str) -> None:
         self.doc, self.loc, self.default_name = doc, loc, default_name
 
-    def fail(self, key: str, message: str, table: str | None = None, index: int | None = None,
-             needle: str | None = None) -> PolicyError:
+    def fail(
+        self,
+        key: str,
+        message: str,
+        table: str | None = None,
+        index: int | None = None,
+        needle: str | None = None,
+    ) -> PolicyError:
         return self.loc.error(key, message, table=table, index=index, needle=needle)
 
     def build(self) -> Policy:
@@ -183,7 +207,12 @@ class _Builder:
 
     def _currency(self) -> str:
         value = self.doc.get("currency", "CNY")
-        if not isinstance(value, str) or len(value) != 3 or not value.isupper() or not value.isalpha():
+        if (
+            not isinstance(value, str)
+            or len(value) != 3
+            or not value.isupper()
+            or not value.isalpha()
+        ):
             raise self.fail("currency", "must be an ISO 4217 code like CNY")
         return value
 
@@ -195,8 +224,15 @@ class _Builder:
             raise self.fail("timezone", f"unknown IANA timezone {value!r}") from None
         return str(value)
 
-    def _number(self, value: object, key: str, *, positive: bool = False,
-                nonnegative: bool = False, **where: Any) -> Ratio:
+    def _number(
+        self,
+        value: object,
+        key: str,
+        *,
+        positive: bool = False,
+        nonnegative: bool = False,
+        **where: Any,
+    ) -> Ratio:
         if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
             raise self.fail(key, "must be a number", **where)
         if not value.is_finite() if isinstance(value, Decimal) else False:
@@ -215,12 +251,21 @@ class _Builder:
         for key in rules:
             if key not in ("downgrade_margin", "min_days_in_tier"):
                 raise self.fail(f"rules.{key}", f"unknown key {key!r}", table="rules", needle=key)
-        margin = self._number(rules.get("downgrade_margin", 0), "rules.downgrade_margin",
-                              nonnegative=True, table="rules", needle="downgrade_margin")
+        margin = self._number(
+            rules.get("downgrade_margin", 0),
+            "rules.downgrade_margin",
+            nonnegative=True,
+            table="rules",
+            needle="downgrade_margin",
+        )
         days = rules.get("min_days_in_tier", 0)
         if isinstance(days, bool) or not isinstance(days, int) or days < 0:
-            raise self.fail("rules.min_days_in_tier", "must be a whole number >= 0",
-                            table="rules", needle="min_days_in_tier")
+            raise self.fail(
+                "rules.min_days_in_tier",
+                "must be a whole number >= 0",
+                table="rules",
+                needle="min_days_in_tier",
+            )
         return margin, days
 
     def _tiers(self) -> tuple[Tier, ...]:
@@ -233,13 +278,15 @@ class _Builder:
         names = [t.name for t in tiers]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise self.fail(f"tiers[{i}].name", f"duplicate tier {name!r}", table="tiers", index=i)
+                raise self.fail(
+                    f"tiers[{i}].name", f"duplicate tier {name!r}", table="tiers", index=i
+                )
         for i in range(1, len(tiers) - 1):
             self._check_descending(tiers[i - 1], tiers[i], i)
         return tuple(tiers)
 
     def _tier(self, i: int, entry: object, *, last: bool) -> Tier:
-        where = {"table": "tiers", "index": i}
+        where: dict[str, Any] = {"table": "tiers", "index": i}
         if not isinstance(entry, dict):
             raise self.fail(f"tiers[{i}]", "must be a table with name and min", **where)
         for key in entry:
@@ -247,17 +294,25 @@ class _Builder:
                 raise self.fail(f"tiers[{i}].{key}", f"unknown key {key!r}", needle=key, **where)
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise self.fail(f"tiers[{i}].name", "must be a non-empty string", needle="name", **where)
+            raise self.fail(
+                f"tiers[{i}].name", "must be a non-empty string", needle="name", **where
+            )
         if last:
             if "min" in entry:
-                raise self.fail(f"tiers[{i}].min", "the last tier takes every other score: "
-                                "it has no min", needle="min", **where)
+                raise self.fail(
+                    f"tiers[{i}].min",
+                    "the last tier takes every other score: it has no min",
+                    needle="min",
+                    **where,
+                )
             return Tier(name, None)
         if "min" not in entry:
             raise self.fail(f"tiers[{i}].min", "missing min (only the last tier has none)", **where)
         bound = self._condition(entry["min"], f"tiers[{i}].min", needle="min", **where)
         if bound[1] is not None or bound[0] is None:
-            raise self.fail(f"tiers[{i}].min", "a minimum is '>= N' or '> N'", needle="min", **where)
+            raise self.fail(
+                f"tiers[{i}].min", "a minimum is '>= N' or '> N'", needle="min", **where
+            )
         return Tier(name, bound[0])
 
     def _check_descending(self, upper: Tier, lower: Tier, i: int) -> None:
@@ -265,17 +320,25 @@ class _Builder:
         a, b = upper.minimum, lower.minimum
         ahead = _cmp(a.value, b.value)
         if ahead < 0 or (ahead == 0 and not (b.inclusive and not a.inclusive)):
-            raise self.fail(f"tiers[{i}].min", f"tiers must be best first: {lower.name!r} "
-                            f"must need less than {upper.name!r}", table="tiers", index=i,
-                            needle="min")
+            raise self.fail(
+                f"tiers[{i}].min",
+                f"tiers must be best first: {lower.name!r} must need less than {upper.name!r}",
+                table="tiers",
+                index=i,
+                needle="min",
+            )
 
     def _support_priority(self, tiers: tuple[Tier, ...]) -> tuple[str, ...]:
         names = tuple(t.name for t in tiers)
         value = self.doc.get("support_priority", list(names))
-        if not isinstance(value, list) or sorted(map(str, value)) != sorted(names) \
-                or len(set(value)) != len(value):
-            raise self.fail("support_priority", "must list every tier exactly once, "
-                            "first served first")
+        if (
+            not isinstance(value, list)
+            or sorted(map(str, value)) != sorted(names)
+            or len(set(value)) != len(value)
+        ):
+            raise self.fail(
+                "support_priority", "must list every tier exactly once, first served first"
+            )
         return tuple(value)
 
     # -- lines and bands ----------------------------------------------------
@@ -291,16 +354,24 @@ class _Builder:
         keys = [ln.metric.key for ln in lines]
         for i, key in enumerate(keys):
             if key in keys[:i]:
-                raise self.fail(f"{table}[{i}].metric", f"metric {key} is used twice",
-                                table=table, index=i, needle="metric")
+                raise self.fail(
+                    f"{table}[{i}].metric",
+                    f"metric {key} is used twice",
+                    table=table,
+                    index=i,
+                    needle="metric",
+                )
         if kind == "scorecard":
             self._check_weights(lines, raw)
         return lines
 
     def _line(self, kind: str, table: str, i: int, entry: object) -> Line:
         where: dict[str, Any] = {"table": table, "index": i}
-        allowed = ("metric", "bands", "points", "missing", "weight") if kind == "scorecard" \
+        allowed = (
+            ("metric", "bands", "points", "missing", "weight")
+            if kind == "scorecard"
             else ("metric", "coefficient", "missing")
+        )
         if not isinstance(entry, dict):
             raise self.fail(f"{table}[{i}]", "must be a table", **where)
         for key in entry:
@@ -310,40 +381,53 @@ class _Builder:
             metric = parse_metric(entry.get("metric"))
         except ValueError as exc:
             raise self.fail(f"{table}[{i}].metric", str(exc), needle="metric", **where) from None
-        missing = self._number(entry.get("missing", 0), f"{table}[{i}].missing", needle="missing",
-                               **where)
+        missing = self._number(
+            entry.get("missing", 0), f"{table}[{i}].missing", needle="missing", **where
+        )
         if kind == "linear":
             if "coefficient" not in entry:
                 raise self.fail(f"{table}[{i}].coefficient", "missing coefficient", **where)
-            coef = self._number(entry["coefficient"], f"{table}[{i}].coefficient",
-                                needle="coefficient", **where)
+            coef = self._number(
+                entry["coefficient"], f"{table}[{i}].coefficient", needle="coefficient", **where
+            )
             return Line(metric, (), missing, coef)
         weight = ONE
         if "weight" in entry:
-            weight = self._number(entry["weight"], f"{table}[{i}].weight", positive=True,
-                                  needle="weight", **where)
+            weight = self._number(
+                entry["weight"], f"{table}[{i}].weight", positive=True, needle="weight", **where
+            )
         return Line(metric, self._bands(entry, metric, f"{table}[{i}]", where), missing, weight)
 
-    def _bands(self, entry: dict[str, Any], metric: MetricRef, key: str,
-               where: dict[str, Any]) -> tuple[Band, ...]:
+    def _bands(
+        self, entry: dict[str, Any], metric: MetricRef, key: str, where: dict[str, Any]
+    ) -> tuple[Band, ...]:
         if ("bands" in entry) == ("points" in entry):
-            raise self.fail(key, "a line has either bands or points = \"value\"", **where)
+            raise self.fail(key, 'a line has either bands or points = "value"', **where)
         if "points" in entry:
             if entry["points"] != "value":
-                raise self.fail(f"{key}.points", "points must be \"value\" (the metric itself)",
-                                needle="points", **where)
+                raise self.fail(
+                    f"{key}.points",
+                    'points must be "value" (the metric itself)',
+                    needle="points",
+                    **where,
+                )
             return ()
         raw = entry["bands"]
         if not isinstance(raw, list) or not raw:
-            raise self.fail(f"{key}.bands", "must be a list of [condition, points]",
-                            needle="bands", **where)
+            raise self.fail(
+                f"{key}.bands", "must be a list of [condition, points]", needle="bands", **where
+            )
         bands = [self._band(b, f"{key}.bands[{j}]", where) for j, b in enumerate(raw)]
         return self._tile(bands, metric, f"{key}.bands", where)
 
     def _band(self, raw: object, key: str, where: dict[str, Any]) -> Band:
         if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], str):
-            raise self.fail(key, "a band is [\"condition\", points], e.g. [\">= 20000\", 70]",
-                            needle="bands", **where)
+            raise self.fail(
+                key,
+                'a band is ["condition", points], e.g. [">= 20000", 70]',
+                needle="bands",
+                **where,
+            )
         lo, hi = self._condition(raw[0], key, needle=raw[0], **where)
         points = self._number(raw[1], key, needle=raw[0], **where)
         return Band(lo, hi, points, raw[0])
@@ -354,25 +438,37 @@ class _Builder:
         except ValueError as exc:
             raise self.fail(key, str(exc), **where) from None
 
-    def _tile(self, bands: list[Band], metric: MetricRef, key: str,
-              where: dict[str, Any]) -> tuple[Band, ...]:
+    def _tile(
+        self, bands: list[Band], metric: MetricRef, key: str, where: dict[str, Any]
+    ) -> tuple[Band, ...]:
         """Sort bands and check they cover the metric's domain once, with no gap."""
         domain = metric.domain
         bands.sort(key=lambda b: _lower_key(b.lo))
         for band in bands:
             if _empty(band, domain.integer):
-                raise self.fail(key, f"band {band.text!r} matches no value", needle=band.text, **where)
+                raise self.fail(
+                    key, f"band {band.text!r} matches no value", needle=band.text, **where
+                )
         if not _covers_from(bands[0].lo, domain.low, domain.integer):
-            raise self.fail(key, f"bands leave a gap: no band covers the lowest values of "
-                            f"{metric.key}", needle="bands", **where)
-        for prev, band in zip(bands, bands[1:]):
+            raise self.fail(
+                key,
+                f"bands leave a gap: no band covers the lowest values of {metric.key}",
+                needle="bands",
+                **where,
+            )
+        for prev, band in pairwise(bands):
             gap = _adjacency(prev.hi, band.lo, domain.integer)
             if gap != "ok":
-                raise self.fail(key, f"bands {gap}: {prev.text!r} and {band.text!r}",
-                                needle=band.text, **where)
+                raise self.fail(
+                    key, f"bands {gap}: {prev.text!r} and {band.text!r}", needle=band.text, **where
+                )
         if not _covers_to(bands[-1].hi, domain.high, domain.integer):
-            raise self.fail(key, f"bands leave a gap: no band covers the highest values of "
-                            f"{metric.key}", needle="bands", **where)
+            raise self.fail(
+                key,
+                f"bands leave a gap: no band covers the highest values of {metric.key}",
+                needle="bands",
+                **where,
+            )
         return tuple(bands)
 
     def _check_weights(self, lines: tuple[Line, ...], raw: list[Any]) -> None:
@@ -381,12 +477,21 @@ class _Builder:
             return
         if not all(weighted):
             i = weighted.index(False)
-            raise self.fail(f"lines[{i}].weight", "every line needs a weight when any has one",
-                            table="lines", index=i)
+            raise self.fail(
+                f"lines[{i}].weight",
+                "every line needs a weight when any has one",
+                table="lines",
+                index=i,
+            )
         total = sum(Decimal(ln.weight[0]) / Decimal(ln.weight[1]) for ln in lines)
         if total != 1:
-            raise self.fail("lines.weight", f"weights must sum to 1, they sum to {total}",
-                            table="lines", index=0, needle="weight")
+            raise self.fail(
+                "lines.weight",
+                f"weights must sum to 1, they sum to {total}",
+                table="lines",
+                index=0,
+                needle="weight",
+            )
 
 
 def parse_condition(text: object) -> tuple[Bound | None, Bound | None]:

@@ -10,8 +10,11 @@ def _num(value: Ratio) -> str:
     frac = to_fraction(value)
     if frac.denominator == 1:
         return str(frac.numerator)
-    return format(frac.numerator / frac.denominator, "g") if len(str(frac)) > 12 else \
-        str(float(frac)).rstrip("0").rstrip(".")
+    return (
+        format(frac.numerator / frac.denominator, "g")
+        if len(str(frac)) > 12
+        else str(float(frac)).rstrip("0").rstrip(".")
+    )
 
 
 def _bound(bound: Bound, lower: bool) -> str:
@@ -38,14 +41,18 @@ def _line(line: Line, kind: str) -> list[str]:
 
 def describe(policy: Policy) -> str:
     """Tiers, rules and lines of a valid policy, as text."""
-    out = [f"policy {policy.name} version {policy.version} ({policy.source}): OK",
-           f"kind {policy.kind}, currency {policy.currency}, timezone {policy.timezone}, "
-           f"scale {_num(policy.scale)}",
-           f"rules: downgrade_margin {_num(policy.downgrade_margin)}, "
-           f"min_days_in_tier {policy.min_days_in_tier}",
-           "tiers (best first):"]
+    out = [
+        f"policy {policy.name} version {policy.version} ({policy.source}): OK",
+        f"kind {policy.kind}, currency {policy.currency}, timezone {policy.timezone}, "
+        f"scale {_num(policy.scale)}",
+        f"rules: downgrade_margin {_num(policy.downgrade_margin)}, "
+        f"min_days_in_tier {policy.min_days_in_tier}",
+        "tiers (best first):",
+    ]
     for tier in policy.tiers:
-        out.append(f"  {tier.name:<12} {_bound(tier.minimum, True) if tier.minimum else 'otherwise'}")
+        out.append(
+            f"  {tier.name:<12} {_bound(tier.minimum, True) if tier.minimum else 'otherwise'}"
+        )
     out.append(f"support priority: {', '.join(policy.support_priority)}")
     out.append("lines:" if policy.kind == "scorecard" else "terms:")
     for line in policy.lines:

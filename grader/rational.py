@@ -7,12 +7,10 @@ Denominators are always positive.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fractions import Fraction
 
 Ratio = tuple[int, int]
-
-_CENT = Decimal("0.01")
 
 
 def ratio(value: Fraction | int | Decimal) -> Ratio:
@@ -26,16 +24,26 @@ def to_fraction(value: Ratio) -> Fraction:
     return Fraction(value[0], value[1])
 
 
+def cents(num: int, den: int) -> int:
+    """num/den in hundredths, rounded half away from zero (commercial rounding)."""
+    q, r = divmod(abs(num) * 100, den)
+    q += 2 * r >= den
+    return q if num >= 0 else -q
+
+
 def round2(value: Ratio | Fraction) -> Decimal:
     """Round to 2 decimals (half up) for display; decisions never use this."""
     num, den = (value.numerator, value.denominator) if isinstance(value, Fraction) else value
-    return (Decimal(num) / Decimal(den)).quantize(_CENT, rounding=ROUND_HALF_UP) if den != 1 \
-        else Decimal(num).quantize(_CENT)
+    return Decimal(cents(num, den)).scaleb(-2)
 
 
 def display(value: Ratio | Fraction) -> float | int:
-    """A JSON-friendly display value: an int when whole, else rounded to 2 decimals."""
+    """A JSON-friendly display value: an int when whole, else rounded to 2 decimals.
+
+    cents / 100 is the double nearest the 2-decimal value, whose shortest repr
+    (what JSON encoders write) is exactly that value.
+    """
     num, den = (value.numerator, value.denominator) if isinstance(value, Fraction) else value
     if num % den == 0:
         return num // den
-    return float(round2((num, den)))
+    return cents(num, den) / 100

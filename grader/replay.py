@@ -85,21 +85,27 @@ def read_lines(path: Path) -> Iterator[bytes]:
             yield line.rstrip(b"\r\n")
 
 
-def replay(lines: Iterable[bytes], as_of: int, grading: Grading, now_us: int,
-           progress: Progress | None = None, workers: int | None = None) -> ReplayResult:
+def replay(
+    lines: Iterable[bytes],
+    as_of: int,
+    grading: Grading,
+    now_us: int,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> ReplayResult:
     """Grade every customer in ``lines`` as of ``as_of`` (microseconds)."""
     all_lines = list(lines)
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1 and len(all_lines) >= PARALLEL_MIN_EVENTS:
-        parts = _parallel(all_lines, _route(all_lines, workers, progress), as_of, grading,
-                          now_us)
+        parts = _parallel(all_lines, _route(all_lines, workers, progress), as_of, grading, now_us)
     else:
         parts = [process(all_lines, range(len(all_lines)), as_of, grading, now_us)]
     return _merge(parts, len(all_lines))
 
 
-def process(lines: list[bytes], numbers: Iterable[int], as_of: int, grading: Grading,
-            now_us: int) -> Graded:
+def process(
+    lines: list[bytes], numbers: Iterable[int], as_of: int, grading: Grading, now_us: int
+) -> Graded:
     """Parse the given lines (0-based numbers) and grade their customers."""
     out = Graded()
     ctx = grading.parse_context()
@@ -114,13 +120,20 @@ def process(lines: list[bytes], numbers: Iterable[int], as_of: int, grading: Gra
         else:
             by_customer.setdefault(parsed.customer_id, []).append(parsed)
     for customer_id in sorted(by_customer):
-        out.customers.append(_grade(customer_id, by_customer[customer_id], as_of, grading,
-                                    now_us, out.stats))
+        out.customers.append(
+            _grade(customer_id, by_customer[customer_id], as_of, grading, now_us, out.stats)
+        )
     return out
 
 
-def _grade(customer_id: str, events: list[Event], as_of: int, grading: Grading, now_us: int,
-           stats: ReplayStats) -> tuple[str, list[Row], bytes]:
+def _grade(
+    customer_id: str,
+    events: list[Event],
+    as_of: int,
+    grading: Grading,
+    now_us: int,
+    stats: ReplayStats,
+) -> tuple[str, list[Row], bytes]:
     state = new_state(customer_id)
     changes = bytearray()
     events.sort(key=lambda e: (e.ts, e.event_id))
@@ -134,8 +147,10 @@ def _grade(customer_id: str, events: list[Event], as_of: int, grading: Grading, 
             changes += b"\n"
         stats.tier_changes += len(step.changes)
     stats.customers += 1
-    rows = [(customer_id, policy, t.tier, str(round2(t.score)))
-            for policy, t in sorted(state.tiers.items())]
+    rows = [
+        (customer_id, policy, t.tier, str(round2(t.score)))
+        for policy, t in sorted(state.tiers.items())
+    ]
     return customer_id, rows, bytes(changes)
 
 
@@ -172,8 +187,9 @@ def _route(lines: list[bytes], shards: int, progress: Progress | None) -> list[l
 _SHARED: dict[str, Any] = {}  # set before forking; the children read it
 
 
-def _parallel(lines: list[bytes], routed: list[list[int]], as_of: int, grading: Grading,
-              now_us: int) -> list[Graded]:
+def _parallel(
+    lines: list[bytes], routed: list[list[int]], as_of: int, grading: Grading, now_us: int
+) -> list[Graded]:
     _SHARED.update(lines=lines, routed=routed, as_of=as_of, grading=grading, now_us=now_us)
     try:
         context = multiprocessing.get_context("fork")
@@ -190,8 +206,12 @@ def _process_shard(index: int) -> Graded:
 
 def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]:
     """A dead-letter record for a rejected line (original text kept exactly)."""
-    record: dict[str, Any] = {"line": number, "code": rejection.code, "field": rejection.field,
-                              "message": rejection.message}
+    record: dict[str, Any] = {
+        "line": number,
+        "code": rejection.code,
+        "field": rejection.field,
+        "message": rejection.message,
+    }
     try:
         record["raw"] = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -89,28 +89,39 @@ def _validate(raw: dict[str, str], cdir: Path) -> Settings:
         raise SettingsError("setting policies (GRADER_POLICIES): names at least one policy")
     support = raw["support_policy"].strip() or policies[0]
     if support not in [Path(p).stem for p in policies]:
-        raise SettingsError(f"setting support_policy (GRADER_SUPPORT_POLICY): {support!r} "
-                            "is not one of the active policies")
+        raise SettingsError(
+            f"setting support_policy (GRADER_SUPPORT_POLICY): {support!r} "
+            "is not one of the active policies"
+        )
     _url(raw, "kafka_url", ("kafka", "aiokafka"))
     _url(raw, "redis_url", ("redis", "rediss", "unix"))
     for key in ("topic_prefix", "redis_prefix", "web_host"):
         if not raw[key] or any(c.isspace() for c in raw[key]):
-            raise SettingsError(f"setting {key} (GRADER_{key.upper()}): must be non-empty, no spaces")
+            raise SettingsError(
+                f"setting {key} (GRADER_{key.upper()}): must be non-empty, no spaces"
+            )
     return Settings(
-        kafka_url=raw["kafka_url"], redis_url=raw["redis_url"], policies=policies,
-        support_policy=support, topic_prefix=raw["topic_prefix"],
+        kafka_url=raw["kafka_url"],
+        redis_url=raw["redis_url"],
+        policies=policies,
+        support_policy=support,
+        topic_prefix=raw["topic_prefix"],
         redis_prefix=raw["redis_prefix"],
-        partitions=_int(raw, "partitions", 1, 10_000), web_host=raw["web_host"],
-        web_port=_int(raw, "web_port", 1, 65_535), data_dir=Path(raw["data_dir"]),
-        api_token=raw["api_token"] or None, config_dir=cdir,
+        partitions=_int(raw, "partitions", 1, 10_000),
+        web_host=raw["web_host"],
+        web_port=_int(raw, "web_port", 1, 65_535),
+        data_dir=Path(raw["data_dir"]),
+        api_token=raw["api_token"] or None,
+        config_dir=cdir,
     )
 
 
 def _url(raw: dict[str, str], key: str, schemes: tuple[str, ...]) -> None:
     parsed = urlparse(raw[key])
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
-        raise SettingsError(f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not a "
-                            f"{schemes[0]}:// URL")
+        raise SettingsError(
+            f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not a {schemes[0]}:// URL"
+        )
 
 
 def _int(raw: dict[str, str], key: str, low: int, high: int) -> int:
@@ -119,8 +130,10 @@ def _int(raw: dict[str, str], key: str, low: int, high: int) -> int:
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise SettingsError(f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not a whole "
-                            f"number {low}..{high}")
+        raise SettingsError(
+            f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not a whole "
+            f"number {low}..{high}"
+        )
     return value
 
 
@@ -135,5 +148,6 @@ def resolve_policy(name_or_path: str, cdir: Path) -> Policy:
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():
             return load_policy(candidate)
-    raise PolicyError(f"unknown policy {name_or_path!r}: no {name_or_path}.toml in "
-                      f"{cdir / 'policies'}")
+    raise PolicyError(
+        f"unknown policy {name_or_path!r}: no {name_or_path}.toml in {cdir / 'policies'}"
+    )

@@ -23,9 +23,11 @@ Entry = tuple[int, str, int]  # (occurred_at us, event_id, amount minor)
 class Invoice:
     """A credit invoice: its sales and payments, and when it was paid in full."""
 
-    __slots__ = ("sales", "payments", "first_ts", "paid_ts", "_months")
+    __slots__ = ("_months", "first_ts", "paid_ts", "payments", "sales")
 
-    def __init__(self, sales: list[Entry] | None = None, payments: list[Entry] | None = None) -> None:
+    def __init__(
+        self, sales: list[Entry] | None = None, payments: list[Entry] | None = None
+    ) -> None:
         self.sales: list[Entry] = sales or []
         self.payments: list[Entry] = payments or []
         self.refresh()
@@ -183,8 +185,12 @@ def _assessment(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> Non
     current = state.assessments.get(event.indicator)
     if current is None or (event.ts, event.event_id) > current[:2]:
         score = event.score
-        state.assessments[event.indicator] = (event.ts, event.event_id,
-                                              score.numerator, score.denominator)
+        state.assessments[event.indicator] = (
+            event.ts,
+            event.event_id,
+            score.numerator,
+            score.denominator,
+        )
     _activity(state, event.ts)
 
 
@@ -198,9 +204,18 @@ def _override(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
             state.pins[event.policy] = (*key, event.tier if event.action == "pin" else None)
     elif state.blacklist is None or key > state.blacklist[:2]:
         state.blacklist = (*key, event.action == "blacklist")
-    state.audit.append({"ts": event.ts, "event_id": event.event_id, "occurred_at": event.occurred_at,
-                        "action": event.action, "policy": event.policy, "tier": event.tier,
-                        "reason": event.reason, "actor": event.actor})
+    state.audit.append(
+        {
+            "ts": event.ts,
+            "event_id": event.event_id,
+            "occurred_at": event.occurred_at,
+            "action": event.action,
+            "policy": event.policy,
+            "tier": event.tier,
+            "reason": event.reason,
+            "actor": event.actor,
+        }
+    )
     state.audit.sort(key=lambda a: (a["ts"], a["event_id"]))
 
 

@@ -27,8 +27,9 @@ class Decision:
     direction: str | None  # "initial" | "up" | "down", None when the tier stays
 
 
-def decide(policy: Policy, current: TierState | None, score: Ratio, pin: str | None,
-           days_since_change: int) -> Decision:
+def decide(
+    policy: Policy, current: TierState | None, score: Ratio, pin: str | None, days_since_change: int
+) -> Decision:
     """Decide the tier under ``policy`` for ``score``."""
     if pin is not None:
         tier, pinned = pin, True
@@ -42,8 +43,9 @@ def decide(policy: Policy, current: TierState | None, score: Ratio, pin: str | N
     return Decision(tier, pinned, "up" if up else "down")
 
 
-def _unpinned(policy: Policy, current: TierState | None, score: Ratio,
-              days_since_change: int) -> str:
+def _unpinned(
+    policy: Policy, current: TierState | None, score: Ratio, days_since_change: int
+) -> str:
     earned = earned_tier(policy, score)
     if current is None or current.pinned or policy.rank(earned) <= policy.rank(current.tier):
         return earned

@@ -20,8 +20,11 @@ class Locator:
     def __init__(self, text: str, source: str) -> None:
         self.lines = text.splitlines()
         self.source = source
-        self.headers = [(i, m.group(1)) for i, line in enumerate(self.lines)
-                        if (m := _HEADER.match(line)) and not line.lstrip().startswith("#")]
+        self.headers = [
+            (i, m.group(1))
+            for i, line in enumerate(self.lines)
+            if (m := _HEADER.match(line)) and not line.lstrip().startswith("#")
+        ]
 
     def block(self, table: str | None, index: int | None) -> tuple[int, int]:
         """The (start, end) line range of a table block; top level when table is None."""
@@ -33,8 +36,13 @@ class Locator:
         later = [i for i, _ in self.headers if i > start]
         return start, later[0] if later else len(self.lines)
 
-    def line_of(self, key: str, table: str | None = None, index: int | None = None,
-                needle: str | None = None) -> int | None:
+    def line_of(
+        self,
+        key: str,
+        table: str | None = None,
+        index: int | None = None,
+        needle: str | None = None,
+    ) -> int | None:
         """1-based line of ``needle`` (default: the last part of ``key``), if found."""
         start, end = self.block(table, index)
         want = needle if needle is not None else key.split(".")[-1].split("[")[0]
@@ -47,8 +55,14 @@ class Locator:
                 return i + 1
         return start + 1 if table is not None and start < len(self.lines) else None
 
-    def error(self, key: str, message: str, table: str | None = None, index: int | None = None,
-              needle: str | None = None) -> PolicyError:
+    def error(
+        self,
+        key: str,
+        message: str,
+        table: str | None = None,
+        index: int | None = None,
+        needle: str | None = None,
+    ) -> PolicyError:
         """A PolicyError naming file, line and key."""
         line = self.line_of(key, table, index, needle)
         where = f"{self.source}:{line}" if line else self.source

@@ -34,14 +34,19 @@ def grading(*names: str) -> Grading:
     return Grading(tuple(preset(n) for n in names or ("abc-100",)))
 
 
-def event(etype: str, when: str, customer: str = "C1", grading_: Grading | None = None,
-          **fields: Any) -> Event:
+def event(
+    etype: str, when: str, customer: str = "C1", grading_: Grading | None = None, **fields: Any
+) -> Event:
     """A valid event of ``etype`` at local Shanghai time ``when`` (or a full timestamp)."""
     occurred = when if ("+" in when[10:] or when.endswith("Z")) else f"{when}+08:00"
     if len(occurred) == len("2026-01-01+08:00"):
         occurred = occurred.replace("+08:00", "T12:00:00+08:00")
-    obj: dict[str, Any] = {"event_id": fields.pop("event_id", f"e{next(_ids):06d}"),
-                           "type": etype, "customer_id": customer, "occurred_at": occurred}
+    obj: dict[str, Any] = {
+        "event_id": fields.pop("event_id", f"e{next(_ids):06d}"),
+        "type": etype,
+        "customer_id": customer,
+        "occurred_at": occurred,
+    }
     if etype in ("sale", "refund", "payment"):
         obj["currency"] = fields.pop("currency", "CNY")
     obj.update(fields)

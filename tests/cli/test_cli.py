@@ -17,8 +17,14 @@ AS_OF = "2026-11-22T00:00:00+08:00"
 
 
 def grader(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "grader", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "grader", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -32,8 +38,18 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> N
 
 
 def test_replay_small_fixture(tmp_path: Path) -> None:
-    result = grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--policy", "abc-100",
-                    "--policy", "stars", "--out", tmp_path)
+    result = grader(
+        "replay",
+        DATA / "small.jsonl",
+        "--as-of",
+        AS_OF,
+        "--policy",
+        "abc-100",
+        "--policy",
+        "stars",
+        "--out",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "rejected=3" in result.stderr and "duplicate=1" in result.stderr
     assert "after-as-of=1" in result.stderr and "ignored=1" in result.stderr
@@ -49,22 +65,30 @@ def test_replay_small_fixture(tmp_path: Path) -> None:
         ["C-D", "abc-100", "C", "100.00"],
         ["C-D", "stars", "6-star", "24000.00"],
     ]
-    dead = [orjson.loads(line) for line in (tmp_path / "dead-letters.jsonl").read_bytes().splitlines()]
+    dead = [
+        orjson.loads(line) for line in (tmp_path / "dead-letters.jsonl").read_bytes().splitlines()
+    ]
     assert [(d["line"], d["code"], d["field"]) for d in dead] == [
-        (10, "wrong_currency", "currency"), (11, "bad_json", None),
-        (12, "missing_field", "customer_id")]
+        (10, "wrong_currency", "currency"),
+        (11, "bad_json", None),
+        (12, "missing_field", "customer_id"),
+    ]
     assert dead[1]["raw"] == '{"event_id":"x2","type":"sale",'
-    changes = [orjson.loads(line)
-               for line in (tmp_path / "tier-changes.jsonl").read_bytes().splitlines()]
+    changes = [
+        orjson.loads(line) for line in (tmp_path / "tier-changes.jsonl").read_bytes().splitlines()
+    ]
     by_customer = [(c["customer_id"], c["policy"], c["to_tier"], c["direction"]) for c in changes]
     assert by_customer == [
-        ("C-A", "abc-100", "A", "initial"), ("C-A", "stars", "6-star", "initial"),
+        ("C-A", "abc-100", "A", "initial"),
+        ("C-A", "stars", "6-star", "initial"),
         ("C-B", "abc-100", "B", "initial"),  # the open invoice is 0 days old on the sale day
         ("C-B", "stars", "5-star", "initial"),
-        ("C-B", "abc-100", "C", "down"),     # paid in full 45 days later: 20 points, not 30
-        ("C-C", "abc-100", "B", "initial"), ("C-C", "stars", "quasi-star", "initial"),
+        ("C-B", "abc-100", "C", "down"),  # paid in full 45 days later: 20 points, not 30
+        ("C-C", "abc-100", "B", "initial"),
+        ("C-C", "stars", "quasi-star", "initial"),
         ("C-C", "stars", "3-star", "up"),
-        ("C-D", "abc-100", "A", "initial"), ("C-D", "stars", "6-star", "initial"),
+        ("C-D", "abc-100", "A", "initial"),
+        ("C-D", "stars", "6-star", "initial"),
         ("C-D", "abc-100", "C", "down"),
     ]
     pin = changes[-1]
@@ -74,13 +98,23 @@ def test_replay_small_fixture(tmp_path: Path) -> None:
 def test_replay_defaults_to_the_configured_policy(tmp_path: Path) -> None:
     result = grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    policies = {row["policy"] for row in csv.DictReader((tmp_path / "tiers.csv").read_text().splitlines())}
+    policies = {
+        row["policy"] for row in csv.DictReader((tmp_path / "tiers.csv").read_text().splitlines())
+    }
     assert policies == {"abc-100"}
 
 
 def test_replay_policy_given_as_a_file(tmp_path: Path) -> None:
-    result = grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--policy",
-                    ROOT / "config" / "policies" / "stars.toml", "--out", tmp_path / "o")
+    result = grader(
+        "replay",
+        DATA / "small.jsonl",
+        "--as-of",
+        AS_OF,
+        "--policy",
+        ROOT / "config" / "policies" / "stars.toml",
+        "--out",
+        tmp_path / "o",
+    )
     assert result.returncode == 0, result.stderr
     assert "C-C,stars,3-star,50.00" in (tmp_path / "o" / "tiers.csv").read_text()
 
@@ -88,15 +122,53 @@ def test_replay_policy_given_as_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["replay", "missing.jsonl", "--as-of", AS_OF, "--out", "OUT"], ["missing.jsonl", "not found"]),
-        (["replay", "tests/data/small.jsonl", "--as-of", "2026-11-22", "--out", "OUT"],
-         ["--as-of", "RFC 3339"]),
-        (["replay", "tests/data/small.jsonl", "--as-of", AS_OF, "--policy", "gold", "--out", "OUT"],
-         ["unknown policy 'gold'"]),
-        (["replay", "tests/data/small.jsonl", "--as-of", AS_OF, "--policy", "nope/x.toml",
-          "--out", "OUT"], ["nope/x.toml", "not found"]),
-        (["replay", "tests/data/small.jsonl", "--as-of", AS_OF, "--workers", "0", "--out", "OUT"],
-         ["--workers"]),
+        (
+            ["replay", "missing.jsonl", "--as-of", AS_OF, "--out", "OUT"],
+            ["missing.jsonl", "not found"],
+        ),
+        (
+            ["replay", "tests/data/small.jsonl", "--as-of", "2026-11-22", "--out", "OUT"],
+            ["--as-of", "RFC 3339"],
+        ),
+        (
+            [
+                "replay",
+                "tests/data/small.jsonl",
+                "--as-of",
+                AS_OF,
+                "--policy",
+                "gold",
+                "--out",
+                "OUT",
+            ],
+            ["unknown policy 'gold'"],
+        ),
+        (
+            [
+                "replay",
+                "tests/data/small.jsonl",
+                "--as-of",
+                AS_OF,
+                "--policy",
+                "nope/x.toml",
+                "--out",
+                "OUT",
+            ],
+            ["nope/x.toml", "not found"],
+        ),
+        (
+            [
+                "replay",
+                "tests/data/small.jsonl",
+                "--as-of",
+                AS_OF,
+                "--workers",
+                "0",
+                "--out",
+                "OUT",
+            ],
+            ["--workers"],
+        ),
         (["replay", "tests/data/small.jsonl", "--out", "OUT"], ["--as-of"]),
         (["frobnicate"], ["invalid choice"]),
         (["policy", "check", "gold"], ["unknown policy 'gold'"]),
@@ -111,21 +183,55 @@ def test_bad_policy_file_names_file_line_and_key(tmp_path: Path) -> None:
     text = (ROOT / "config" / "policies" / "abc-100.toml").read_text()
     bad.write_text(text.replace('["<= 30", 30]', '["< 30", 30]'))
     line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if '"> 30 and' in t)
-    one_line_error(grader("policy", "check", bad), f"bad.toml:{line}:", "lines[1].bands",
-                   "leave a gap")
-    one_line_error(grader("replay", DATA / "small.jsonl", "--as-of", AS_OF, "--policy", bad,
-                          "--out", tmp_path / "o"), f"bad.toml:{line}:")
+    one_line_error(
+        grader("policy", "check", bad), f"bad.toml:{line}:", "lines[1].bands", "leave a gap"
+    )
+    one_line_error(
+        grader(
+            "replay",
+            DATA / "small.jsonl",
+            "--as-of",
+            AS_OF,
+            "--policy",
+            bad,
+            "--out",
+            tmp_path / "o",
+        ),
+        f"bad.toml:{line}:",
+    )
 
 
 def test_bad_setting_gives_one_line(tmp_path: Path) -> None:
-    env_cmd = [sys.executable, "-m", "grader", "replay", str(DATA / "small.jsonl"), "--as-of",
-               AS_OF, "--out", str(tmp_path)]
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "grader",
+        "replay",
+        str(DATA / "small.jsonl"),
+        "--as-of",
+        AS_OF,
+        "--out",
+        str(tmp_path),
+    ]
     import os
-    result = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, check=False,
-                            env={**os.environ, "GRADER_POLICIES": "abc-100,nope"})
+
+    result = subprocess.run(
+        env_cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "GRADER_POLICIES": "abc-100,nope"},
+    )
     one_line_error(result, "unknown policy 'nope'")
-    result = subprocess.run(env_cmd, cwd=ROOT, capture_output=True, text=True, check=False,
-                            env={**os.environ, "GRADER_PARTITIONS": "many"})
+    result = subprocess.run(
+        env_cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "GRADER_PARTITIONS": "many"},
+    )
     one_line_error(result, "partitions", "GRADER_PARTITIONS")
 
 
@@ -148,13 +254,29 @@ def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
     outputs = {}
     for workers in ("1", "2"):
         out = tmp_path / f"w{workers}"
-        result = grader("replay", events, "--as-of", AS_OF, "--policy", "abc-100", "--policy",
-                        "sabcd-weighted", "--policy", "stars", "--workers", workers, "--out", out)
+        result = grader(
+            "replay",
+            events,
+            "--as-of",
+            AS_OF,
+            "--policy",
+            "abc-100",
+            "--policy",
+            "sabcd-weighted",
+            "--policy",
+            "stars",
+            "--workers",
+            workers,
+            "--out",
+            out,
+        )
         assert result.returncode == 0, result.stderr
-        outputs[workers] = {name: (out / name).read_bytes() for name in
-                            ("tiers.csv", "dead-letters.jsonl")}
+        outputs[workers] = {
+            name: (out / name).read_bytes() for name in ("tiers.csv", "dead-letters.jsonl")
+        }
         changes = [orjson.loads(x) for x in (out / "tier-changes.jsonl").read_bytes().splitlines()]
-        outputs[workers]["changes"] = [{k: v for k, v in c.items() if k != "emitted_at"}
-                                       for c in changes]  # type: ignore[assignment]
+        outputs[workers]["changes"] = [
+            {k: v for k, v in c.items() if k != "emitted_at"} for c in changes
+        ]  # type: ignore[assignment]
     assert outputs["1"] == outputs["2"]
     assert outputs["1"]["tiers.csv"].count(b"\n") > 2000

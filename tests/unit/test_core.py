@@ -10,9 +10,23 @@ from tests.conftest import at, event, grading
 
 G = grading("abc-100")
 NOW = at("2026-11-24T10:00:00+08:00")
-SECTION5_KEYS = {"event_id", "customer_id", "policy", "policy_version", "from_tier", "to_tier",
-                 "direction", "score", "previous_score", "breakdown", "metrics", "cause",
-                 "as_of", "emitted_at", "sequence"}
+SECTION5_KEYS = {
+    "event_id",
+    "customer_id",
+    "policy",
+    "policy_version",
+    "from_tier",
+    "to_tier",
+    "direction",
+    "score",
+    "previous_score",
+    "breakdown",
+    "metrics",
+    "cause",
+    "as_of",
+    "emitted_at",
+    "sequence",
+}
 
 
 def big_sale(when: str, **extra: object):  # type: ignore[no-untyped-def]
@@ -88,10 +102,12 @@ def override(when: str, action: str, **extra: object):  # type: ignore[no-untype
 
 
 def test_pin_sets_tier_and_latest_override_wins_whatever_the_order() -> None:
-    events = [big_sale("2026-05-01"),
-              override("2026-06-01", "pin", policy="abc-100", tier="C", event_id="o1"),
-              override("2026-07-01", "unpin", policy="abc-100", event_id="o2"),
-              override("2026-08-01", "pin", policy="abc-100", tier="B", event_id="o3")]
+    events = [
+        big_sale("2026-05-01"),
+        override("2026-06-01", "pin", policy="abc-100", tier="C", event_id="o1"),
+        override("2026-07-01", "unpin", policy="abc-100", event_id="o2"),
+        override("2026-08-01", "pin", policy="abc-100", tier="B", event_id="o3"),
+    ]
     for order in (events, [events[0], events[3], events[1], events[2]]):
         state = new_state("C1")
         for e in order:
@@ -105,8 +121,9 @@ def test_pin_sets_tier_and_latest_override_wins_whatever_the_order() -> None:
 def test_pin_change_is_caused_by_override_and_unpin_returns_to_earned() -> None:
     state = new_state("C1")
     apply_event(state, big_sale("2026-05-01"), G, NOW)
-    pin = apply_event(state, override("2026-06-01", "pin", policy="abc-100", tier="C",
-                                      event_id="o1"), G, NOW)
+    pin = apply_event(
+        state, override("2026-06-01", "pin", policy="abc-100", tier="C", event_id="o1"), G, NOW
+    )
     assert pin.changes[0]["cause"] == {"kind": "override", "event_id": "o1"}
     assert pin.changes[0]["score"] == 100  # the score is still computed and reported
     unpin = apply_event(state, override("2026-06-02", "unpin", policy="abc-100"), G, NOW)
@@ -121,8 +138,11 @@ def test_blacklist_changes_the_snapshot_not_the_tier() -> None:
     older = apply_event(state, override("2026-05-15", "unblacklist"), G, NOW)
     assert state.blacklisted and not older.snapshot_changed
     assert snapshot(state) == {
-        "customer_id": "C1", "blacklisted": True, "as_of": "2026-06-01T04:00:00Z",
-        "tiers": {"abc-100": {"tier": "A", "score": 100, "sequence": 1, "pinned": False}}}
+        "customer_id": "C1",
+        "blacklisted": True,
+        "as_of": "2026-06-01T04:00:00Z",
+        "tiers": {"abc-100": {"tier": "A", "score": 100, "sequence": 1, "pinned": False}},
+    }
 
 
 def test_no_grade_before_first_activity_and_tickets_are_not_activity() -> None:
@@ -133,3 +153,12 @@ def test_no_grade_before_first_activity_and_tickets_are_not_activity() -> None:
     assert apply_tick(state, at("2026-06-01"), G, NOW).changes == [] and not state.tiers
     step = apply_event(state, event("interaction", "2026-06-02", grading_=G, kind="visit"), G, NOW)
     assert [c["to_tier"] for c in step.changes] == ["C"]
+
+
+def test_tier_change_id_is_the_rfc4122_uuid5() -> None:
+    from grader.core import TIER_CHANGE_NAMESPACE
+
+    for customer, policy, seq in [("C1", "abc-100", 1), ("客户", "stars", 12345)]:
+        expected = uuid.uuid5(TIER_CHANGE_NAMESPACE, f"{customer}\x1f{policy}\x1f{seq}")
+        assert tier_change_id(customer, policy, seq) == str(expected)
+    assert tier_change_id("C1", "abc-100", 1) != tier_change_id("C1", "abc-100", 2)

@@ -12,8 +12,15 @@ from grader.events import Event, ParseContext, Rejection, parse_event
 CTX = ParseContext("CNY", {"abc-100": ("A", "B", "C")})
 BASE = {"event_id": "e1", "customer_id": "C-1.a:b_2", "occurred_at": "2026-03-01T09:30:00+08:00"}
 SALE = {**BASE, "type": "sale", "amount": "100.50", "currency": "CNY"}
-OVERRIDE = {**BASE, "type": "override", "action": "pin", "policy": "abc-100", "tier": "A",
-            "reason": "strategic account", "actor": "kam-7"}
+OVERRIDE = {
+    **BASE,
+    "type": "override",
+    "action": "pin",
+    "policy": "abc-100",
+    "tier": "A",
+    "reason": "strategic account",
+    "actor": "kam-7",
+}
 
 
 def parse(obj: Any, ctx: ParseContext = CTX) -> Event | Rejection:
@@ -28,19 +35,30 @@ def without(obj: dict[str, Any], key: str) -> dict[str, Any]:
     ("obj", "fields"),
     [
         (SALE, {"amount": 10050, "invoice_id": None, "gross_profit": None}),
-        ({**SALE, "invoice_id": "INV-1", "gross_profit": 0}, {"invoice_id": "INV-1", "gross_profit": 0}),
+        (
+            {**SALE, "invoice_id": "INV-1", "gross_profit": 0},
+            {"invoice_id": "INV-1", "gross_profit": 0},
+        ),
         ({**BASE, "type": "refund", "amount": 5, "currency": "CNY"}, {"amount": 500}),
-        ({**BASE, "type": "payment", "amount": 5, "currency": "CNY", "invoice_id": "I"},
-         {"invoice_id": "I"}),
+        (
+            {**BASE, "type": "payment", "amount": 5, "currency": "CNY", "invoice_id": "I"},
+            {"invoice_id": "I"},
+        ),
         ({**BASE, "type": "interaction", "kind": "referral", "value": 3.5}, {"kind": "referral"}),
-        ({**BASE, "type": "assessment", "indicator": "C1", "score": 7.5, "assessor": "kam"},
-         {"indicator": "C1", "score": Fraction(15, 2), "actor": "kam"}),
+        (
+            {**BASE, "type": "assessment", "indicator": "C1", "score": 7.5, "assessor": "kam"},
+            {"indicator": "C1", "score": Fraction(15, 2), "actor": "kam"},
+        ),
         (OVERRIDE, {"action": "pin", "policy": "abc-100", "tier": "A", "actor": "kam-7"}),
-        ({**without(without(OVERRIDE, "policy"), "tier"), "action": "blacklist"},
-         {"action": "blacklist", "policy": None}),
+        (
+            {**without(without(OVERRIDE, "policy"), "tier"), "action": "blacklist"},
+            {"action": "blacklist", "policy": None},
+        ),
         ({**BASE, "type": "ticket_opened", "ticket_id": "T1"}, {"queue": "default"}),
-        ({**BASE, "type": "ticket_closed", "ticket_id": "T1", "queue": "vip", "subject": "x"},
-         {"queue": "vip", "subject": "x"}),
+        (
+            {**BASE, "type": "ticket_closed", "ticket_id": "T1", "queue": "vip", "subject": "x"},
+            {"queue": "vip", "subject": "x"},
+        ),
         ({**SALE, "unknown_extra": 1}, {"amount": 10050}),
     ],
 )
@@ -83,17 +101,34 @@ def test_valid_events(obj: dict[str, Any], fields: dict[str, Any]) -> None:
         ({**SALE, "currency": "USD"}, "wrong_currency", "currency"),
         ({**SALE, "currency": "cny"}, "bad_currency", "currency"),
         ({**SALE, "invoice_id": ""}, "bad_field", "invoice_id"),
-        ({**BASE, "type": "payment", "amount": 5, "currency": "CNY"}, "missing_field", "invoice_id"),
+        (
+            {**BASE, "type": "payment", "amount": 5, "currency": "CNY"},
+            "missing_field",
+            "invoice_id",
+        ),
         ({**BASE, "type": "interaction"}, "missing_field", "kind"),
         ({**BASE, "type": "interaction", "kind": "Complaint"}, "bad_kind", "kind"),
         ({**BASE, "type": "interaction", "kind": "visit", "value": "3"}, "bad_field", "value"),
-        ({**BASE, "type": "assessment", "indicator": "C1", "score": 11, "assessor": "a"},
-         "bad_score", "score"),
-        ({**BASE, "type": "assessment", "indicator": "C1", "score": "7", "assessor": "a"},
-         "bad_score", "score"),
-        ({**BASE, "type": "assessment", "indicator": "C1", "score": 7}, "missing_field", "assessor"),
-        ({**BASE, "type": "assessment", "indicator": "1C", "score": 7, "assessor": "a"},
-         "bad_field", "indicator"),
+        (
+            {**BASE, "type": "assessment", "indicator": "C1", "score": 11, "assessor": "a"},
+            "bad_score",
+            "score",
+        ),
+        (
+            {**BASE, "type": "assessment", "indicator": "C1", "score": "7", "assessor": "a"},
+            "bad_score",
+            "score",
+        ),
+        (
+            {**BASE, "type": "assessment", "indicator": "C1", "score": 7},
+            "missing_field",
+            "assessor",
+        ),
+        (
+            {**BASE, "type": "assessment", "indicator": "1C", "score": 7, "assessor": "a"},
+            "bad_field",
+            "indicator",
+        ),
         ({**OVERRIDE, "action": "promote"}, "bad_action", "action"),
         ({**OVERRIDE, "policy": "gold"}, "unknown_policy", "policy"),
         (without(OVERRIDE, "policy"), "missing_field", "policy"),

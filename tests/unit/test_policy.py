@@ -30,41 +30,114 @@ def test_presets_load_as_tabled() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
-        (HEAD + TIERS + '[[lines]]\nmetric = "salez(12)"\nbands = [["> 0", 1]]\n', 10, "unknown metric 'salez(12)'"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales"\nbands = [["> 0", 1]]\n', 10, "must be written sales(N)"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(0)"\nbands = [["> 0", 1]]\n', 10, "window must be"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["<= 10", 0],\n'
-         ' [">= 10", 5],\n]\n', 13, "overlap"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["< 10", 0],\n'
-         ' ["> 10", 5],\n]\n', 13, "leave a gap"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["> 0", 5],\n]\n', 11, "no band covers the lowest"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "purchase_count(12)"\nbands = [\n ["== 0", 0],\n'
-         ' [">= 2", 5],\n]\n', 13, "leave a gap"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["< 10", 0],\n'
-         ' [">= 10 and < 5", 5],\n]\n', 13, "matches no value"),
-        (HEAD + '[[tiers]]\nname = "A"\nmin = ">= 60"\n\n[[tiers]]\nname = "B"\nmin = ">= 80"\n'
-         '\n[[tiers]]\nname = "C"\n' + LINE, 9, "best first"),
-        (HEAD + '[[tiers]]\nname = "A"\nmin = ">= 80"\n\n[[tiers]]\nname = "B"\nmin = "> 80"\n'
-         '\n[[tiers]]\nname = "C"\n' + LINE, 9, "best first"),
-        (HEAD + '[[tiers]]\nname = "A"\nmin = ">= 80"\n\n[[tiers]]\nname = "B"\nmin = "> 1"\n'
-         + LINE, 9, "has no min"),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "salez(12)"\nbands = [["> 0", 1]]\n',
+            10,
+            "unknown metric 'salez(12)'",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales"\nbands = [["> 0", 1]]\n',
+            10,
+            "must be written sales(N)",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(0)"\nbands = [["> 0", 1]]\n',
+            10,
+            "window must be",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["<= 10", 0],\n'
+            ' [">= 10", 5],\n]\n',
+            13,
+            "overlap",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["< 10", 0],\n'
+            ' ["> 10", 5],\n]\n',
+            13,
+            "leave a gap",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["> 0", 5],\n]\n',
+            11,
+            "no band covers the lowest",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "purchase_count(12)"\nbands = [\n ["== 0", 0],\n'
+            ' [">= 2", 5],\n]\n',
+            13,
+            "leave a gap",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [\n ["< 10", 0],\n'
+            ' [">= 10 and < 5", 5],\n]\n',
+            13,
+            "matches no value",
+        ),
+        (
+            HEAD + '[[tiers]]\nname = "A"\nmin = ">= 60"\n\n[[tiers]]\nname = "B"\nmin = ">= 80"\n'
+            '\n[[tiers]]\nname = "C"\n' + LINE,
+            9,
+            "best first",
+        ),
+        (
+            HEAD + '[[tiers]]\nname = "A"\nmin = ">= 80"\n\n[[tiers]]\nname = "B"\nmin = "> 80"\n'
+            '\n[[tiers]]\nname = "C"\n' + LINE,
+            9,
+            "best first",
+        ),
+        (
+            HEAD
+            + '[[tiers]]\nname = "A"\nmin = ">= 80"\n\n[[tiers]]\nname = "B"\nmin = "> 1"\n'
+            + LINE,
+            9,
+            "has no min",
+        ),
         (HEAD + '[[tiers]]\nname = "A"\n\n[[tiers]]\nname = "B"\n' + LINE, 3, "missing min"),
-        (HEAD + '[[tiers]]\nname = "A"\nmin = "<= 80"\n\n[[tiers]]\nname = "B"\n' + LINE, 5, "'>= N' or '> N'"),
-        (HEAD + TIERS + LINE.replace("bands", "weight = 0.5\nbands")
-         + LINE.replace("sales(12)", "sales(36)").replace("bands", "weight = 0.4\nbands"), 11, "weights must sum to 1"),
-        (HEAD + TIERS + LINE.replace("bands", "weight = 1\nbands")
-         + LINE.replace("sales(12)", "sales(36)"), 13, "every line needs a weight"),
+        (
+            HEAD + '[[tiers]]\nname = "A"\nmin = "<= 80"\n\n[[tiers]]\nname = "B"\n' + LINE,
+            5,
+            "'>= N' or '> N'",
+        ),
+        (
+            HEAD
+            + TIERS
+            + LINE.replace("bands", "weight = 0.5\nbands")
+            + LINE.replace("sales(12)", "sales(36)").replace("bands", "weight = 0.4\nbands"),
+            11,
+            "weights must sum to 1",
+        ),
+        (
+            HEAD
+            + TIERS
+            + LINE.replace("bands", "weight = 1\nbands")
+            + LINE.replace("sales(12)", "sales(36)"),
+            13,
+            "every line needs a weight",
+        ),
         (HEAD + TIERS + LINE + LINE, 13, "used twice"),
         (HEAD + 'colour = "red"\n' + TIERS + LINE, 3, "unknown key 'colour'"),
         (HEAD + 'timezone = "Mars/Olympus"\n' + TIERS + LINE, 3, "unknown IANA timezone"),
         (HEAD + 'currency = "yuan"\n' + TIERS + LINE, 3, "ISO 4217"),
-        (HEAD + '[rules]\ndowngrade_margin = -1\n' + TIERS + LINE, 4, "must be >= 0"),
-        (HEAD + '[rules]\nmin_days = 3\n' + TIERS + LINE, 4, "unknown key 'min_days'"),
+        (HEAD + "[rules]\ndowngrade_margin = -1\n" + TIERS + LINE, 4, "must be >= 0"),
+        (HEAD + "[rules]\nmin_days = 3\n" + TIERS + LINE, 4, "unknown key 'min_days'"),
         (HEAD + 'support_priority = ["A"]\n' + TIERS + LINE, 3, "every tier exactly once"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [["about 5", 0]]\n', 11, "bad condition"),
-        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\npoints = "value"\nbands = []\n', 9, "either bands or points"),
-        (HEAD + 'kind = "linear"\n' + TIERS + '[[terms]]\nmetric = "sales(12)"\n', 10, "missing coefficient"),
-        (HEAD + TIERS + 'x = [\n', 0, "invalid TOML"),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [["about 5", 0]]\n',
+            11,
+            "bad condition",
+        ),
+        (
+            HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\npoints = "value"\nbands = []\n',
+            9,
+            "either bands or points",
+        ),
+        (
+            HEAD + 'kind = "linear"\n' + TIERS + '[[terms]]\nmetric = "sales(12)"\n',
+            10,
+            "missing coefficient",
+        ),
+        (HEAD + TIERS + "x = [\n", 0, "invalid TOML"),
     ],
 )
 def test_invalid_policies_name_file_line_and_key(text: str, line: int, needle: str) -> None:

@@ -24,11 +24,15 @@ NO_RULES = ("abc-100", "stars")
 AS_OF = at("2026-11-22T18:00:00+08:00")
 
 # Mostly the last year (the 12-month windows), sometimes up to 36 months back.
-days = st.one_of(st.integers(min_value=700, max_value=36 * 30 - 40),
-                 st.integers(min_value=0, max_value=36 * 30 - 40))
+days = st.one_of(
+    st.integers(min_value=700, max_value=36 * 30 - 40),
+    st.integers(min_value=0, max_value=36 * 30 - 40),
+)
 # Few distinct amounts, so partial payments add up to invoice totals.
-money = st.one_of(st.sampled_from(["100", "50", "50.01", "49.99", "25000"]),
-                  st.decimals(min_value="0.01", max_value="50000", places=2).map(str))
+money = st.one_of(
+    st.sampled_from(["100", "50", "50.01", "49.99", "25000"]),
+    st.decimals(min_value="0.01", max_value="50000", places=2).map(str),
+)
 
 
 def _when(day: int, minute: int) -> str:
@@ -43,8 +47,11 @@ def events(draw: Any) -> list[Event]:
     invoices = ["I0", "I1"]
     out: list[Event] = []
     for i in range(draw(st.integers(min_value=1, max_value=14))):
-        kind = draw(st.sampled_from(["sale", "sale", "credit", "refund", "payment", "touch",
-                                     "assess", "pin", "unpin"]))
+        kind = draw(
+            st.sampled_from(
+                ["sale", "sale", "credit", "refund", "payment", "touch", "assess", "pin", "unpin"]
+            )
+        )
         when = _when(draw(days), draw(st.integers(0, 3)))  # same-minute ties happen
         eid = f"e{i:02d}"
         fields: dict[str, Any] = {"event_id": eid}
@@ -52,26 +59,74 @@ def events(draw: Any) -> list[Event]:
             fields.update(amount=draw(money), gross_profit=draw(st.sampled_from([None, "0", "10"])))
             if kind == "credit":
                 fields["invoice_id"] = draw(st.sampled_from(invoices))
-            out.append(event("sale", when, grading_=G, **{k: v for k, v in fields.items()
-                                                         if v is not None}))
+            out.append(
+                event(
+                    "sale", when, grading_=G, **{k: v for k, v in fields.items() if v is not None}
+                )
+            )
         elif kind == "refund":
             out.append(event("refund", when, grading_=G, amount=draw(money), **fields))
         elif kind == "payment":
-            out.append(event("payment", when, grading_=G, amount=draw(money),
-                             invoice_id=draw(st.sampled_from(invoices)), **fields))
+            out.append(
+                event(
+                    "payment",
+                    when,
+                    grading_=G,
+                    amount=draw(money),
+                    invoice_id=draw(st.sampled_from(invoices)),
+                    **fields,
+                )
+            )
         elif kind == "touch":
-            out.append(event("interaction", when, grading_=G,
-                             kind=draw(st.sampled_from(["referral", "visit"])), **fields))
+            out.append(
+                event(
+                    "interaction",
+                    when,
+                    grading_=G,
+                    kind=draw(st.sampled_from(["referral", "visit"])),
+                    **fields,
+                )
+            )
         elif kind == "assess":
-            out.append(event("assessment", when, grading_=G, indicator="C1", assessor="k",
-                             score=draw(st.integers(0, 10)), **fields))
+            out.append(
+                event(
+                    "assessment",
+                    when,
+                    grading_=G,
+                    indicator="C1",
+                    assessor="k",
+                    score=draw(st.integers(0, 10)),
+                    **fields,
+                )
+            )
         else:
             policy = draw(st.sampled_from(NO_RULES))
-            extra = {"tier": draw(st.sampled_from(G.policies[0].tier_names if policy == "abc-100"
-                                                  else G.policies[2].tier_names))} \
-                if kind == "pin" else {}
-            out.append(event("override", when, grading_=G, action=kind, policy=policy,
-                             reason="r", actor="a", **extra, **fields))
+            extra = (
+                {
+                    "tier": draw(
+                        st.sampled_from(
+                            G.policies[0].tier_names
+                            if policy == "abc-100"
+                            else G.policies[2].tier_names
+                        )
+                    )
+                }
+                if kind == "pin"
+                else {}
+            )
+            out.append(
+                event(
+                    "override",
+                    when,
+                    grading_=G,
+                    action=kind,
+                    policy=policy,
+                    reason="r",
+                    actor="a",
+                    **extra,
+                    **fields,
+                )
+            )
     return out
 
 
@@ -106,22 +161,48 @@ def test_shuffled_and_duplicated_give_the_same_result(evs: list[Event], data: An
         assert (name in other.tiers) == (name in reference.tiers)
         if name in reference.tiers:
             mine, theirs = other.tiers[name], reference.tiers[name]
-            assert (mine.tier, mine.score, mine.pinned) == (theirs.tier, theirs.score,
-                                                            theirs.pinned)
+            assert (mine.tier, mine.score, mine.pinned) == (
+                theirs.tier,
+                theirs.score,
+                theirs.pinned,
+            )
 
 
 @st.composite
 def invoice_story(draw: Any) -> list[Event]:
     """Credit sales and partial payments on one invoice in the last months."""
-    out = [event("sale", _when(draw(st.integers(900, 1000)), 0), grading_=G,
-                 amount=draw(st.sampled_from(["100", "60"])), invoice_id="I0", event_id="s0")]
+    out = [
+        event(
+            "sale",
+            _when(draw(st.integers(900, 1000)), 0),
+            grading_=G,
+            amount=draw(st.sampled_from(["100", "60"])),
+            invoice_id="I0",
+            event_id="s0",
+        )
+    ]
     for i in range(draw(st.integers(0, 1))):
-        out.append(event("sale", _when(draw(st.integers(900, 1000)), 1), grading_=G,
-                         amount="40", invoice_id="I0", event_id=f"s{i + 1}"))
+        out.append(
+            event(
+                "sale",
+                _when(draw(st.integers(900, 1000)), 1),
+                grading_=G,
+                amount="40",
+                invoice_id="I0",
+                event_id=f"s{i + 1}",
+            )
+        )
     for i in range(draw(st.integers(1, 4))):
-        out.append(event("payment", _when(draw(st.integers(880, 1040)), draw(st.integers(0, 1))),
-                         grading_=G, amount=draw(st.sampled_from(["30", "50", "70", "100"])),
-                         invoice_id="I0", event_id=f"p{i}"))
+        out.append(
+            event(
+                "payment",
+                _when(draw(st.integers(880, 1040)), draw(st.integers(0, 1))),
+                grading_=G,
+                amount=draw(st.sampled_from(["30", "50", "70", "100"])),
+                invoice_id="I0",
+                event_id=f"p{i}",
+            )
+        )
     return out
 
 

@@ -30,17 +30,29 @@ class FixedView(MetricView):
         return None if v is None else ratio(v)
 
 
-def abc_points(monthly: Fraction | None, days: Fraction | None) -> tuple[Fraction, dict[str, Ratio]]:
-    total, breakdown = score(ABC, FixedView({"monthly_avg_sales(12)": monthly,
-                                            "avg_payment_days(12)": days}))
+def abc_points(
+    monthly: Fraction | None, days: Fraction | None
+) -> tuple[Fraction, dict[str, Ratio]]:
+    total, breakdown = score(
+        ABC, FixedView({"monthly_avg_sales(12)": monthly, "avg_payment_days(12)": days})
+    )
     return Fraction(*total), breakdown
 
 
 @pytest.mark.parametrize(
     ("monthly", "points"),
-    [(Fraction(20000), 70), (20000 - EPS, 50), (Fraction(1999999, 100), 50),
-     (10000 + EPS, 50), (Fraction(10000), 40), (5000 + EPS, 40), (Fraction(5000), 30),
-     (Fraction(0), 30), (Fraction(-10), 30), (Fraction(10**9), 70)],
+    [
+        (Fraction(20000), 70),
+        (20000 - EPS, 50),
+        (Fraction(1999999, 100), 50),
+        (10000 + EPS, 50),
+        (Fraction(10000), 40),
+        (5000 + EPS, 40),
+        (Fraction(5000), 30),
+        (Fraction(0), 30),
+        (Fraction(-10), 30),
+        (Fraction(10**9), 70),
+    ],
 )
 def test_abc_sales_bands(monthly: Fraction, points: int) -> None:
     assert abc_points(monthly, Fraction(0))[1]["monthly_avg_sales(12)"] == (points, 1)
@@ -48,8 +60,17 @@ def test_abc_sales_bands(monthly: Fraction, points: int) -> None:
 
 @pytest.mark.parametrize(
     ("days", "points"),
-    [(Fraction(0), 30), (Fraction(30), 30), (30 + EPS, 20), (Fraction(45), 20), (45 + EPS, 10),
-     (Fraction(60), 10), (60 + EPS, 0), (Fraction(400), 0), (None, 0)],
+    [
+        (Fraction(0), 30),
+        (Fraction(30), 30),
+        (30 + EPS, 20),
+        (Fraction(45), 20),
+        (45 + EPS, 10),
+        (Fraction(60), 10),
+        (60 + EPS, 0),
+        (Fraction(400), 0),
+        (None, 0),
+    ],
 )
 def test_abc_payment_bands(days: Fraction | None, points: int) -> None:
     assert abc_points(Fraction(0), days)[1]["avg_payment_days(12)"] == (points, 1)
@@ -57,10 +78,15 @@ def test_abc_payment_bands(days: Fraction | None, points: int) -> None:
 
 @pytest.mark.parametrize(
     ("monthly", "days", "total", "tier"),
-    [(Fraction(20000), Fraction(45), 90, "A"), (Fraction(20000), Fraction(60), 80, "A"),
-     (20000 - EPS, Fraction(30), 80, "A"), (20000 - EPS, Fraction(45), 70, "B"),
-     (Fraction(10000), Fraction(45), 60, "B"), (Fraction(10000), 45 + EPS, 50, "C"),
-     (Fraction(5000), None, 30, "C")],
+    [
+        (Fraction(20000), Fraction(45), 90, "A"),
+        (Fraction(20000), Fraction(60), 80, "A"),
+        (20000 - EPS, Fraction(30), 80, "A"),
+        (20000 - EPS, Fraction(45), 70, "B"),
+        (Fraction(10000), Fraction(45), 60, "B"),
+        (Fraction(10000), 45 + EPS, 50, "C"),
+        (Fraction(5000), None, 30, "C"),
+    ],
 )
 def test_abc_tier_edges(monthly: Fraction, days: Fraction | None, total: int, tier: str) -> None:
     value, _ = abc_points(monthly, days)
@@ -70,10 +96,18 @@ def test_abc_tier_edges(monthly: Fraction, days: Fraction | None, total: int, ti
 
 @pytest.mark.parametrize(
     ("score_", "tier"),
-    [(Fraction(80000), "7-star"), (80000 - EPS, "6-star"), (Fraction(10000), "6-star"),
-     (Fraction(2000), "5-star"), (Fraction(500), "4-star"), (Fraction(50), "3-star"),
-     (50 - EPS, "quasi-star"), (EPS, "quasi-star"), (Fraction(0), "unrated"),
-     (Fraction(-5), "unrated")],
+    [
+        (Fraction(80000), "7-star"),
+        (80000 - EPS, "6-star"),
+        (Fraction(10000), "6-star"),
+        (Fraction(2000), "5-star"),
+        (Fraction(500), "4-star"),
+        (Fraction(50), "3-star"),
+        (50 - EPS, "quasi-star"),
+        (EPS, "quasi-star"),
+        (Fraction(0), "unrated"),
+        (Fraction(-5), "unrated"),
+    ],
 )
 def test_stars_tier_edges(score_: Fraction, tier: str) -> None:
     assert earned_tier(STARS, ratio(score_)) == tier
@@ -110,12 +144,19 @@ def test_float_sum_would_have_missed_the_edge() -> None:
 
 def test_sabcd_weighted_score_is_exact() -> None:
     values: dict[str, Fraction | None] = {
-        "sales(36)": Fraction(1500000), "sales(12)": Fraction(99999),
-        "margin(12)": Fraction(3, 10), "purchase_count(12)": Fraction(6),
-        "tenure_days": Fraction(1825), "active_months(12)": Fraction(7),
-        "interactions(referral, 12)": Fraction(3), "assessment(C1)": Fraction(10),
-        "assessment(C2)": Fraction(19, 2), "assessment(C3)": None, "assessment(D1)": Fraction(7),
-        "assessment(D2)": Fraction(0), "assessment(D3)": Fraction(10),
+        "sales(36)": Fraction(1500000),
+        "sales(12)": Fraction(99999),
+        "margin(12)": Fraction(3, 10),
+        "purchase_count(12)": Fraction(6),
+        "tenure_days": Fraction(1825),
+        "active_months(12)": Fraction(7),
+        "interactions(referral, 12)": Fraction(3),
+        "assessment(C1)": Fraction(10),
+        "assessment(C2)": Fraction(19, 2),
+        "assessment(C3)": None,
+        "assessment(D1)": Fraction(7),
+        "assessment(D2)": Fraction(0),
+        "assessment(D3)": Fraction(10),
     }
     total, breakdown = score(SABCD, FixedView(values))
     # 10 * (.15*8 + .15*2 + .10*10 + .10*10 + .05*10 + .05*10 + .05*10 + .10*10 + .10*9.5
