@@ -32,6 +32,7 @@ class Grading:
     policies: tuple[Policy, ...]
     currency: str = field(init=False)
     timezones: tuple[str, ...] = field(init=False)
+    longest_window_by_tz: tuple[tuple[str, int], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -46,6 +47,11 @@ class Grading:
             )
         object.__setattr__(self, "currency", currencies[0])
         object.__setattr__(self, "timezones", tuple(sorted({p.timezone for p in self.policies})))
+        longest = {
+            tz: max(p.longest_window for p in self.policies if p.timezone == tz)
+            for tz in self.timezones
+        }
+        object.__setattr__(self, "longest_window_by_tz", tuple(longest.items()))
 
     def parse_context(self, now_us: int | None = None) -> ParseContext:
         """What event validation needs; ``now_us`` set in live mode."""
@@ -59,10 +65,10 @@ class Grading:
         policy's timezone.
         """
         horizon = until = None
-        for p in self.policies:
-            month = local_month(as_of, p.timezone)
-            start = month_start(month - p.longest_window + 1, p.timezone)
-            next_month = month_start(month + 1, p.timezone)
+        for tz, longest in self.longest_window_by_tz:
+            month = local_month(as_of, tz)
+            start = month_start(month - longest + 1, tz)
+            next_month = month_start(month + 1, tz)
             horizon = start if horizon is None else min(horizon, start)
             until = next_month if until is None else min(until, next_month)
         assert horizon is not None and until is not None

@@ -230,7 +230,13 @@ _RECORDERS = {
 
 
 def prune(state: CustomerState, horizon: int) -> None:
-    """Forget details dated wholly before ``horizon`` (lifetime aggregates stay)."""
+    """Forget details dated wholly before ``horizon`` (lifetime aggregates stay).
+
+    Every detail kept comes from an event whose id is in ``seen``, so when the
+    oldest of those is inside the horizon there is nothing to forget.
+    """
+    if not state.seen or min(state.seen.values()) >= horizon:
+        return
     state.seen = {eid: ts for eid, ts in state.seen.items() if ts >= horizon}
     for tz, by_month in state.months.items():
         for month in [m for m in by_month if month_start(m + 1, tz) <= horizon]:
