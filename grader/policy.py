@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import tomllib
-from itertools import pairwise
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from itertools import pairwise
 from math import lcm
 from pathlib import Path
 from typing import Any
@@ -155,16 +155,7 @@ class _Builder:
 
     def __init__(self, doc: dict[str, Any], loc: Locator, default_name: str) -> None:
         self.doc, self.loc, self.default_name = doc, loc, default_name
-
-    def fail(
-        self,
-        key: str,
-        message: str,
-        table: str | None = None,
-        index: int | None = None,
-        needle: str | None = None,
-    ) -> PolicyError:
-        return self.loc.error(key, message, table=table, index=index, needle=needle)
+        self.fail = loc.error  # fail(key, message, table=, index=, needle=) -> PolicyError
 
     def build(self) -> Policy:
         doc = self.doc
