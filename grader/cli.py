@@ -12,6 +12,7 @@ from typing import NoReturn
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.errors import GraderError
 from grader.policy import Policy
+from grader.stream import commands as stream_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     check = pol_sub.add_parser("check", help="validate a policy file and print it")
     check.add_argument("file", help="policy file or preset name")
+    stream_commands.register(sub)
     return parser
 
 
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return _replay(args)
+        if args.command in stream_commands.COMMANDS:
+            return stream_commands.run(args)
         return _policy_check(args)
     except GraderError as exc:
         print(f"grader: error: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Adapters that publish what the worker produces (Kafka now; Redis and metrics later)."""

@@ -1,0 +1,78 @@
+"""The `grader worker`, `grader produce` and `grader tick` subcommands.
+
+Importing this module imports neither faust nor kafka: the heavy modules are
+imported inside ``run`` after settings and policies have been validated, so
+a bad setting or policy is one line and a non-zero exit before any connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from grader.errors import GraderError
+
+COMMANDS = ("worker", "produce", "tick")
+
+
+def register(subparsers: Any) -> None:
+    """Add the streaming subcommands to the `grader` parser."""
+    subparsers.add_parser("worker", help="run the streaming worker (Faust) on Kafka")
+    produce = subparsers.add_parser("produce", help="send a JSON-lines file to the input topics")
+    produce.add_argument("events", type=Path, help="events file (JSON lines)")
+    tick = subparsers.add_parser("tick", help="ask the workers to re-grade everyone as of T")
+    tick.add_argument("--as-of", required=True, help="RFC 3339 instant T")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the subcommand named by ``args.command``."""
+    if args.command == "worker":
+        return _worker()
+    if args.command == "produce":
+        return _produce(args.events)
+    return _tick(args.as_of)
+
+
+def _worker() -> int:
+    from grader.settings import load_settings
+    from grader.stream.options import load_options
+    from grader.stream.worker import load_grading, run_worker
+
+    settings = load_settings()
+    options = load_options()
+    grading = load_grading(settings)
+    return run_worker(settings, grading, options)
+
+
+def _produce(path: Path) -> int:
+    from grader.replay import read_lines
+    from grader.settings import load_settings
+    from grader.stream.admin import ensure_topics
+    from grader.stream.produce import produce
+    from grader.stream.topology import load_topics
+
+    settings = load_settings()
+    if not path.is_file():
+        raise GraderError(f"events file {path} not found")
+    ensure_topics(settings.kafka_url,
+                  load_topics(settings.topic_prefix, settings.partitions).values())
+    summary = produce(settings.kafka_url, settings.topic_prefix, read_lines(path), str(path))
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+def _tick(text: str) -> int:
+    from grader.clock import TimestampError, format_instant, parse_instant
+    from grader.settings import load_settings
+    from grader.stream.produce import send_tick
+
+    try:
+        as_of = parse_instant(text)
+    except TimestampError as exc:
+        raise GraderError(f"--as-of {text!r}: {exc}") from None
+    settings = load_settings()
+    count = send_tick(settings.kafka_url, settings.topic_prefix, as_of)
+    print(f"tick as of {format_instant(as_of)} sent to {count} partitions", file=sys.stderr)
+    return 0

@@ -1,0 +1,147 @@
+"""What the worker does with one message, as pure functions (no Kafka, no Faust).
+
+The agent reads a message and the customer's stored state, calls one of these
+and gets back the outputs to publish and the new state to store (or None when
+the state did not change). Grading itself is grader.core's one step.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from grader.clock import TimestampError, format_instant, parse_instant
+from grader.codec import dump_state, load_state
+from grader.core import Grading, StepResult, apply_event, apply_tick, new_state, snapshot
+from grader.events import TOPIC_OF_TYPE, Event, Rejection, parse_event
+from grader.stream.topology import CUSTOMER_TIERS, DEAD_LETTERS, TIER_CHANGES
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One consumed message and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message to publish: topic suffix (without prefix), key and value."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one message: what to publish, then what to store."""
+
+    status: str  # applied | duplicate | expired | ignored | rejected | unchanged
+    outputs: list[Output] = field(default_factory=list)
+    state: bytes | None = None  # the new table value; None = leave the table alone
+
+
+def handle_event(msg: Incoming, stored: bytes | None, clock_us: int, grading: Grading,
+                 now_us: int, owner_partition: int | None) -> Outcome:
+    """Grade one input message.
+
+    ``stored`` is the table value under the message key, ``clock_us`` the
+    latest tick this partition has seen (0 if none): a customer's as_of is
+    brought up to it, so a tick that overtook an event still counts.
+    ``owner_partition`` is the partition the key hashes to (murmur2, as the
+    Java client); a message elsewhere would be graded by the wrong worker.
+    """
+    parsed = parse_event(msg.value, grading.parse_context(now_us))
+    if isinstance(parsed, Event):
+        problem = misrouted(parsed, msg, owner_partition)
+        parsed = problem or parsed
+    if isinstance(parsed, Rejection):
+        return Outcome("rejected", [dead_letter(msg, parsed)])
+    state = load_state(stored) if stored is not None else new_state(parsed.customer_id)
+    step = apply_event(state, parsed, grading, now_us)
+    if step.status != "applied":
+        return Outcome(step.status)
+    steps = [step]
+    if clock_us > state.as_of:
+        steps.append(apply_tick(state, clock_us, grading, now_us))
+    return Outcome("applied", graded_outputs(state.customer_id, steps), dump_state(state))
+
+
+def handle_tick(stored: bytes, as_of: int, grading: Grading, now_us: int) -> Outcome:
+    """Re-grade one stored customer as of a tick; nothing to do if it is already there."""
+    state = load_state(stored)
+    if as_of <= state.as_of:
+        return Outcome("unchanged")
+    step = apply_tick(state, as_of, grading, now_us)
+    return Outcome("applied", graded_outputs(state.customer_id, [step]), dump_state(state))
+
+
+def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
+    """Tier changes in order, then the customer's snapshot if any step changed it."""
+    key = customer_id.encode()
+    outputs = [Output(TIER_CHANGES, key, orjson.dumps(change))
+               for step in steps for change in step.changes]
+    if any(step.snapshot_changed for step in steps):
+        outputs.append(Output(CUSTOMER_TIERS, key, orjson.dumps(snapshot(steps[-1].state))))
+    return outputs
+
+
+def misrouted(event: Event, msg: Incoming, owner_partition: int | None) -> Rejection | None:
+    """A valid event on the wrong topic, key or partition (stream-only rejections)."""
+    topic = TOPIC_OF_TYPE[event.type]
+    if not msg.topic.endswith(topic):
+        return Rejection("wrong_topic", "type", f"a {event.type} event belongs on the "
+                         f"{topic} topic, not {msg.topic}")
+    if msg.key != event.customer_id.encode():
+        return Rejection("wrong_key", "customer_id", "the message key must be the customer_id")
+    if owner_partition is not None and owner_partition != msg.partition:
+        return Rejection("wrong_partition", "customer_id", f"customer_id hashes to partition "
+                         f"{owner_partition} (murmur2), not {msg.partition}")
+    return None
+
+
+def parse_tick(value: bytes) -> int | Rejection:
+    """The as_of (µs) of a tick message ``{"as_of": RFC 3339}``."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("bad_json", None, f"not valid JSON: {exc}")
+    as_of = obj.get("as_of") if isinstance(obj, dict) else None
+    if not isinstance(as_of, str):
+        return Rejection("missing_field", "as_of", "a tick needs an as_of timestamp")
+    try:
+        return parse_instant(as_of)
+    except TimestampError as exc:
+        return Rejection("bad_timestamp", "as_of", f"as_of {exc}")
+
+
+def tick_message(as_of: int, tick_id: str) -> bytes:
+    """The value of a tick message."""
+    return orjson.dumps({"as_of": format_instant(as_of), "tick_id": tick_id})
+
+
+def dead_letter(msg: Incoming, rejection: Rejection) -> Output:
+    """A dead-letter record: the original bytes, where they came from, and why."""
+    record: dict[str, Any] = {"topic": msg.topic, "partition": msg.partition,
+                              "offset": msg.offset, "code": rejection.code,
+                              "field": rejection.field, "message": rejection.message}
+    record.update(original(msg.value))
+    if msg.key is not None:
+        record.update({f"key_{k}": v for k, v in original(msg.key).items()})
+    return Output(DEAD_LETTERS, msg.key, orjson.dumps(record))
+
+
+def original(raw: bytes) -> dict[str, str]:
+    """``{"raw": text}`` when the bytes are UTF-8, else ``{"raw_base64": ...}``."""
+    try:
+        return {"raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"raw_base64": base64.b64encode(raw).decode("ascii")}

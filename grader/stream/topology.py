@@ -1,0 +1,45 @@
+"""The topics of grader, read from topics/topics.toml; names carry the topic prefix."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+TOPICS_DIR = Path(__file__).resolve().parent.parent.parent / "topics"
+INPUTS = ("transactions", "interactions", "overrides", "tickets")
+TICKS = "ticks"
+TIER_CHANGES, CUSTOMER_TIERS, DEAD_LETTERS = "tier-changes", "customer-tiers", "dead-letters"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its suffix, full name, role, partition count and cleanup policy."""
+
+    suffix: str
+    name: str
+    role: str  # "input" | "control" | "output"
+    partitions: int
+    cleanup_policy: str  # "delete" | "compact"
+    schemas: dict[str, str]  # event type -> schema file under topics/
+
+    @property
+    def config(self) -> dict[str, str]:
+        """Topic configs to create it with."""
+        return {"cleanup.policy": self.cleanup_policy}
+
+
+def load_topics(prefix: str, partitions: int, path: Path | None = None) -> dict[str, TopicSpec]:
+    """Every topic by suffix, with ``prefix`` and the ``partitions`` setting applied."""
+    doc = tomllib.loads((path or TOPICS_DIR / "topics.toml").read_text(encoding="utf-8"))
+    specs: dict[str, TopicSpec] = {}
+    for suffix, raw in doc["topics"].items():
+        count = partitions if raw["partitions"] == "setting" else int(raw["partitions"])
+        specs[suffix] = TopicSpec(suffix, prefix + suffix, raw["role"], count,
+                                  raw["cleanup_policy"], dict(raw.get("schemas", {})))
+    return specs
+
+
+def names(prefix: str, suffixes: tuple[str, ...]) -> tuple[str, ...]:
+    """Full topic names of ``suffixes``."""
+    return tuple(prefix + s for s in suffixes)

@@ -1,0 +1,169 @@
+"""Shared fixtures for the integration tests: a real tansu broker, a real Redis,
+real `grader worker` processes. Nothing is mocked; a service that cannot
+start raises, so the tests error loudly instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka import KafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    """One tansu broker for the session; tests isolate themselves by topic prefix."""
+    with start_broker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session."""
+    with start_redis() as running:
+        yield running
+
+
+def worker_env(broker: Broker, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a grader process talking to ``broker`` under ``prefix``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
+    env.update({
+        "GRADER_KAFKA_URL": broker.url,
+        "GRADER_TOPIC_PREFIX": prefix,
+        "GRADER_PARTITIONS": "4",
+        "GRADER_POLICIES": "abc-100,stars",
+        "GRADER_CONFIG_DIR": str(ROOT / "config"),
+        "GRADER_DATA_DIR": str(data_dir),
+        "GRADER_WEB_PORT": str(free_port()),
+        "GRADER_BROKER_QUIRKS": "tansu",
+        "GRADER_LIVE_TICKS": "0",
+        "PYTHONPATH": str(ROOT),
+    })
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A `grader worker` child process; its output goes to a log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "grader", "worker"], env=env, cwd=ROOT,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until the worker logs that it is ready (recovery done, partitions assigned)."""
+        deadline = time.monotonic() + timeout
+        while "Worker ready" not in self.log():
+            assert self.process.poll() is None, f"worker exited early:\n{self.log()[-3000:]}"
+            assert time.monotonic() < deadline, f"worker not ready:\n{self.log()[-3000:]}"
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, and the exit code (killed after ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"worker ignored SIGTERM:\n{self.log()[-3000:]}") from None
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL (kill -9): no shutdown, no commit, no flush."""
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def stream(broker: Broker, tmp_path: Path) -> Iterator[Stream]:
+    """A fresh topic prefix on the shared broker, and the processes started under it."""
+    ctx = Stream(broker, tmp_path)
+    yield ctx
+    for worker in ctx.workers:
+        if worker.process.poll() is None:
+            worker.kill()
+
+
+class Stream:
+    """One test's topics and workers."""
+
+    def __init__(self, broker: Broker, tmp_path: Path) -> None:
+        self.broker = broker
+        self.tmp_path = tmp_path
+        self.prefix = f"t{uuid.uuid4().hex[:8]}."
+        self.workers: list[WorkerProcess] = []
+
+    def env(self, data_dir: str = "data", **extra: str) -> dict[str, str]:
+        return worker_env(self.broker, self.prefix, self.tmp_path / data_dir, **extra)
+
+    def start_worker(self, data_dir: str = "data", **extra: str) -> WorkerProcess:
+        name = f"worker-{len(self.workers)}.log"
+        worker = WorkerProcess(self.env(data_dir, **extra), self.tmp_path / name)
+        self.workers.append(worker)
+        return worker
+
+    def grader(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        """Run a `grader` subcommand to completion."""
+        return subprocess.run([sys.executable, "-m", "grader", *args], env=self.env(**extra),
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    def read(self, suffix: str, idle: float = 1.0) -> list[Any]:
+        """Every record of ``prefix + suffix`` from the start (partition order kept)."""
+        return read_topic(self.broker, self.prefix + suffix, idle)
+
+
+def read_topic(broker: Broker, topic: str, idle: float = 1.0) -> list[Any]:
+    """All records of ``topic``, read until ``idle`` seconds pass without a new one."""
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
+                                                          or ())]
+        if not parts:
+            return []
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records: list[Any] = []
+        last = time.monotonic()
+        while time.monotonic() - last < idle:
+            for batch in consumer.poll(timeout_ms=100).values():
+                records += batch
+                last = time.monotonic()
+        return records
+    finally:
+        consumer.close()
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Call ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
