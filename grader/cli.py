@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="processes to grade with (default: the CPUs this process may use)",
     )
+    dev = sub.add_parser("dev", help="local broker, Redis, worker and live sample events")
+    dev.add_argument("--customers", type=_positive, default=12, help="sample customers")
+    dev.add_argument("--duration", type=_positive, default=None,
+                     help="stop after this many seconds (default: until Ctrl-C)")
+    dev.add_argument("--plain", action="store_true",
+                     help="print tier changes as lines (default when not a terminal)")
     pol = sub.add_parser("policy", help="policy tools")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     check = pol_sub.add_parser("check", help="validate a policy file and print it")
@@ -62,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return _replay(args)
+        if args.command == "dev":
+            return _dev(args)
         if args.command in stream_commands.COMMANDS:
             return stream_commands.run(args)
         return _policy_check(args)
@@ -106,6 +114,15 @@ def _replay(args: argparse.Namespace) -> int:
         sys.stderr.write("\r\033[K")
     print(f"replay as of {format_instant(as_of)}: {result.stats.summary()}", file=sys.stderr)
     return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from grader.dev import run_dev
+    from grader.settings import load_settings
+
+    settings = load_settings()
+    plain = args.plain or not sys.stdout.isatty()
+    return run_dev(args.customers, args.duration, plain, ",".join(settings.policies))
 
 
 def _progress(lines: int) -> None:

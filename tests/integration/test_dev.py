@@ -1,0 +1,36 @@
+"""`grader dev` for real: local broker, Redis, worker, live sample events."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def port_open(url: str) -> bool:
+    host, port = re.search(r"//([\d.]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_dev_shows_tiers_changing_and_stops_everything() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "grader", "dev", "--duration", "35", "--plain", "--customers", "6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    changes = [line for line in result.stdout.splitlines() if " -> " in line]
+    assert any("(initial," in line for line in changes), result.stdout[-2000:]
+    customers = {line.split()[1] for line in changes}
+    assert customers <= {f"DEV-{i:03d}" for i in range(1, 7)} and len(customers) >= 3
+    assert re.search(r"\d+ tier changes seen for \d+ customers", result.stderr)
+    urls = re.search(r"broker (\S+), redis (\S+),", result.stderr)
+    assert urls is not None, result.stderr
+    assert not port_open(urls.group(1)) and not port_open(urls.group(2))
