@@ -29,7 +29,12 @@ DEFAULTS: dict[str, str] = {
     "web_port": "6066",
     "data_dir": "./data",
     "api_token": "",
+    "broker_quirks": "none",
+    "live_ticks": "1",
+    "log_level": "info",
 }
+BROKER_QUIRKS = ("none", "tansu")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class Settings:
     data_dir: Path
     api_token: str | None
     config_dir: Path
+    broker_quirks: str = "none"  # "tansu": workarounds for the local broker (docs/streaming.md)
+    live_ticks: bool = True  # tick every customer at each local midnight
+    log_level: str = "info"
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -100,6 +108,9 @@ def _validate(raw: dict[str, str], cdir: Path) -> Settings:
             raise SettingsError(
                 f"setting {key} (GRADER_{key.upper()}): must be non-empty, no spaces"
             )
+    _choice(raw, "broker_quirks", BROKER_QUIRKS)
+    _choice(raw, "live_ticks", ("1", "0", "true", "false"))
+    _choice(raw, "log_level", LOG_LEVELS)
     return Settings(
         kafka_url=raw["kafka_url"],
         redis_url=raw["redis_url"],
@@ -113,7 +124,18 @@ def _validate(raw: dict[str, str], cdir: Path) -> Settings:
         data_dir=Path(raw["data_dir"]),
         api_token=raw["api_token"] or None,
         config_dir=cdir,
+        broker_quirks=raw["broker_quirks"],
+        live_ticks=raw["live_ticks"] in ("1", "true"),
+        log_level=raw["log_level"],
     )
+
+
+def _choice(raw: dict[str, str], key: str, options: tuple[str, ...]) -> None:
+    raw[key] = raw[key].strip().lower()
+    if raw[key] not in options:
+        raise SettingsError(
+            f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not one of {', '.join(options)}"
+        )
 
 
 def _url(raw: dict[str, str], key: str, schemes: tuple[str, ...]) -> None:

@@ -41,7 +41,7 @@ def _worker() -> int:
     from grader.stream.worker import load_grading, run_worker
 
     settings = load_settings()
-    options = load_options()
+    options = load_options(settings)
     grading = load_grading(settings)
     return run_worker(settings, grading, options)
 

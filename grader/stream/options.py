@@ -1,4 +1,4 @@
-"""Worker options that grader/settings.py does not have yet, read from the environment.
+"""How the worker talks to its broker, from the validated settings.
 
 * ``GRADER_BROKER_QUIRKS``: ``none`` (default, Apache Kafka) or ``tansu``
   (the local broker of `grader dev` and the tests; see docs/streaming.md).
@@ -6,21 +6,16 @@
   midnight of every policy timezone; ``0`` leaves ticks to `grader tick`.
 * ``GRADER_LOG_LEVEL``: the worker's log level (default ``info``).
 
-A bad value is a SettingsError naming the variable.
+Each is a setting of config/grader.toml (``broker_quirks``, ``live_ticks``,
+``log_level``) overridden by its variable; grader.settings validates them.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grader.errors import SettingsError
-
-QUIRKS = ("none", "tansu")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+from grader.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -46,18 +41,6 @@ class StreamOptions:
         return {}
 
 
-def load_options(env: Mapping[str, str] | None = None) -> StreamOptions:
-    """Read and validate the GRADER_* worker options."""
-    env = os.environ if env is None else env
-    quirks = env.get("GRADER_BROKER_QUIRKS", "none").strip().lower() or "none"
-    if quirks not in QUIRKS:
-        raise SettingsError(f"setting broker_quirks (GRADER_BROKER_QUIRKS): {quirks!r} is not "
-                            f"one of {', '.join(QUIRKS)}")
-    live = env.get("GRADER_LIVE_TICKS", "1").strip().lower()
-    if live not in _BOOLEANS:
-        raise SettingsError(f"setting live_ticks (GRADER_LIVE_TICKS): {live!r} is not 1 or 0")
-    level = env.get("GRADER_LOG_LEVEL", "info").strip().lower()
-    if level not in LOG_LEVELS:
-        raise SettingsError(f"setting log_level (GRADER_LOG_LEVEL): {level!r} is not one of "
-                            f"{', '.join(LOG_LEVELS)}")
-    return StreamOptions(quirks, _BOOLEANS[live], level)
+def load_options(settings: Settings) -> StreamOptions:
+    """The worker options of validated settings."""
+    return StreamOptions(settings.broker_quirks, settings.live_ticks, settings.log_level)
