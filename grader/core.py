@@ -33,6 +33,7 @@ class Grading:
     currency: str = field(init=False)
     timezones: tuple[str, ...] = field(init=False)
     longest_window_by_tz: tuple[tuple[str, int], ...] = field(init=False)
+    tiers_by_policy: dict[str, tuple[str, ...]] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -52,10 +53,11 @@ class Grading:
             for tz in self.timezones
         }
         object.__setattr__(self, "longest_window_by_tz", tuple(longest.items()))
+        object.__setattr__(self, "tiers_by_policy", {p.name: p.tier_names for p in self.policies})
 
     def parse_context(self, now_us: int | None = None) -> ParseContext:
         """What event validation needs; ``now_us`` set in live mode."""
-        return ParseContext(self.currency, {p.name: p.tier_names for p in self.policies}, now_us)
+        return ParseContext(self.currency, self.tiers_by_policy, now_us)
 
     def horizon(self, as_of: int) -> tuple[int, int]:
         """The horizon as of ``as_of``, and the instant until which it stays the same.

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,9 @@ import orjson
 from grader.errors import GraderError
 from grader.sample import LiveSample
 from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
+from grader.stream.admin import kafka_module
 
 WORKER_READY_TIMEOUT = 90.0
-
-
-def kafka() -> Any:
-    """kafka-python, imported quietly (it warns about a deprecated API at import)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import kafka as kafka_python
-    return kafka_python
 
 
 def run_dev(customers: int, duration: float | None, plain: bool, policies: str) -> int:
@@ -43,41 +35,48 @@ def run_dev(customers: int, duration: float | None, plain: bool, policies: str) 
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="grader-dev-")))
         broker = stack.enter_context(start_broker())
         redis = stack.enter_context(start_redis())
-        say(f"broker {broker.url}, redis {redis.url}, data {workdir}", plain)
+        say(f"broker {broker.url}, redis {redis.url}, data {workdir}")
         worker = stack.enter_context(_worker(broker, redis, workdir, policies))
         prefix = "grader."
         _wait_for_topics(broker, prefix, worker, workdir)
         view = TierView(plain)
         stop = threading.Event()
-        feeder = threading.Thread(target=_feed, args=(broker, prefix, customers, stop),
-                                  daemon=True)
+        feeder = threading.Thread(target=_feed, args=(broker, prefix, customers, stop), daemon=True)
         feeder.start()
         try:
             _watch(broker, prefix, view, stop, duration, worker, workdir)
         except KeyboardInterrupt:
-            say("stopping (Ctrl-C)", plain)
+            say("stopping (Ctrl-C)")
         finally:
             stop.set()
             feeder.join(timeout=5)
-        say(f"{view.changes} tier changes seen for {len(view.tiers)} customers", plain)
+        say(f"{view.changes} tier changes seen for {len(view.tiers)} customers")
     return 0
 
 
-def say(text: str, plain: bool) -> None:
+def say(text: str) -> None:
     """A status line on stderr."""
     print(f"grader dev: {text}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def _worker(broker: Broker, redis: RedisServer, workdir: Path, policies: str
-            ) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "GRADER_KAFKA_URL": broker.url, "GRADER_REDIS_URL": redis.url,
-           "GRADER_BROKER_QUIRKS": "tansu", "GRADER_DATA_DIR": str(workdir / "data"),
-           "GRADER_WEB_PORT": str(free_port()), "GRADER_POLICIES": policies,
-           "GRADER_SUPPORT_POLICY": policies.split(",")[0]}
+def _worker(
+    broker: Broker, redis: RedisServer, workdir: Path, policies: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "GRADER_KAFKA_URL": broker.url,
+        "GRADER_REDIS_URL": redis.url,
+        "GRADER_BROKER_QUIRKS": "tansu",
+        "GRADER_DATA_DIR": str(workdir / "data"),
+        "GRADER_WEB_PORT": str(free_port()),
+        "GRADER_POLICIES": policies,
+        "GRADER_SUPPORT_POLICY": policies.split(",")[0],
+    }
     log = (workdir / "worker.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "grader", "worker"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grader", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         yield proc
     finally:
@@ -95,12 +94,13 @@ def _worker_failed(worker: subprocess.Popen[bytes], workdir: Path) -> GraderErro
     return GraderError(f"the worker exited with {worker.returncode}: {' | '.join(tail)}")
 
 
-def _wait_for_topics(broker: Broker, prefix: str, worker: subprocess.Popen[bytes],
-                     workdir: Path) -> None:
+def _wait_for_topics(
+    broker: Broker, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
+) -> None:
     """Wait until the worker has created the topics (it does so at start-up)."""
     wanted = {f"{prefix}{name}" for name in ("transactions", "customer-tiers", "tier-changes")}
     deadline = time.monotonic() + WORKER_READY_TIMEOUT
-    admin = kafka().KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin = kafka_module().KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
         while not wanted <= set(admin.list_topics()):
             if worker.poll() is not None:
@@ -116,7 +116,7 @@ def _feed(broker: Broker, prefix: str, customers: int, stop: threading.Event) ->
     """Send live sample events to their topics until stopped."""
     from grader.events import TOPIC_OF_TYPE
 
-    producer = kafka().KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    producer = kafka_module().KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
     sample = LiveSample(customers)
     start = time.time_ns() // 1000
     try:
@@ -143,9 +143,11 @@ class TierView:
 
     def on_change(self, change: dict[str, Any]) -> None:
         self.changes += 1
-        line = (f"{change['as_of'][:10]} {change['customer_id']} {change['policy']}: "
-                f"{change['from_tier'] or '-'} -> {change['to_tier']} ({change['direction']}, "
-                f"score {change['score']})")
+        line = (
+            f"{change['as_of'][:10]} {change['customer_id']} {change['policy']}: "
+            f"{change['from_tier'] or '-'} -> {change['to_tier']} ({change['direction']}, "
+            f"score {change['score']})"
+        )
         self.recent = [line, *self.recent[:9]]
         if self.plain:
             print(line, flush=True)
@@ -175,11 +177,22 @@ def _cell(tier: dict[str, Any] | None) -> str:
     return f"{tier['tier']}  {tier['score']}{pin}"
 
 
-def _watch(broker: Broker, prefix: str, view: TierView, stop: threading.Event,
-           duration: float | None, worker: subprocess.Popen[bytes], workdir: Path) -> None:
-    consumer = kafka().KafkaConsumer(f"{prefix}customer-tiers", f"{prefix}tier-changes",
-                                     bootstrap_servers=broker.bootstrap,
-                                     auto_offset_reset="earliest", enable_auto_commit=False)
+def _watch(
+    broker: Broker,
+    prefix: str,
+    view: TierView,
+    stop: threading.Event,
+    duration: float | None,
+    worker: subprocess.Popen[bytes],
+    workdir: Path,
+) -> None:
+    consumer = kafka_module().KafkaConsumer(
+        f"{prefix}customer-tiers",
+        f"{prefix}tier-changes",
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     end = None if duration is None else time.monotonic() + duration
     live = None
     if not view.plain:

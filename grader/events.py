@@ -7,6 +7,7 @@ docs/events.md.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -86,6 +87,15 @@ class _Reject(Exception):
     def __init__(self, code: str, fld: str | None, message: str) -> None:
         super().__init__(message)
         self.rejection = Rejection(code, fld, message)
+
+
+def original_fields(raw: bytes) -> dict[str, str]:
+    """A rejected message's bytes for a dead letter: ``{"raw": text}`` when they are
+    UTF-8, else ``{"raw_base64": ...}``, so nothing of the original is lost."""
+    try:
+        return {"raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"raw_base64": base64.b64encode(raw).decode("ascii")}
 
 
 def parse_event(raw: bytes | str, ctx: ParseContext) -> Event | Rejection:

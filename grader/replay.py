@@ -12,7 +12,6 @@ one process writes.
 
 from __future__ import annotations
 
-import base64
 import heapq
 import multiprocessing
 import os
@@ -26,7 +25,7 @@ from typing import Any
 import orjson
 
 from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import Event, Rejection, parse_event
+from grader.events import Event, Rejection, original_fields, parse_event
 from grader.rational import round2
 
 Progress = Callable[[int], None]
@@ -212,10 +211,7 @@ def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]
         "field": rejection.field,
         "message": rejection.message,
     }
-    try:
-        record["raw"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        record["raw_base64"] = base64.b64encode(raw).decode("ascii")
+    record.update(original_fields(raw))
     return record
 
 

@@ -7,7 +7,6 @@ the state did not change). Grading itself is grader.core's one step.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import orjson
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.codec import dump_state, load_state
 from grader.core import Grading, StepResult, apply_event, apply_tick, new_state, snapshot
-from grader.events import TOPIC_OF_TYPE, Event, Rejection, parse_event
+from grader.events import TOPIC_OF_TYPE, Event, Rejection, original_fields, parse_event
 from grader.stream.topology import CUSTOMER_TIERS, DEAD_LETTERS, TIER_CHANGES
 
 
@@ -133,15 +132,8 @@ def dead_letter(msg: Incoming, rejection: Rejection) -> Output:
     record: dict[str, Any] = {"topic": msg.topic, "partition": msg.partition,
                               "offset": msg.offset, "code": rejection.code,
                               "field": rejection.field, "message": rejection.message}
-    record.update(original(msg.value))
+    record.update(original_fields(msg.value))
     if msg.key is not None:
-        record.update({f"key_{k}": v for k, v in original(msg.key).items()})
+        record.update({f"key_{k}": v for k, v in original_fields(msg.key).items()})
     return Output(DEAD_LETTERS, msg.key, orjson.dumps(record))
 
-
-def original(raw: bytes) -> dict[str, str]:
-    """``{"raw": text}`` when the bytes are UTF-8, else ``{"raw_base64": ...}``."""
-    try:
-        return {"raw": raw.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"raw_base64": base64.b64encode(raw).decode("ascii")}

@@ -11,18 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka import KafkaConsumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,18 +40,20 @@ def redis_server() -> Iterator[RedisServer]:
 def worker_env(broker: Broker, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a grader process talking to ``broker`` under ``prefix``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
-    env.update({
-        "GRADER_KAFKA_URL": broker.url,
-        "GRADER_TOPIC_PREFIX": prefix,
-        "GRADER_PARTITIONS": "4",
-        "GRADER_POLICIES": "abc-100,stars",
-        "GRADER_CONFIG_DIR": str(ROOT / "config"),
-        "GRADER_DATA_DIR": str(data_dir),
-        "GRADER_WEB_PORT": str(free_port()),
-        "GRADER_BROKER_QUIRKS": "tansu",
-        "GRADER_LIVE_TICKS": "0",
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "GRADER_KAFKA_URL": broker.url,
+            "GRADER_TOPIC_PREFIX": prefix,
+            "GRADER_PARTITIONS": "4",
+            "GRADER_POLICIES": "abc-100,stars",
+            "GRADER_CONFIG_DIR": str(ROOT / "config"),
+            "GRADER_DATA_DIR": str(data_dir),
+            "GRADER_WEB_PORT": str(free_port()),
+            "GRADER_BROKER_QUIRKS": "tansu",
+            "GRADER_LIVE_TICKS": "0",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     env.update(extra)
     return env
 
@@ -67,8 +65,13 @@ class WorkerProcess:
         self.log_path = log_path
         with log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "grader", "worker"], env=env, cwd=ROOT,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "grader", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -129,8 +132,14 @@ class Stream:
 
     def grader(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         """Run a `grader` subcommand to completion."""
-        return subprocess.run([sys.executable, "-m", "grader", *args], env=self.env(**extra),
-                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "grader", *args],
+            env=self.env(**extra),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def read(self, suffix: str, idle: float = 1.0) -> list[Any]:
         """Every record of ``prefix + suffix`` from the start (partition order kept)."""
@@ -141,8 +150,9 @@ def read_topic(broker: Broker, topic: str, idle: float = 1.0) -> list[Any]:
     """All records of ``topic``, read until ``idle`` seconds pass without a new one."""
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
-                                                          or ())]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
         if not parts:
             return []
         consumer.assign(parts)

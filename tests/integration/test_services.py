@@ -11,18 +11,13 @@ import os
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 
 import aiokafka
 import pytest
 import redis
-
-with warnings.catch_warnings():
-    # kafka-python 3.0 calls the deprecated importlib.resources.read_text at import.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from grader.services import (
     Broker,
@@ -34,18 +29,6 @@ from grader.services import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[Broker]:
-    with start_broker() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with start_redis() as running:
-        yield running
 
 
 @pytest.fixture
