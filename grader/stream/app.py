@@ -3,17 +3,20 @@
 The composition root is :func:`create_app`. One agent consumes the four input
 topics and the ticks topic (all co-partitioned), so one customer's messages
 are handled one at a time and a tick never races an event for the same
-customer. For each message, :class:`Processor` calls grader.stream.step,
-publishes the outputs and waits for their acknowledgements, and only then
-stores the new state (docs/streaming.md, "Ordering").
+customer. The agent takes messages in batches; :class:`Processor` steps each
+one with grader.stream.step (one live state per customer in the batch),
+publishes the batch's outputs and waits for their acknowledgements, then
+stores each changed customer once and waits for those too; only then does
+Faust acknowledge the batch's messages (docs/streaming.md, "Ordering").
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,17 +24,22 @@ import faust
 from aiokafka.partitioner import murmur2
 
 from grader.clock import format_instant
+from grader.codec import dump_state, load_state
 from grader.core import Grading
 from grader.settings import Settings
 from grader.sinks.kafka import FaustKafkaSink, OutputSink
+from grader.state import CustomerState
 from grader.stream import step
 from grader.stream.options import StreamOptions
 from grader.stream.seeking import transport_for
+from grader.stream.tables import FaustTableStore, TableStore
 from grader.stream.topology import CUSTOMER_TIERS, DEAD_LETTERS, INPUTS, TICKS, TIER_CHANGES
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 TICK_BATCH = 500  # customers re-graded between two waits for acknowledgements
+BATCH_MAX = 1000  # input messages graded between two waits for acknowledgements
+BATCH_WITHIN = 0.05  # seconds a partial batch waits for more messages
 
 
 def now_us() -> int:
@@ -53,31 +61,66 @@ def table_store() -> str:
     return "memory://"
 
 
-class Processor:
-    """Handles each consumed message: step, publish (acknowledged), then store."""
+class Batch:
+    """What the messages of one batch did: live customer states and outputs, in order."""
 
-    def __init__(self, grading: Grading, customers: Any, clocks: Any, sink: OutputSink,
-                 ticks_topic: str, partitions: int) -> None:
+    def __init__(self) -> None:
+        self.states: dict[bytes, CustomerState] = {}
+        self.changed: dict[bytes, int] = {}  # key -> partition, for the keys to store
+        self.outputs: list[step.Output] = []
+
+
+class Processor:
+    """Grades batches of messages: step each, publish (acknowledged), then store."""
+
+    def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
+                 sink: OutputSink, ticks_topic: str, partitions: int) -> None:
         self.grading = grading
-        self.customers = customers  # table: customer_id bytes -> codec bytes
-        self.clocks = clocks  # table: b"p<partition>" -> latest tick as_of (decimal µs)
+        self.customers = customers  # customer_id bytes -> codec bytes
+        self.clocks = clocks  # b"p<partition>" -> latest tick as_of (decimal µs)
         self.sink = sink
         self.ticks_topic = ticks_topic
         self.partitions = partitions
 
+    async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
+        """Handle consecutive messages; a tick settles what came before it first."""
+        batch = Batch()
+        for msg in messages:
+            if msg.topic == self.ticks_topic:
+                await self.settle(batch)
+                batch = Batch()
+                await self.on_tick(msg)
+            else:
+                self.grade(msg, batch)
+        await self.settle(batch)
+
     async def on_message(self, msg: step.Incoming) -> None:
-        """Handle one message from an input topic or the ticks topic."""
-        if msg.topic == self.ticks_topic:
-            await self.on_tick(msg)
-            return
+        """Handle one message (a batch of one)."""
+        await self.on_batch([msg])
+
+    def grade(self, msg: step.Incoming, batch: Batch) -> None:
+        """Step one input message against the batch's live state of its customer."""
         key = msg.key
-        owner = partition_of(key, self.partitions) if key else None
-        stored = self.customers.get(key) if key else None
-        outcome = step.handle_event(msg, stored, self.clock(msg.partition), self.grading,
+        current = None
+        owner = None
+        if key:
+            owner = partition_of(key, self.partitions)
+            current = batch.states.get(key)
+            if current is None:
+                stored = self.customers.get(key)
+                current = load_state(stored) if stored is not None else None
+        outcome = step.handle_event(msg, current, self.clock(msg.partition), self.grading,
                                     now_us(), owner)
-        await self.sink.publish(outcome.outputs)
-        if outcome.state is not None:
-            self.customers[key] = outcome.state
+        batch.outputs += outcome.outputs
+        if outcome.state is not None and key:
+            batch.states[key] = outcome.state
+            batch.changed[key] = msg.partition
+
+    async def settle(self, batch: Batch) -> None:
+        """Publish the batch's outputs and wait for them, then store its changed states."""
+        await self.sink.publish(batch.outputs)
+        await self.customers.put_many([(partition, key, dump_state(batch.states[key]))
+                                       for key, partition in batch.changed.items()])
 
     async def on_tick(self, msg: step.Incoming) -> None:
         """Re-grade every customer of the tick's partition, then raise its clock."""
@@ -87,24 +130,26 @@ class Processor:
             return
         keys = list(self.keys_of(msg.partition))
         for start in range(0, len(keys), TICK_BATCH):
-            await self.tick_batch(keys[start:start + TICK_BATCH], as_of)
+            batch = Batch()
+            now = now_us()
+            for key in keys[start:start + TICK_BATCH]:
+                stored = self.customers.get(key)
+                if stored is None:
+                    continue
+                outcome = step.handle_tick(load_state(stored), as_of, self.grading, now)
+                batch.outputs += outcome.outputs
+                if outcome.state is not None:
+                    batch.states[key] = outcome.state
+                    batch.changed[key] = msg.partition
+            await self.settle(batch)
         if as_of > self.clock(msg.partition):
-            self.clocks[b"p%d" % msg.partition] = b"%d" % as_of
+            await self.clocks.put_many([(msg.partition, b"p%d" % msg.partition, b"%d" % as_of)])
         log.info("tick as of %s: %d customers of partition %d", format_instant(as_of), len(keys),
                  msg.partition)
 
-    async def tick_batch(self, keys: list[bytes], as_of: int) -> None:
-        now = now_us()
-        outcomes = [(key, step.handle_tick(self.customers[key], as_of, self.grading, now))
-                    for key in keys]
-        await self.sink.publish([out for _, outcome in outcomes for out in outcome.outputs])
-        for key, outcome in outcomes:
-            if outcome.state is not None:
-                self.customers[key] = outcome.state
-
     def keys_of(self, partition: int) -> Iterator[bytes]:
         """The stored customers whose key belongs to ``partition``."""
-        for key in list(self.customers.keys()):
+        for key in self.customers.all_keys():
             if partition_of(key, self.partitions) == partition:
                 yield key
 
@@ -137,21 +182,46 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     outputs = {s: app.topic(prefix + s, **RAW) for s in (TIER_CHANGES, CUSTOMER_TIERS,
                                                          DEAD_LETTERS)}
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    processor = Processor(grading, customers, clocks, sink or FaustKafkaSink(outputs),
-                          prefix + TICKS, partitions)
+    processor = Processor(grading, FaustTableStore(customers), FaustTableStore(clocks),
+                          sink or FaustKafkaSink(outputs), prefix + TICKS, partitions)
 
     @app.agent(source, name="grade")
     async def grade(stream: Any) -> None:
-        async for event in stream.events():
-            m = event.message
-            await processor.on_message(step.Incoming(m.topic, m.partition, m.offset, m.key,
-                                                     m.value))
+        await grade_batches(stream, processor, app.crash)
 
     if options.live_ticks:
         for tz in grading.timezones:
             app.crontab("0 0 * * *", timezone=ZoneInfo(tz), on_leader=True)(
                 _live_tick(ticks, partitions))
     return app
+
+
+async def grade_batches(stream: Any, processor: Processor,
+                        crash: Callable[[BaseException], Awaitable[None]]) -> None:
+    """The agent: grade each batch of ``stream``, then let Faust acknowledge it.
+
+    ``take_events`` acknowledges a batch's messages once the loop body is done
+    with it, and also when the body fails or is cancelled (its ``finally``).
+    A batch that was not settled must never be committed, so on any exception
+    its messages are marked as acknowledged *without* telling the consumer
+    (``Message.ack`` then does nothing): their offsets stay uncommitted and
+    they are redelivered after a restart. A failure other than cancellation
+    (e.g. the broker refused a write) crashes the worker, because the offsets
+    of that partition could not be committed past the batch any more.
+    """
+    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+        try:
+            await processor.on_batch(
+                step.Incoming(m.topic, m.partition, m.offset, m.key, m.value)
+                for m in (event.message for event in events))
+        except BaseException as exc:
+            for event in events:
+                event.message.acked = True  # never reaches the consumer: not committed
+            if not isinstance(exc, asyncio.CancelledError):
+                log.error("batch of %d messages not settled, stopping the worker: %r",
+                          len(events), exc)
+                await crash(exc)
+            raise
 
 
 def _live_tick(ticks: Any, partitions: int) -> Any:

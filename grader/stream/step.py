@@ -1,8 +1,10 @@
 """What the worker does with one message, as pure functions (no Kafka, no Faust).
 
-The agent reads a message and the customer's stored state, calls one of these
+The agent reads a message and the customer's current state, calls one of these
 and gets back the outputs to publish and the new state to store (or None when
-the state did not change). Grading itself is grader.core's one step.
+the state did not change). Grading itself is grader.core's one step; the
+state is updated in place, so a batch keeps one live state per customer and
+encodes it once (grader.stream.app).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 import orjson
 
 from grader.clock import TimestampError, format_instant, parse_instant
-from grader.codec import dump_state, load_state
 from grader.core import Grading, StepResult, apply_event, apply_tick, new_state, snapshot
 from grader.events import TOPIC_OF_TYPE, Event, Rejection, original_fields, parse_event
+from grader.state import CustomerState
 from grader.stream.topology import CUSTOMER_TIERS, DEAD_LETTERS, TIER_CHANGES
 
 
@@ -45,16 +47,17 @@ class Outcome:
 
     status: str  # applied | duplicate | expired | ignored | rejected | unchanged
     outputs: list[Output] = field(default_factory=list)
-    state: bytes | None = None  # the new table value; None = leave the table alone
+    state: CustomerState | None = None  # the state to store; None = leave the table alone
 
 
-def handle_event(msg: Incoming, stored: bytes | None, clock_us: int, grading: Grading,
-                 now_us: int, owner_partition: int | None) -> Outcome:
+def handle_event(msg: Incoming, current: CustomerState | None, clock_us: int,
+                 grading: Grading, now_us: int, owner_partition: int | None) -> Outcome:
     """Grade one input message.
 
-    ``stored`` is the table value under the message key, ``clock_us`` the
-    latest tick this partition has seen (0 if none): a customer's as_of is
-    brought up to it, so a tick that overtook an event still counts.
+    ``current`` is the state of the message key's customer (None if never
+    stored; it is updated in place), ``clock_us`` the latest tick this
+    partition has seen (0 if none): a customer's as_of is brought up to it,
+    so a tick that overtook an event still counts.
     ``owner_partition`` is the partition the key hashes to (murmur2, as the
     Java client); a message elsewhere would be graded by the wrong worker.
     """
@@ -64,23 +67,22 @@ def handle_event(msg: Incoming, stored: bytes | None, clock_us: int, grading: Gr
         parsed = problem or parsed
     if isinstance(parsed, Rejection):
         return Outcome("rejected", [dead_letter(msg, parsed)])
-    state = load_state(stored) if stored is not None else new_state(parsed.customer_id)
+    state = current if current is not None else new_state(parsed.customer_id)
     step = apply_event(state, parsed, grading, now_us)
     if step.status != "applied":
         return Outcome(step.status)
     steps = [step]
     if clock_us > state.as_of:
         steps.append(apply_tick(state, clock_us, grading, now_us))
-    return Outcome("applied", graded_outputs(state.customer_id, steps), dump_state(state))
+    return Outcome("applied", graded_outputs(state.customer_id, steps), state)
 
 
-def handle_tick(stored: bytes, as_of: int, grading: Grading, now_us: int) -> Outcome:
-    """Re-grade one stored customer as of a tick; nothing to do if it is already there."""
-    state = load_state(stored)
+def handle_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) -> Outcome:
+    """Re-grade one customer as of a tick (in place); nothing to do if it is already there."""
     if as_of <= state.as_of:
         return Outcome("unchanged")
     step = apply_tick(state, as_of, grading, now_us)
-    return Outcome("applied", graded_outputs(state.customer_id, [step]), dump_state(state))
+    return Outcome("applied", graded_outputs(state.customer_id, [step]), state)
 
 
 def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:

@@ -18,8 +18,9 @@ from grader.codec import load_state
 from grader.core import Grading
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
-from grader.stream.app import Processor, partition_of
+from grader.stream.app import Processor, grade_batches, partition_of
 from grader.stream.step import Incoming, Output
+from grader.stream.tables import MemoryTableStore
 from tests.conftest import grading
 
 NOW = parse_instant("2026-11-24T00:00:00Z")
@@ -48,7 +49,7 @@ def test_first_sale_grades_and_snapshots() -> None:
     assert all(o.key == b"C1" for o in outcome.outputs)
     snap = orjson.loads(outcome.outputs[-1].value)
     assert snap["tiers"]["abc-100"]["tier"] == "B"  # 2500 a month: 30 + paid at once: 30
-    assert outcome.state is not None and load_state(outcome.state).customer_id == "C1"
+    assert outcome.state is not None and outcome.state.customer_id == "C1"
 
 
 def test_duplicate_changes_nothing() -> None:
@@ -92,16 +93,16 @@ def test_binary_garbage_is_kept_as_base64() -> None:
 def test_tick_is_idempotent_and_clock_reaches_late_customers() -> None:
     g = grading("stars")
     msg = message(sale("C1", "e1", "2026-01-10T10:00:00+08:00", "1000"), b"C1")
-    stored = step.handle_event(msg, None, 0, g, NOW, msg.partition).state
-    assert stored is not None
+    state = step.handle_event(msg, None, 0, g, NOW, msg.partition).state
+    assert state is not None
     as_of = parse_instant("2026-11-22T00:00:00+08:00")
-    ticked = step.handle_tick(stored, as_of, g, NOW)
-    assert ticked.status == "applied" and load_state(ticked.state or b"").as_of == as_of
-    assert step.handle_tick(ticked.state or b"", as_of, g, NOW).status == "unchanged"
+    ticked = step.handle_tick(state, as_of, g, NOW)
+    assert ticked.status == "applied" and ticked.state is state and state.as_of == as_of
+    assert step.handle_tick(state, as_of, g, NOW).status == "unchanged"
     # A customer first seen after the partition's tick is graded as of that tick.
     late = message(sale("C1", "e2", "2026-02-10T10:00:00+08:00", "1000"), b"C1")
     first = step.handle_event(late, None, as_of, g, NOW, late.partition)
-    assert load_state(first.state or b"").as_of == as_of
+    assert first.state is not None and first.state.as_of == as_of
 
 
 def test_parse_tick() -> None:
@@ -114,7 +115,7 @@ def test_parse_tick() -> None:
 class CheckingSink:
     """Asserts the table does not yet hold the state whose outputs it is publishing."""
 
-    def __init__(self, table: dict[bytes, bytes]) -> None:
+    def __init__(self, table: MemoryTableStore) -> None:
         self.table = table
         self.published: list[Output] = []
 
@@ -127,23 +128,82 @@ class CheckingSink:
         self.published.extend(outputs)
 
 
-def processor(g: Grading, sink: Any, customers: dict[bytes, bytes]) -> Processor:
-    return Processor(g, customers, {}, sink, "g.ticks", PARTITIONS)
+class CountingStore(MemoryTableStore):
+    """A MemoryTableStore that keeps each put_many call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[bytes]] = []
+
+    async def put_many(self, writes: Sequence[tuple[int, bytes, bytes]]) -> None:
+        self.calls.append([key for _, key, _ in writes])
+        await super().put_many(writes)
+
+
+def processor(g: Grading, sink: Any, customers: MemoryTableStore) -> Processor:
+    return Processor(g, customers, MemoryTableStore(), sink, "g.ticks", PARTITIONS)
 
 
 def test_processor_publishes_before_it_stores() -> None:
-    customers: dict[bytes, bytes] = {}
+    customers = MemoryTableStore()
     sink = CheckingSink(customers)
     proc = processor(grading("abc-100"), sink, customers)
     for n, (amount, when) in enumerate([("100", "2026-10-01"), ("300000", "2026-10-02")]):
         msg = message(sale("C1", f"e{n}", f"{when}T10:00:00+08:00", amount), b"C1", offset=n)
         asyncio.run(proc.on_message(msg))
     assert [o.topic for o in sink.published].count("customer-tiers") == 2
-    assert load_state(customers[b"C1"]).tiers["abc-100"].tier == "A"
+    assert load_state(customers.data[b"C1"]).tiers["abc-100"].tier == "A"
+
+
+def without_emitted_at(outputs: Sequence[Output]) -> list[tuple[str, bytes | None, Any]]:
+    """Outputs comparable across runs: emitted_at is the wall clock."""
+    def body(out: Output) -> Any:
+        value = orjson.loads(out.value)
+        if isinstance(value, dict):
+            value.pop("emitted_at", None)
+        return value
+    return [(out.topic, out.key, body(out)) for out in outputs]
+
+
+def test_a_batch_equals_its_messages_one_by_one_and_stores_each_customer_once() -> None:
+    g = grading("abc-100", "stars")
+    days = ["2026-09-01", "2026-09-15", "2026-10-01", "2026-10-02", "2026-10-20"]
+    msgs = [message(sale(c, f"{c}-{n}", f"{day}T10:00:00+08:00", str(9000 * (n + 1))),
+                    c.encode(), offset=n)
+            for n, day in enumerate(days) for c in ("C1", "C2", "C3")]
+    msgs.append(msgs[4])  # a redelivered duplicate inside the batch
+    msgs.append(message(b"{bad", b"C1", offset=99))
+    one_sink, one_store = RecordingSink(), MemoryTableStore()
+    for msg in msgs:
+        asyncio.run(processor(g, one_sink, one_store).on_message(msg))
+    batch_sink, batch_store = RecordingSink(), CountingStore()
+    asyncio.run(processor(g, batch_sink, batch_store).on_batch(msgs))
+    assert without_emitted_at(batch_sink.published) == without_emitted_at(one_sink.published)
+    assert batch_store.data == one_store.data
+    assert batch_store.calls == [[b"C1", b"C2", b"C3"]]
+    assert batch_store.partitions == {k: partition_of(k, PARTITIONS) for k in batch_store.data}
+
+
+def test_a_tick_inside_a_batch_settles_what_came_before_it() -> None:
+    g = grading("stars")
+    as_of = parse_instant("2026-11-22T00:00:00+08:00")
+    key = b"C1"
+    part = partition_of(key, PARTITIONS)
+    before = message(sale("C1", "e1", "2026-01-10T10:00:00+08:00", "1000"), key, offset=0)
+    tick = Incoming("g.ticks", part, 0, b"tick", step.tick_message(as_of, "t"))
+    after = message(sale("C1", "e2", "2026-02-10T10:00:00+08:00", "1000"), key, offset=1)
+    store = CountingStore()
+    proc = processor(g, RecordingSink(), store)
+    asyncio.run(proc.on_batch([before, tick, after]))
+    # before: stored alone; the tick re-grades it; after: brought up to the tick's clock.
+    assert store.calls == [[key], [key], [key]]
+    state = load_state(store.data[key])
+    assert state.as_of == as_of and {"e1", "e2"} <= set(state.seen)
+    assert proc.clock(part) == as_of
 
 
 def test_processor_tick_reaches_only_its_partition() -> None:
-    customers: dict[bytes, bytes] = {}
+    customers = MemoryTableStore()
     sink = RecordingSink()
     proc = processor(grading("stars"), sink, customers)
     keys = [f"C{n}".encode() for n in range(12)]
@@ -153,6 +213,85 @@ def test_processor_tick_reaches_only_its_partition() -> None:
     as_of = parse_instant("2026-11-22T00:00:00+08:00")
     tick = Incoming("g.ticks", 1, 0, b"tick", step.tick_message(as_of, "t"))
     asyncio.run(proc.on_tick(tick))
-    moved = {k for k in keys if load_state(customers[k]).as_of == as_of}
+    moved = {k for k in keys if load_state(customers.data[k]).as_of == as_of}
     assert moved == {k for k in keys if partition_of(k, PARTITIONS) == 1}
     assert proc.clock(1) == as_of and proc.clock(0) == 0
+
+
+class AckRecorder:
+    """Stands in for Faust's consumer: records which offsets were acknowledged."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: Any) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+
+class TakeEventsStream:
+    """take_events as Faust implements it: a batch is acknowledged in a ``finally``."""
+
+    def __init__(self, batches: list[list[Any]], consumer: AckRecorder) -> None:
+        self.batches = batches
+        self.consumer = consumer
+        self.generator: Any = None
+
+    def take_events(self, max_: int, within: float) -> Any:
+        self.generator = self._take()
+        return self.generator
+
+    async def _take(self) -> Any:
+        for events in self.batches:
+            try:
+                yield events
+            finally:
+                for event in events:
+                    event.message.ack(self.consumer)
+
+
+class Event:
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+def consumer_message(value: bytes, key: bytes, offset: int) -> Any:
+    from faust.types.tuples import ConsumerMessage
+
+    return ConsumerMessage("g.transactions", partition_of(key, PARTITIONS), offset, 0.0, 0, [],
+                           key, value, None)
+
+
+class FailingSink:
+    """Accepts ``good`` publishes, then the broker refuses."""
+
+    def __init__(self, good: int) -> None:
+        self.good = good
+
+    async def publish(self, outputs: Sequence[Output]) -> None:
+        if not self.good:
+            raise ConnectionError("broker refused the write")
+        self.good -= 1
+
+
+def test_a_batch_that_fails_is_never_acknowledged_and_crashes_the_worker() -> None:
+    consumer = AckRecorder()
+    batches = [[Event(consumer_message(sale("C1", f"e{n}", "2026-10-01T10:00:00+08:00"), b"C1",
+                                       n))] for n in range(3)]
+    stream = TakeEventsStream(batches, consumer)
+    store = MemoryTableStore()
+    proc = processor(grading("abc-100"), FailingSink(good=1), store)
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    async def run() -> None:
+        with pytest.raises(ConnectionError):
+            await grade_batches(stream, proc, crash)
+        await stream.generator.aclose()  # as Faust's Stream.on_stop does
+
+    asyncio.run(run())
+    assert consumer.acked == [0], "only the settled batch reaches the consumer"
+    assert [type(e) for e in crashed] == [ConnectionError]
+    assert set(load_state(store.data[b"C1"]).seen) == {"e0"}
