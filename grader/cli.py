@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from grader import terminal
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.errors import GraderError
 from grader.policy import Policy
@@ -103,7 +104,7 @@ def _replay(args: argparse.Namespace) -> int:
         grading = Grading(_policies(args.policy))
     except ValueError as exc:
         raise GraderError(f"--policy: {exc}") from None
-    progress = _progress if sys.stderr.isatty() else None
+    progress = terminal.progress("replay: read")
     now_us = time.time_ns() // 1000
     try:
         result = replay(read_lines(args.events), as_of, grading, now_us, progress, args.workers)
@@ -111,7 +112,7 @@ def _replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
     if progress is not None:
-        sys.stderr.write("\r\033[K")
+        terminal.clear_progress()
     print(f"replay as of {format_instant(as_of)}: {result.stats.summary()}", file=sys.stderr)
     return 0
 
@@ -123,11 +124,6 @@ def _dev(args: argparse.Namespace) -> int:
     settings = load_settings()
     plain = args.plain or not sys.stdout.isatty()
     return run_dev(args.customers, args.duration, plain, ",".join(settings.policies))
-
-
-def _progress(lines: int) -> None:
-    sys.stderr.write(f"\rreplay: {lines:,} lines read")
-    sys.stderr.flush()
 
 
 def _policy_check(args: argparse.Namespace) -> int:

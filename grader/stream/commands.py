@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grader import terminal
 from grader.errors import GraderError
 
 COMMANDS = ("worker", "produce", "tick")
@@ -58,7 +59,11 @@ def _produce(path: Path) -> int:
         raise GraderError(f"events file {path} not found")
     ensure_topics(settings.kafka_url,
                   load_topics(settings.topic_prefix, settings.partitions).values())
-    summary = produce(settings.kafka_url, settings.topic_prefix, read_lines(path), str(path))
+    progress = terminal.progress("produce: sent")
+    summary = produce(settings.kafka_url, settings.topic_prefix, read_lines(path), str(path),
+                      progress)
+    if progress is not None:
+        terminal.clear_progress()
     print(summary.line(), file=sys.stderr)
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from grader.stream.topology import DEAD_LETTERS, TICKS
 # validation before currency or policies are looked at, so this context
 # gives the same rejection code as the worker and `grader replay`.
 _ROUTING_CONTEXT = ParseContext("", {})
+PROGRESS_EVERY = 10_000
 
 
 @dataclass
@@ -50,8 +51,13 @@ def route(raw: bytes) -> tuple[str, bytes] | Rejection:
     return Rejection("unroutable", None, "no topic for this line")  # pragma: no cover
 
 
-def produce(kafka_url: str, prefix: str, lines: Iterable[bytes], source: str) -> ProduceSummary:
-    """Send each line to its topic keyed by customer_id; unroutable lines to dead-letters."""
+def produce(kafka_url: str, prefix: str, lines: Iterable[bytes], source: str,
+            progress: Callable[[int], None] | None = None) -> ProduceSummary:
+    """Send each line to its topic keyed by customer_id; unroutable lines to dead-letters.
+
+    ``progress`` is called with the number of lines sent so far, every
+    PROGRESS_EVERY lines.
+    """
     kafka = kafka_module()
     summary = ProduceSummary()
     producer = _producer(kafka_url)
@@ -69,6 +75,8 @@ def produce(kafka_url: str, prefix: str, lines: Iterable[bytes], source: str) ->
                 (topic, key), value = routed, raw
             producer.send(prefix + topic, key=key, value=value)
             summary.by_topic[topic] = summary.by_topic.get(topic, 0) + 1
+            if progress is not None and summary.lines % PROGRESS_EVERY == 0:
+                progress(summary.lines)
         producer.flush()
     except kafka.errors.KafkaError as exc:
         raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
