@@ -177,7 +177,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
     clocks = app.Table("clocks", partitions=partitions, key_type=bytes, value_type=bytes)
     source_names = [prefix + t for t in (*INPUTS, TICKS)]
-    app.transport = transport_for(app, source_names)
+    app.transport = transport_for(app, source_names, options.true_end_offsets)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     outputs = {s: app.topic(prefix + s, **RAW) for s in (TIER_CHANGES, CUSTOMER_TIERS,
                                                          DEAD_LETTERS)}

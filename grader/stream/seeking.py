@@ -1,5 +1,6 @@
-"""A Faust transport whose consumer does not lose messages of never-committed partitions.
+"""A Faust transport whose consumer fixes two things Faust's recovery relies on.
 
+**Never-committed partitions.**
 After an assignment Faust recovers its tables, resumes its streams, and then
 calls ``seek_to_committed`` to rewind what it fetched but did not hand to a
 stream during the rebalance. aiokafka's ``seek_to_committed`` only seeks
@@ -15,13 +16,24 @@ Not to the beginning regardless: Faust resumes its streams before this seek
 (faust-streaming/faust#216), and rewinding what a stream already had made
 Faust's commits stall in the kill -9 test. Of the variants tried, this one
 was the most reliable (docs/streaming.md, "Known problems").
+
+**True end offsets** (only with ``true_end_offsets``, the tansu quirk).
+Faust restores a table by reading its changelog up to the end offset that
+ListOffsets reports. tansu reports the base offset of a partition's last
+record batch + 1, not the last offset + 1, so a restore would stop at the
+first record of the last batch and lose the rest. With the quirk on, each
+end offset is checked by fetching from the offset before it: the records
+returned (the whole last batch) show the true end. On Apache Kafka the fetch
+returns one record and the end offset is unchanged.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import aiokafka
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as driver
 
@@ -30,6 +42,15 @@ class ResumingConsumer(driver.Consumer):
     """Seeks never-committed source partitions past what the stream already has."""
 
     source_topics: frozenset[str] = frozenset()
+    true_end_offsets: bool = False
+
+    async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
+        """End offsets; with ``true_end_offsets``, checked by a fetch (module docstring)."""
+        ends: Mapping[Any, int] = await super().highwaters(*partitions)
+        if not self.true_end_offsets:
+            return ends
+        servers = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
+        return await fetched_ends(servers, ends)
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
         """aiokafka's seek, then the rewind described in the module docstring."""
@@ -48,9 +69,38 @@ class ResumingConsumer(driver.Consumer):
         return committed
 
 
-def transport_for(app: Any, source_topics: Iterable[str]) -> Any:
+async def fetched_ends(servers: list[str], ends: Mapping[Any, int],
+                       timeout: float = 10.0) -> dict[Any, int]:
+    """``ends`` raised to one past the last offset a fetch from ``end - 1`` returns."""
+    checked = {tp: end for tp, end in ends.items() if end}
+    if not checked:
+        return dict(ends)
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
+                                         enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(checked))
+        for tp, end in checked.items():
+            consumer.seek(tp, end - 1)
+        true = dict(ends)
+        waiting = set(checked)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                if records:
+                    true[tp] = max(true[tp], records[-1].offset + 1)
+                    waiting.discard(tp)
+        if waiting:
+            raise RuntimeError(f"no record at end offset - 1 of {sorted(map(str, waiting))}")
+        return true
+    finally:
+        await consumer.stop()
+
+
+def transport_for(app: Any, source_topics: Iterable[str], true_end_offsets: bool) -> Any:
     """A Kafka transport for ``app`` whose consumer is a ResumingConsumer."""
     consumer = type("GraderConsumer", (ResumingConsumer,),
-                    {"source_topics": frozenset(source_topics)})
+                    {"source_topics": frozenset(source_topics),
+                     "true_end_offsets": true_end_offsets})
     transport = type("GraderTransport", (driver.Transport,), {"Consumer": consumer})
     return transport(app.conf.broker_consumer, app)

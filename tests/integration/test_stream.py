@@ -182,3 +182,29 @@ def test_rebalance_to_a_second_worker(stream: Stream, tmp_path: Path) -> None:
     assert "tick as of" in second.log(), "the second worker owns some partitions"
     assert second.stop() == 0
     assert first.stop() == 0
+
+
+def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:
+    """tansu's ListOffsets says "last batch's base + 1"; the fetch check finds the real end."""
+    import asyncio
+
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from grader.stream.seeking import fetched_ends
+
+    topic = f"ends-{time.monotonic_ns()}"
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)
+    for n in range(3):  # one record alone, then a batch of nine
+        producer.send(topic, key=b"k", value=b"%d" % n, partition=0)
+        producer.flush()
+    futures = [producer.send(topic, key=b"k", value=b"%d" % n, partition=0) for n in range(9)]
+    producer.flush()
+    producer.close()
+    assert [f.get().offset for f in futures] == list(range(3, 12))
+    tp = TopicPartition(topic, 0)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    reported = consumer.end_offsets([tp])[tp]
+    consumer.close()
+    # Apache Kafka would say 12; tansu says 4 (the batch starts at offset 3).
+    true = asyncio.run(fetched_ends([broker.bootstrap], {tp: reported}))
+    assert true == {tp: 12}, f"ListOffsets said {reported}"
