@@ -78,6 +78,10 @@ class Worker:
                 raise SystemExit(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the worker process has used so far."""
+        return cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -85,6 +89,12 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def routed(lines: list[bytes]) -> Iterator[tuple[str, bytes, bytes]]:
@@ -142,12 +152,15 @@ def throughput(broker: Broker, args: Any, lines: list[bytes], workdir: Path) -> 
     admin = kafka.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     worker = Worker(broker, prefix, args.partitions, args.policies, workdir)
     samples: list[tuple[float, int]] = []
+    broker_cpu = cpu_seconds(broker.process.pid)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             done = committed(admin, f"{prefix}worker", ends)
             samples.append((time.monotonic(), done))
             if done >= total:
+                worker_cpu = worker.cpu_seconds()
+                broker_cpu = cpu_seconds(broker.process.pid) - broker_cpu
                 break
             assert worker.process.poll() is None, worker.log_path.read_text()[-3000:]
             time.sleep(0.1)
@@ -166,6 +179,8 @@ def throughput(broker: Broker, args: Any, lines: list[bytes], workdir: Path) -> 
     rate = (n90 - n10) / (t90 - t10)
     print(f"throughput: {total} input messages, {rate:,.0f} events/s sustained (10%..90%), "
           f"all committed {samples[-1][0] - samples[0][0]:.1f} s after the worker started")
+    print(f"CPU per input message: worker {worker_cpu / total * 1e6:.0f} us (including its "
+          f"start-up), broker {broker_cpu / total * 1e6:.0f} us")
     return rate
 
 

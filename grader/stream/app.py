@@ -5,9 +5,10 @@ topics and the ticks topic (all co-partitioned), so one customer's messages
 are handled one at a time and a tick never races an event for the same
 customer. The agent takes messages in batches; :class:`Processor` steps each
 one with grader.stream.step (one live state per customer in the batch),
-publishes the batch's outputs and waits for their acknowledgements, then
-stores each changed customer once and waits for those too; only then does
-Faust acknowledge the batch's messages (docs/streaming.md, "Ordering").
+stores each changed customer once, together with the outputs computed for
+it, and waits for the broker; then publishes the outputs and waits again;
+only then does Faust acknowledge the batch's messages (docs/streaming.md,
+"Ordering").
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import faust
 from aiokafka.partitioner import murmur2
 
 from grader.clock import format_instant
-from grader.codec import dump_state, load_state
 from grader.core import Grading
 from grader.settings import Settings
 from grader.sinks.kafka import FaustKafkaSink, OutputSink
@@ -62,25 +62,35 @@ def table_store() -> str:
 
 
 class Batch:
-    """What the messages of one batch did: live customer states and outputs, in order."""
+    """What the messages of one batch did: live states, and outputs per customer in order."""
 
     def __init__(self) -> None:
-        self.states: dict[bytes, CustomerState] = {}
-        self.changed: dict[bytes, int] = {}  # key -> partition, for the keys to store
-        self.outputs: list[step.Output] = []
+        self.states: dict[bytes, CustomerState | None] = {}  # loaded or changed
+        self.store: dict[bytes, int] = {}  # key -> partition, for the records to write
+        self.outputs: dict[bytes, list[step.Output]] = {}  # per customer, stored with it
+        self.dead: list[step.Output] = []  # dead letters (deterministic, not stored)
+
+    def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
+        """Keep what one step did to customer ``key``."""
+        if outcome.state is not None:
+            self.states[key] = outcome.state
+            self.store[key] = partition
+        if outcome.outputs:
+            self.outputs.setdefault(key, []).extend(outcome.outputs)
 
 
 class Processor:
-    """Grades batches of messages: step each, publish (acknowledged), then store."""
+    """Grades batches of messages: step each, store (acknowledged), then publish."""
 
     def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
                  sink: OutputSink, ticks_topic: str, partitions: int) -> None:
         self.grading = grading
-        self.customers = customers  # customer_id bytes -> codec bytes
+        self.customers = customers  # customer_id bytes -> step.encode_record bytes
         self.clocks = clocks  # b"p<partition>" -> latest tick as_of (decimal µs)
         self.sink = sink
         self.ticks_topic = ticks_topic
         self.partitions = partitions
+        self.epoch = uuid.uuid4().hex  # this process, in the records it stores
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
@@ -101,26 +111,39 @@ class Processor:
     def grade(self, msg: step.Incoming, batch: Batch) -> None:
         """Step one input message against the batch's live state of its customer."""
         key = msg.key
-        current = None
-        owner = None
-        if key:
-            owner = partition_of(key, self.partitions)
-            current = batch.states.get(key)
-            if current is None:
-                stored = self.customers.get(key)
-                current = load_state(stored) if stored is not None else None
-        outcome = step.handle_event(msg, current, self.clock(msg.partition), self.grading,
-                                    now_us(), owner)
-        batch.outputs += outcome.outputs
-        if outcome.state is not None and key:
-            batch.states[key] = outcome.state
-            batch.changed[key] = msg.partition
+        owner = partition_of(key, self.partitions) if key else None
+        outcome = step.handle_event(msg, lambda: self.state_of(key or b"", msg.partition, batch),
+                                    self.clock(msg.partition), self.grading, now_us(), owner)
+        if outcome.status == "rejected" or not key:
+            batch.dead += outcome.outputs
+        else:
+            batch.add(key, msg.partition, outcome)
+
+    def state_of(self, key: bytes, partition: int, batch: Batch) -> CustomerState | None:
+        """The customer's live state in this batch, loaded from the table the first time.
+
+        A record stored by another process may hold outputs that were never
+        published (it was stopped between storing and publishing): they are
+        published again with this batch, and stored again with this epoch.
+        """
+        if key in batch.states:
+            return batch.states[key]
+        stored = self.customers.get(key)
+        record = step.decode_record(stored) if stored is not None else None
+        state = record.state if record is not None else None
+        batch.states[key] = state
+        if record is not None and record.epoch != self.epoch and record.pending:
+            batch.add(key, partition, step.Outcome("republished", record.pending, record.state))
+        return state
 
     async def settle(self, batch: Batch) -> None:
-        """Publish the batch's outputs and wait for them, then store its changed states."""
-        await self.sink.publish(batch.outputs)
-        await self.customers.put_many([(partition, key, dump_state(batch.states[key]))
-                                       for key, partition in batch.changed.items()])
+        """Store the changed customers with their outputs, then publish; wait for both."""
+        await self.customers.put_many([
+            (partition, key, step.encode_record(state, self.epoch, batch.outputs.get(key, [])))
+            for key, partition in batch.store.items()
+            if (state := batch.states[key]) is not None])
+        await self.sink.publish([*batch.dead,
+                                 *(out for outs in batch.outputs.values() for out in outs)])
 
     async def on_tick(self, msg: step.Incoming) -> None:
         """Re-grade every customer of the tick's partition, then raise its clock."""
@@ -133,14 +156,10 @@ class Processor:
             batch = Batch()
             now = now_us()
             for key in keys[start:start + TICK_BATCH]:
-                stored = self.customers.get(key)
-                if stored is None:
-                    continue
-                outcome = step.handle_tick(load_state(stored), as_of, self.grading, now)
-                batch.outputs += outcome.outputs
-                if outcome.state is not None:
-                    batch.states[key] = outcome.state
-                    batch.changed[key] = msg.partition
+                state = self.state_of(key, msg.partition, batch)
+                if state is not None:
+                    batch.add(key, msg.partition,
+                              step.handle_tick(state, as_of, self.grading, now))
             await self.settle(batch)
         if as_of > self.clock(msg.partition):
             await self.clocks.put_many([(msg.partition, b"p%d" % msg.partition, b"%d" % as_of)])

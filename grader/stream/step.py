@@ -9,12 +9,14 @@ encodes it once (grader.stream.app).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from grader.clock import TimestampError, format_instant, parse_instant
+from grader.codec import dump_state, load_state
 from grader.core import Grading, StepResult, apply_event, apply_tick, new_state, snapshot
 from grader.events import TOPIC_OF_TYPE, Event, Rejection, original_fields, parse_event
 from grader.state import CustomerState
@@ -50,12 +52,13 @@ class Outcome:
     state: CustomerState | None = None  # the state to store; None = leave the table alone
 
 
-def handle_event(msg: Incoming, current: CustomerState | None, clock_us: int,
+def handle_event(msg: Incoming, load: Callable[[], CustomerState | None], clock_us: int,
                  grading: Grading, now_us: int, owner_partition: int | None) -> Outcome:
     """Grade one input message.
 
-    ``current`` is the state of the message key's customer (None if never
-    stored; it is updated in place), ``clock_us`` the latest tick this
+    ``load`` gives the state of the message key's customer (None if never
+    stored; it is updated in place); it is called only for a valid event on
+    the right topic, key and partition. ``clock_us`` is the latest tick this
     partition has seen (0 if none): a customer's as_of is brought up to it,
     so a tick that overtook an event still counts.
     ``owner_partition`` is the partition the key hashes to (murmur2, as the
@@ -67,6 +70,7 @@ def handle_event(msg: Incoming, current: CustomerState | None, clock_us: int,
         parsed = problem or parsed
     if isinstance(parsed, Rejection):
         return Outcome("rejected", [dead_letter(msg, parsed)])
+    current = load()
     state = current if current is not None else new_state(parsed.customer_id)
     step = apply_event(state, parsed, grading, now_us)
     if step.status != "applied":
@@ -83,6 +87,40 @@ def handle_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int)
         return Outcome("unchanged")
     step = apply_tick(state, as_of, grading, now_us)
     return Outcome("applied", graded_outputs(state.customer_id, [step]), state)
+
+
+@dataclass(slots=True)
+class Record:
+    """A customers-table value: the state, who stored it, and the outputs stored with it.
+
+    The worker stores a customer's state together with the outputs its batch
+    computed for that customer *before* publishing them (docs/streaming.md,
+    "Ordering"). A later process that loads a record stored by another
+    process (``epoch``) cannot know whether those outputs were published, so
+    it publishes them again: the same bytes, so the same event_id always
+    carries the same tier change.
+    """
+
+    state: CustomerState
+    epoch: str
+    pending: list[Output]
+
+
+def encode_record(state: CustomerState, epoch: str, pending: list[Output]) -> bytes:
+    """``{"epoch", "pending": [[topic, value], ...]}`` newline, then the state codec."""
+    head = orjson.dumps({"epoch": epoch,
+                         "pending": [[out.topic, out.value.decode()] for out in pending]})
+    return head + b"\n" + dump_state(state)
+
+
+def decode_record(value: bytes) -> Record:
+    """The inverse of :func:`encode_record`."""
+    head, _, body = value.partition(b"\n")
+    meta = orjson.loads(head)
+    state = load_state(body)
+    key = state.customer_id.encode()
+    return Record(state, meta["epoch"],
+                  [Output(topic, key, text.encode()) for topic, text in meta["pending"]])
 
 
 def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:

@@ -17,11 +17,12 @@ import pytest
 
 from bench.generate_events import generate
 from grader.clock import parse_instant
-from grader.codec import load_state
-from grader.core import Grading
+from grader.core import Grading, apply_event, new_state
 from grader.events import Event, parse_event
 from grader.replay import replay
 from grader.settings import resolve_policy
+from grader.state import CustomerState
+from grader.stream.step import decode_record
 from tests.integration.conftest import ROOT, Stream, wait_for
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def wait_applied(stream: Stream, lines: list[bytes], timeout: float = 45) -> Non
     def applied() -> bool:
         latest = {r.key: r.value for r in stream.read("worker-customers-changelog", idle=0.3)}
         seen.clear()
-        seen.update({k.decode(): set(load_state(v).seen) for k, v in latest.items()})
+        seen.update({k.decode(): set(decode_record(v).state.seen) for k, v in latest.items()})
         return all(ids <= seen.get(c, set()) for c, ids in want.items())
 
     try:
@@ -81,7 +82,22 @@ def wait_applied(stream: Stream, lines: list[bytes], timeout: float = 45) -> Non
         missing = {c: sorted(ids - seen.get(c, set()))[:3] for c, ids in want.items()
                    if not ids <= seen.get(c, set())}
         raise AssertionError(f"{exc}; missing {len(missing)} customers, e.g. "
-                             f"{dict(list(missing.items())[:5])}") from None
+                             f"{dict(list(missing.items())[:5])}\n"
+                             f"{changelog_history(stream, dict(list(missing.items())[:3]))}"
+                             ) from None
+
+
+def changelog_history(stream: Stream, missing: dict[str, list[str]]) -> str:
+    """Each changelog record of these customers: where, how many events, which missing ones."""
+    rows = []
+    for record in stream.read("worker-customers-changelog", idle=0.3):
+        customer = record.key.decode()
+        if customer in missing:
+            state = decode_record(record.value).state
+            has = [e for e in missing[customer] if e in state.seen]
+            rows.append(f"{customer} p{record.partition}@{record.offset} ts={record.timestamp} "
+                        f"events={len(state.seen)} has {has}")
+    return "\n".join(rows)
 
 
 def streamed_tiers(stream: Stream) -> dict[tuple[str, str], str]:
@@ -115,6 +131,34 @@ def wait_for_tiers(stream: Stream, want: dict[Any, Any], timeout: float = 45) ->
                              ) from None
 
 
+def applied_once(stream: Stream, lines: list[bytes]) -> None:
+    """Every customer's streamed state holds each valid event exactly once.
+
+    The reference applies the valid events once each in time order (as
+    replay does); a redelivered event applied twice would show in the sums
+    and lists compared here, which `seen` alone cannot show.
+    """
+    grading = Grading(tuple(resolve_policy(p, ROOT / "config") for p in POLICIES))
+    ctx = grading.parse_context()
+    events = sorted((e for e in (parse_event(line, ctx) for line in lines)
+                     if isinstance(e, Event)), key=lambda e: e.ts)
+    want: dict[str, CustomerState] = {}
+    for event in events:
+        apply_event(want.setdefault(event.customer_id, new_state(event.customer_id)), event,
+                    grading, 0)
+    latest = {r.key.decode(): decode_record(r.value).state
+              for r in stream.read("worker-customers-changelog", idle=0.5)}
+
+    def facts(state: CustomerState) -> tuple[Any, ...]:
+        invoices = {n: (sorted(i.sales), sorted(i.payments)) for n, i in state.invoices.items()}
+        return (set(state.seen), state.lifetime_sales, state.months, state.interactions,
+                invoices, state.assessments)
+
+    wrong = [c for c, state in want.items() if state.graded
+             and (c not in latest or facts(latest[c]) != facts(state))]
+    assert not wrong, f"{len(wrong)} customers differ from events applied once, e.g. {wrong[:5]}"
+
+
 def dead_letter_codes(stream: Stream) -> list[tuple[str, str]]:
     return sorted((d["raw"], d["code"]) for d in
                   (orjson.loads(r.value) for r in stream.read("dead-letters", idle=0.5)))
@@ -133,6 +177,7 @@ def test_end_to_end_equals_replay(stream: Stream, tmp_path: Path) -> None:
     assert ticked.returncode == 0, ticked.stderr
     assert "sent to 4 partitions" in ticked.stderr
     wait_for_tiers(stream, want)
+    applied_once(stream, lines)
     assert dead_letter_codes(stream) == sorted((d["raw"], d["code"]) for d in dead)
     changes = [orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5)]
     ids = [c["event_id"] for c in changes]
@@ -164,24 +209,52 @@ def assert_changes_consistent(stream: Stream) -> None:
         assert by_id.setdefault(change["event_id"], what) == what
 
 
-def test_rebalance_to_a_second_worker(stream: Stream, tmp_path: Path) -> None:
-    lines = events_file(tmp_path / "events.jsonl", customers=80, events=3000, seed=13)
-    want, _dead = expected(lines)
-    (tmp_path / "first.jsonl").write_bytes(b"\n".join(lines[:1500]) + b"\n")
-    (tmp_path / "second.jsonl").write_bytes(b"\n".join(lines[1500:]) + b"\n")
+def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
+    """Killed while grading, then killed again just after its restart's recovery."""
+    lines = events_file(tmp_path / "events.jsonl", customers=100, events=4000, seed=12)
+    want, dead = expected(lines)
     first = stream.start_worker()
     first.wait_ready()
-    assert stream.grader("produce", str(tmp_path / "first.jsonl")).returncode == 0
-    second = stream.start_worker(data_dir="data-2")
+    assert stream.grader("produce", str(tmp_path / "events.jsonl")).returncode == 0
+    wait_for(lambda: stream.read("customer-tiers", idle=0.1), 30,
+             "the first worker to grade some customers")
+    first.kill()
+    assert len(streamed_tiers(stream)) < len(want), "killed too late to test anything"
+    second = stream.start_worker()  # same data dir, same group
     second.wait_ready(45)
-    assert stream.grader("produce", str(tmp_path / "second.jsonl")).returncode == 0
+    second.kill()
+    third = stream.start_worker()
+    third.wait_ready(45)
     wait_applied(stream, lines)
     assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
     wait_for_tiers(stream, want)
+    applied_once(stream, lines)
+    assert set(dead_letter_codes(stream)) == {(d["raw"], d["code"]) for d in dead}
     assert_changes_consistent(stream)
-    assert "tick as of" in second.log(), "the second worker owns some partitions"
+    assert third.stop() == 0
+
+
+def test_rebalance_a_second_worker_joins_then_the_first_leaves(stream: Stream,
+                                                                 tmp_path: Path) -> None:
+    lines = events_file(tmp_path / "events.jsonl", customers=80, events=3000, seed=13)
+    want, _dead = expected(lines)
+    for n, part in enumerate((lines[:1000], lines[1000:2000], lines[2000:])):
+        (tmp_path / f"part{n}.jsonl").write_bytes(b"\n".join(part) + b"\n")
+    first = stream.start_worker()
+    first.wait_ready()
+    assert stream.grader("produce", str(tmp_path / "part0.jsonl")).returncode == 0
+    second = stream.start_worker(data_dir="data-2")
+    second.wait_ready(45)
+    assert stream.grader("produce", str(tmp_path / "part1.jsonl")).returncode == 0
+    assert first.stop() == 0  # leaves mid-stream: the second takes every partition
+    assert stream.grader("produce", str(tmp_path / "part2.jsonl")).returncode == 0
+    wait_applied(stream, lines)
+    assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
+    wait_for_tiers(stream, want)
+    applied_once(stream, lines)
+    assert_changes_consistent(stream)
+    assert second.log().count("tick as of") == 4, "the second worker ticked every partition"
     assert second.stop() == 0
-    assert first.stop() == 0
 
 
 def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from grader.clock import parse_instant
-from grader.codec import load_state
+from grader.codec import dump_state
 from grader.core import Grading
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
@@ -41,7 +41,7 @@ def message(value: bytes, key: bytes | None, topic: str = "g.transactions",
 
 def test_first_sale_grades_and_snapshots() -> None:
     outcome = step.handle_event(message(sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1"),
-                                None, 0, grading("abc-100", "stars"), NOW,
+                                lambda: None, 0, grading("abc-100", "stars"), NOW,
                                 partition_of(b"C1", PARTITIONS))
     assert outcome.status == "applied"
     assert [o.topic for o in outcome.outputs] == ["tier-changes", "tier-changes",
@@ -55,8 +55,8 @@ def test_first_sale_grades_and_snapshots() -> None:
 def test_duplicate_changes_nothing() -> None:
     g = grading("abc-100")
     msg = message(sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1")
-    first = step.handle_event(msg, None, 0, g, NOW, msg.partition)
-    again = step.handle_event(msg, first.state, 0, g, NOW, msg.partition)
+    first = step.handle_event(msg, lambda: None, 0, g, NOW, msg.partition)
+    again = step.handle_event(msg, lambda: first.state, 0, g, NOW, msg.partition)
     assert (again.status, again.outputs, again.state) == ("duplicate", [], None)
 
 
@@ -75,7 +75,7 @@ def test_rejections_become_dead_letters(value: bytes, key: bytes | None, topic: 
                                         partition: int | None, code: str) -> None:
     msg = message(value, key, topic, partition, offset=7)
     owner = partition_of(key, PARTITIONS) if key else None
-    outcome = step.handle_event(msg, None, 0, grading("abc-100"), NOW, owner)
+    outcome = step.handle_event(msg, lambda: None, 0, grading("abc-100"), NOW, owner)
     assert outcome.status == "rejected" and outcome.state is None
     [dead] = outcome.outputs
     record = orjson.loads(dead.value)
@@ -86,14 +86,15 @@ def test_rejections_become_dead_letters(value: bytes, key: bytes | None, topic: 
 
 
 def test_binary_garbage_is_kept_as_base64() -> None:
-    outcome = step.handle_event(message(b"\xff\xfe", b"C1"), None, 0, grading(), NOW, None)
+    outcome = step.handle_event(message(b"\xff\xfe", b"C1"), lambda: None, 0, grading(), NOW,
+                                None)
     assert orjson.loads(outcome.outputs[0].value)["raw_base64"] == "//4="
 
 
 def test_tick_is_idempotent_and_clock_reaches_late_customers() -> None:
     g = grading("stars")
     msg = message(sale("C1", "e1", "2026-01-10T10:00:00+08:00", "1000"), b"C1")
-    state = step.handle_event(msg, None, 0, g, NOW, msg.partition).state
+    state = step.handle_event(msg, lambda: None, 0, g, NOW, msg.partition).state
     assert state is not None
     as_of = parse_instant("2026-11-22T00:00:00+08:00")
     ticked = step.handle_tick(state, as_of, g, NOW)
@@ -101,7 +102,7 @@ def test_tick_is_idempotent_and_clock_reaches_late_customers() -> None:
     assert step.handle_tick(state, as_of, g, NOW).status == "unchanged"
     # A customer first seen after the partition's tick is graded as of that tick.
     late = message(sale("C1", "e2", "2026-02-10T10:00:00+08:00", "1000"), b"C1")
-    first = step.handle_event(late, None, as_of, g, NOW, late.partition)
+    first = step.handle_event(late, lambda: None, as_of, g, NOW, late.partition)
     assert first.state is not None and first.state.as_of == as_of
 
 
@@ -112,8 +113,12 @@ def test_parse_tick() -> None:
     assert isinstance(rejected, step.Rejection) and rejected.code == "missing_field"
 
 
+def stored(store: MemoryTableStore, key: bytes) -> step.Record:
+    return step.decode_record(store.data[key])
+
+
 class CheckingSink:
-    """Asserts the table does not yet hold the state whose outputs it is publishing."""
+    """Asserts the table already holds each published tier change, stored with its state."""
 
     def __init__(self, table: MemoryTableStore) -> None:
         self.table = table
@@ -122,9 +127,10 @@ class CheckingSink:
     async def publish(self, outputs: Sequence[Output]) -> None:
         for out in outputs:
             if out.topic == "customer-tiers":
-                stored = self.table.get(out.key or b"")
+                record = stored(self.table, out.key or b"")
                 seq = orjson.loads(out.value)["tiers"]["abc-100"]["sequence"]
-                assert stored is None or load_state(stored).tiers["abc-100"].sequence < seq
+                assert record.state.tiers["abc-100"].sequence == seq
+                assert out in record.pending
         self.published.extend(outputs)
 
 
@@ -144,7 +150,7 @@ def processor(g: Grading, sink: Any, customers: MemoryTableStore) -> Processor:
     return Processor(g, customers, MemoryTableStore(), sink, "g.ticks", PARTITIONS)
 
 
-def test_processor_publishes_before_it_stores() -> None:
+def test_processor_stores_before_it_publishes() -> None:
     customers = MemoryTableStore()
     sink = CheckingSink(customers)
     proc = processor(grading("abc-100"), sink, customers)
@@ -152,7 +158,7 @@ def test_processor_publishes_before_it_stores() -> None:
         msg = message(sale("C1", f"e{n}", f"{when}T10:00:00+08:00", amount), b"C1", offset=n)
         asyncio.run(proc.on_message(msg))
     assert [o.topic for o in sink.published].count("customer-tiers") == 2
-    assert load_state(customers.data[b"C1"]).tiers["abc-100"].tier == "A"
+    assert stored(customers, b"C1").state.tiers["abc-100"].tier == "A"
 
 
 def without_emitted_at(outputs: Sequence[Output]) -> list[tuple[str, bytes | None, Any]]:
@@ -174,12 +180,21 @@ def test_a_batch_equals_its_messages_one_by_one_and_stores_each_customer_once() 
     msgs.append(msgs[4])  # a redelivered duplicate inside the batch
     msgs.append(message(b"{bad", b"C1", offset=99))
     one_sink, one_store = RecordingSink(), MemoryTableStore()
+    one = processor(g, one_sink, one_store)
     for msg in msgs:
-        asyncio.run(processor(g, one_sink, one_store).on_message(msg))
+        asyncio.run(one.on_message(msg))
     batch_sink, batch_store = RecordingSink(), CountingStore()
     asyncio.run(processor(g, batch_sink, batch_store).on_batch(msgs))
-    assert without_emitted_at(batch_sink.published) == without_emitted_at(one_sink.published)
-    assert batch_store.data == one_store.data
+
+    def per_key(outputs: Sequence[Output]) -> dict[Any, Any]:  # order only matters per key
+        keys = {(out.topic == "dead-letters", out.key) for out in outputs}
+        return {k: without_emitted_at([o for o in outputs
+                                       if (o.topic == "dead-letters", o.key) == k])
+                for k in keys}
+
+    assert per_key(batch_sink.published) == per_key(one_sink.published)
+    assert {k: dump_state(stored(batch_store, k).state) for k in batch_store.data} == \
+        {k: dump_state(stored(one_store, k).state) for k in one_store.data}
     assert batch_store.calls == [[b"C1", b"C2", b"C3"]]
     assert batch_store.partitions == {k: partition_of(k, PARTITIONS) for k in batch_store.data}
 
@@ -197,7 +212,7 @@ def test_a_tick_inside_a_batch_settles_what_came_before_it() -> None:
     asyncio.run(proc.on_batch([before, tick, after]))
     # before: stored alone; the tick re-grades it; after: brought up to the tick's clock.
     assert store.calls == [[key], [key], [key]]
-    state = load_state(store.data[key])
+    state = stored(store, key).state
     assert state.as_of == as_of and {"e1", "e2"} <= set(state.seen)
     assert proc.clock(part) == as_of
 
@@ -213,7 +228,7 @@ def test_processor_tick_reaches_only_its_partition() -> None:
     as_of = parse_instant("2026-11-22T00:00:00+08:00")
     tick = Incoming("g.ticks", 1, 0, b"tick", step.tick_message(as_of, "t"))
     asyncio.run(proc.on_tick(tick))
-    moved = {k for k in keys if load_state(customers.data[k]).as_of == as_of}
+    moved = {k for k in keys if stored(customers, k).state.as_of == as_of}
     assert moved == {k for k in keys if partition_of(k, PARTITIONS) == 1}
     assert proc.clock(1) == as_of and proc.clock(0) == 0
 
@@ -294,4 +309,41 @@ def test_a_batch_that_fails_is_never_acknowledged_and_crashes_the_worker() -> No
     asyncio.run(run())
     assert consumer.acked == [0], "only the settled batch reaches the consumer"
     assert [type(e) for e in crashed] == [ConnectionError]
-    assert set(load_state(store.data[b"C1"]).seen) == {"e0"}
+    # stored before the publish failed: a redelivered e1 republishes (next tests)
+    assert set(stored(store, b"C1").state.seen) == {"e0", "e1"}
+
+
+def crashed_after_storing() -> tuple[MemoryTableStore, step.Record, list[Incoming]]:
+    """A worker stored C1's second sale with its outputs, then died before publishing."""
+    store = MemoryTableStore()
+    g = grading("abc-100")
+    msgs = [message(sale("C1", f"e{n}", f"2026-10-0{n + 1}T10:00:00+08:00", amount), b"C1",
+                    offset=n) for n, amount in enumerate(["100", "300000", "10"])]
+    first = processor(g, FailingSink(good=1), store)
+    asyncio.run(first.on_message(msgs[0]))
+    with pytest.raises(ConnectionError):
+        asyncio.run(first.on_message(msgs[1]))
+    record = stored(store, b"C1")
+    assert [o.topic for o in record.pending] == ["tier-changes", "customer-tiers"]
+    return store, record, msgs
+
+
+def test_a_restarted_worker_republishes_unpublished_outputs_byte_for_byte() -> None:
+    store, before, msgs = crashed_after_storing()
+    sink = RecordingSink()
+    restarted = processor(grading("abc-100"), sink, store)
+    asyncio.run(restarted.on_message(msgs[1]))  # redelivered: a duplicate now
+    assert sink.published == before.pending
+    after = stored(store, b"C1")
+    assert after.epoch == restarted.epoch and after.pending == before.pending
+    asyncio.run(restarted.on_message(msgs[1]))  # its own record: nothing to redo
+    assert sink.published == before.pending
+
+
+def test_republished_outputs_come_before_a_newer_event_of_the_customer() -> None:
+    # The redelivery of another topic may come after a new event: order is kept per key.
+    store, before, msgs = crashed_after_storing()
+    sink = RecordingSink()
+    asyncio.run(processor(grading("abc-100"), sink, store).on_message(msgs[2]))
+    assert sink.published[:2] == before.pending
+    assert set(stored(store, b"C1").state.seen) == {"e0", "e1", "e2"}
