@@ -251,16 +251,20 @@ def main() -> None:
                         help="latency run at this rate instead (events/s)")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the worker logs in this directory")
     args = parser.parse_args()
     lines = list(generate(args.customers, args.events, seed=7, as_of=AS_OF, months=11))
     cpus = len(os.sched_getaffinity(0))
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}; "
           f"tansu in memory; {args.partitions} partitions; policies {args.policies}")
     with tempfile.TemporaryDirectory() as tmp, start_broker() as broker:
-        rate = throughput(broker, args, lines, Path(tmp))
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        rate = throughput(broker, args, lines, workdir)
         if not args.skip_latency:
             fresh = list(generate(args.customers, args.events, seed=8, as_of=AS_OF, months=11))
-            latency(broker, args, fresh, args.rate or rate * args.fraction, Path(tmp))
+            latency(broker, args, fresh, args.rate or rate * args.fraction, workdir)
 
 
 if __name__ == "__main__":

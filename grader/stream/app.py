@@ -22,34 +22,30 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import faust
-from aiokafka.partitioner import murmur2
 
 from grader.clock import format_instant
 from grader.core import Grading
 from grader.settings import Settings
-from grader.sinks.kafka import FaustKafkaSink, OutputSink
+from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.state import CustomerState
 from grader.stream import step
+from grader.stream.admin import bootstrap_servers
 from grader.stream.options import StreamOptions
 from grader.stream.seeking import transport_for
 from grader.stream.tables import FaustTableStore, TableStore
-from grader.stream.topology import CUSTOMER_TIERS, DEAD_LETTERS, INPUTS, TICKS, TIER_CHANGES
+from grader.stream.topology import INPUTS, TICKS, partition_of
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 TICK_BATCH = 500  # customers re-graded between two waits for acknowledgements
 BATCH_MAX = 1000  # input messages graded between two waits for acknowledgements
 BATCH_WITHIN = 0.05  # seconds a partial batch waits for more messages
+DECODED_MAX = 200_000  # decoded customer states kept between batches
 
 
 def now_us() -> int:
     """The wall clock in microseconds."""
     return time.time_ns() // 1000
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the Java client's default partitioner (murmur2) gives ``key``."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def table_store() -> str:
@@ -91,18 +87,25 @@ class Processor:
         self.ticks_topic = ticks_topic
         self.partitions = partitions
         self.epoch = uuid.uuid4().hex  # this process, in the records it stores
+        # The records this process stored, decoded: key -> (the bytes stored, state).
+        # A cached state is used only while the table still holds those very bytes.
+        self.decoded: dict[bytes, tuple[bytes, CustomerState]] = {}
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
-        batch = Batch()
-        for msg in messages:
-            if msg.topic == self.ticks_topic:
-                await self.settle(batch)
-                batch = Batch()
-                await self.on_tick(msg)
-            else:
-                self.grade(msg, batch)
-        await self.settle(batch)
+        try:
+            batch = Batch()
+            for msg in messages:
+                if msg.topic == self.ticks_topic:
+                    await self.settle(batch)
+                    batch = Batch()
+                    await self.on_tick(msg)
+                else:
+                    self.grade(msg, batch)
+            await self.settle(batch)
+        except BaseException:
+            self.decoded.clear()  # states may have changed in place without being stored
+            raise
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -129,19 +132,32 @@ class Processor:
         if key in batch.states:
             return batch.states[key]
         stored = self.customers.get(key)
-        record = step.decode_record(stored) if stored is not None else None
-        state = record.state if record is not None else None
+        state = None
+        if stored is not None:
+            cached = self.decoded.get(key)
+            if cached is not None and cached[0] is stored:
+                state = cached[1]  # stored by this process: nothing to republish
+            else:
+                record = step.decode_record(stored)
+                state = record.state
+                if record.epoch != self.epoch and record.pending:
+                    batch.add(key, partition, step.Outcome("republished", record.pending, state))
         batch.states[key] = state
-        if record is not None and record.epoch != self.epoch and record.pending:
-            batch.add(key, partition, step.Outcome("republished", record.pending, record.state))
         return state
 
     async def settle(self, batch: Batch) -> None:
         """Store the changed customers with their outputs, then publish; wait for both."""
-        await self.customers.put_many([
-            (partition, key, step.encode_record(state, self.epoch, batch.outputs.get(key, [])))
-            for key, partition in batch.store.items()
-            if (state := batch.states[key]) is not None])
+        writes = [(partition, key, step.encode_record(state, self.epoch,
+                                                      batch.outputs.get(key, [])))
+                  for key, partition in batch.store.items()
+                  if (state := batch.states[key]) is not None]
+        await self.customers.put_many(writes)
+        if len(self.decoded) > DECODED_MAX:
+            self.decoded.clear()
+        for _partition, key, value in writes:
+            state = batch.states[key]
+            if state is not None:
+                self.decoded[key] = (value, state)
         await self.sink.publish([*batch.dead,
                                  *(out for outs in batch.outputs.values() for out in outs)])
 
@@ -198,11 +214,16 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     source_names = [prefix + t for t in (*INPUTS, TICKS)]
     app.transport = transport_for(app, source_names, options.true_end_offsets)
     source = app.topic(*source_names, partitions=partitions, **RAW)
-    outputs = {s: app.topic(prefix + s, **RAW) for s in (TIER_CHANGES, CUSTOMER_TIERS,
-                                                         DEAD_LETTERS)}
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    processor = Processor(grading, FaustTableStore(customers), FaustTableStore(clocks),
-                          sink or FaustKafkaSink(outputs), prefix + TICKS, partitions)
+    sender = BatchSender(bootstrap_servers(settings.kafka_url))
+    processor = Processor(grading, FaustTableStore(customers, sender),
+                          FaustTableStore(clocks, sender),
+                          sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
+                          partitions)
+
+    @app.on_before_shutdown.connect
+    async def stop_sender(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        await sender.stop()  # the consumer has stopped: no batch is in flight
 
     @app.agent(source, name="grade")
     async def grade(stream: Any) -> None:

@@ -43,3 +43,10 @@ def load_topics(prefix: str, partitions: int, path: Path | None = None) -> dict[
 def names(prefix: str, suffixes: tuple[str, ...]) -> tuple[str, ...]:
     """Full topic names of ``suffixes``."""
     return tuple(prefix + s for s in suffixes)
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition the Java client's default partitioner (murmur2) gives ``key``."""
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions

@@ -347,3 +347,16 @@ def test_republished_outputs_come_before_a_newer_event_of_the_customer() -> None
     asyncio.run(processor(grading("abc-100"), sink, store).on_message(msgs[2]))
     assert sink.published[:2] == before.pending
     assert set(stored(store, b"C1").state.seen) == {"e0", "e1", "e2"}
+
+
+def test_a_record_replaced_under_the_processor_is_read_again() -> None:
+    # As after a rebalance: the table holds bytes this process did not write.
+    store, before, msgs = crashed_after_storing()
+    sink = RecordingSink()
+    proc = processor(grading("abc-100"), sink, store)
+    asyncio.run(proc.on_message(msgs[1]))
+    assert sink.published == before.pending
+    state = stored(store, b"C1").state
+    store.data[b"C1"] = step.encode_record(state, "another-process", before.pending)
+    asyncio.run(proc.on_message(msgs[1]))
+    assert sink.published == before.pending * 2
