@@ -34,14 +34,14 @@ def parse_instant(text: object) -> int:
     """Parse an RFC 3339 timestamp with offset to microseconds since the epoch."""
     if not isinstance(text, str):
         raise TimestampError("must be a string")
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        raise TimestampError("must be RFC 3339 with an offset, e.g. 2026-03-01T09:30:00+08:00")
-    if _COMMON.fullmatch(text):  # fast path: the C parser agrees on this subset
+    if _COMMON.fullmatch(text):  # fast path: the C parser agrees on this subset of RFC 3339
         try:
             return (datetime.fromisoformat(text) - _EPOCH) // _ONE_US
         except ValueError:
             pass  # e.g. 2026-02-30: the slow path says why
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise TimestampError("must be RFC 3339 with an offset, e.g. 2026-03-01T09:30:00+08:00")
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     fraction, zulu, sign, off_h, off_m = match.groups()[6:]
     micros = int((fraction or "").ljust(6, "0")[:6])
@@ -69,7 +69,15 @@ def format_instant(us: int) -> str:
 
 @lru_cache(maxsize=4096)
 def _format_second(seconds: int) -> str:
-    return (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19] + "Z"
+    days, second = divmod(seconds, 86_400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{_format_day(days)}T{hour:02d}:{minute:02d}:{second:02d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _format_day(days: int) -> str:
+    return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
 @lru_cache(maxsize=64)
@@ -81,16 +89,13 @@ def zone(name: str) -> ZoneInfo:
         raise KeyError(name) from None
 
 
+@lru_cache(maxsize=65536)
 def local_day(us: int, tz: str) -> int:
     """The local date of instant ``us`` in ``tz``, as a day ordinal."""
-    return _local_day(us // US_PER_SECOND, tz)
+    return datetime.fromtimestamp(us // US_PER_SECOND, zone(tz)).toordinal()
 
 
-@lru_cache(maxsize=65536)
-def _local_day(seconds: int, tz: str) -> int:
-    return datetime.fromtimestamp(seconds, zone(tz)).toordinal()
-
-
+@lru_cache(maxsize=8192)
 def month_of_day(ordinal: int) -> int:
     """The month index of a day ordinal."""
     d = date.fromordinal(ordinal)

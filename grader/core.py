@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from grader.clock import format_instant, local_month, month_start
@@ -17,7 +18,7 @@ from grader.events import ACTIVITY_TYPES, Event, ParseContext
 from grader.metrics import MetricView
 from grader.policy import Policy
 from grader.rational import Ratio, display
-from grader.scoring import score
+from grader.scoring import ScoreMemo, rescore
 from grader.state import CustomerState, TierState, prune, record
 from grader.tiering import decide
 
@@ -142,9 +143,10 @@ def regrade(
     snapshot_changed = False
     for policy in grading.policies:
         view = views[policy.timezone]
-        value, breakdown = score(policy, view)
+        memo = _memo(state, policy)
+        value = rescore(policy, view, memo)
         current = state.tiers.get(policy.name)
-        change = _decide(state, policy, current, value, view)
+        change = _decide(state, policy, current, value, memo.tier, view)
         if change is None:
             assert current is not None
             current.score = value
@@ -153,23 +155,45 @@ def regrade(
         snapshot_changed = True
         if direction is not None:
             changes.append(
-                _change_record(
-                    state, policy, current, new, direction, breakdown, view, cause, now_us
-                )
+                _change_record(state, policy, current, new, direction, memo, cause, now_us)
             )
         state.tiers[policy.name] = new
     return changes, snapshot_changed
 
 
+def _memo(state: CustomerState, policy: Policy) -> ScoreMemo:
+    """The customer's scoring memo for ``policy`` (a new one for a new policy object)."""
+    memo: ScoreMemo | None = state.memo.get(policy.name)
+    if memo is None or memo.policy is not policy:
+        memo = state.memo[policy.name] = ScoreMemo(policy)
+    return memo
+
+
 def _decide(
-    state: CustomerState, policy: Policy, current: TierState | None, value: Ratio, view: MetricView
+    state: CustomerState,
+    policy: Policy,
+    current: TierState | None,
+    value: Ratio,
+    earned: str,
+    view: MetricView,
 ) -> tuple[TierState, str | None] | None:
-    """The new TierState and direction, or None when nothing but the score moved."""
+    """The new TierState and direction, or None when nothing but the score moved.
+
+    ``earned`` is the tier ``value`` earns.
+    """
+    pin = state.pinned_tier(policy.name)
+    if current is not None and pin is None and not current.pinned and earned == current.tier:
+        return None  # the usual case, what decide() says too: the score still earns the tier
     previous = current
     if current is not None and current.tier not in policy.tier_names:
         current = None  # a new policy version dropped this tier: grade afresh
-    days = view.days_since(current.changed_at) if current is not None else 0
-    decision = decide(policy, current, value, state.pinned_tier(policy.name), days)
+    # The days since the last change matter only to a minimum number of days in a tier.
+    days = (
+        view.days_since(current.changed_at)
+        if current is not None and policy.min_days_in_tier
+        else 0
+    )
+    decision = decide(policy, current, value, pin, days)
     if decision.direction is None:
         assert previous is not None
         if decision.pinned == previous.pinned:
@@ -189,12 +213,11 @@ def _change_record(
     previous: TierState | None,
     new: TierState,
     direction: str,
-    breakdown: dict[str, Ratio],
-    view: MetricView,
+    memo: ScoreMemo,
     cause: dict[str, Any],
     now_us: int,
 ) -> dict[str, Any]:
-    metrics = {ln.metric.key: _shown(view.value(ln.metric)) for ln in policy.lines}
+    keys = policy.line_keys
     return {
         "event_id": tier_change_id(state.customer_id, policy.name, new.sequence),
         "customer_id": state.customer_id,
@@ -205,13 +228,18 @@ def _change_record(
         "direction": direction,
         "score": display(new.score),
         "previous_score": display(previous.score) if previous is not None else None,
-        "breakdown": {key: display(points) for key, points in breakdown.items()},
-        "metrics": metrics,
+        "breakdown": dict(zip(keys, map(display, memo.points), strict=True)),
+        "metrics": dict(zip(keys, map(_shown, memo.values), strict=True)),
         "cause": cause,
         "as_of": format_instant(state.as_of),
-        "emitted_at": format_instant(now_us),
+        "emitted_at": _emitted_at(now_us),
         "sequence": new.sequence,
     }
+
+
+@lru_cache(maxsize=4)
+def _emitted_at(now_us: int) -> str:
+    return format_instant(now_us)  # one wall-clock instant for many changes
 
 
 def _shown(value: Ratio | None) -> float | int | None:
@@ -224,11 +252,10 @@ def tier_change_id(customer_id: str, policy: str, sequence: int) -> str:
     Computed as RFC 4122 section 4.3 says (what uuid.uuid5 does, without its overhead).
     """
     name = f"{customer_id}\x1f{policy}\x1f{sequence}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(_NAMESPACE_BYTES + name).hexdigest()
+    # The version nibble becomes 5; the variant bits of the next group's first nibble 10.
+    variant = "89ab"[int(h[16], 16) & 0x3]
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def snapshot(state: CustomerState) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from math import isfinite
 from typing import Any
 
 import orjson
@@ -49,9 +50,13 @@ class Rejection:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One valid input event. Fields not used by its type are None."""
+    """One valid input event. Fields not used by its type are None.
+
+    Never changed once built. Not a frozen dataclass only because building one
+    costs a call per field (19 of them): a quarter of the time of parsing.
+    """
 
     event_id: str
     type: str
@@ -112,6 +117,71 @@ def parse_event(raw: bytes | str, ctx: ParseContext) -> Event | Rejection:
 
 def validate(obj: object, ctx: ParseContext) -> Event:
     """Validate a decoded JSON value; raises _Reject (internal) when invalid."""
+    if type(obj) is dict:
+        event = common_event(obj, ctx)
+        if event is not None:
+            return event
+    return _validate(obj, ctx)
+
+
+_MONEY_TYPES = frozenset({"sale", "refund", "payment"})
+
+
+def common_event(obj: dict[str, Any], ctx: ParseContext) -> Event | None:
+    """A valid sale, refund, payment or interaction of the usual shape, checked cheaply.
+
+    Returns exactly the Event that the full validator returns, or None for
+    anything else (valid or not): the full validator then decides and says why.
+    """
+    event_id = obj.get("event_id")
+    customer_id = obj.get("customer_id")
+    occurred_at = obj.get("occurred_at")
+    if (
+        type(event_id) is not str
+        or not 0 < len(event_id) <= 128
+        or type(customer_id) is not str
+        or not _CUSTOMER_ID.fullmatch(customer_id)
+        or type(occurred_at) is not str
+    ):
+        return None
+    try:
+        ts = parse_instant(occurred_at)
+    except TimestampError:
+        return None
+    if ctx.now_us is not None and ts > ctx.now_us + FUTURE_TOLERANCE_US:
+        return None
+    etype = obj.get("type")
+    if etype == "interaction":
+        kind, value = obj.get("kind"), obj.get("value")
+        if (
+            type(kind) is str
+            and _KIND.fullmatch(kind)
+            and (value is None or type(value) is int or (type(value) is float and isfinite(value)))
+        ):
+            return Event(event_id, etype, customer_id, ts, occurred_at, kind=kind)
+        return None
+    if etype not in _MONEY_TYPES:
+        return None
+    currency, invoice_id = obj.get("currency"), obj.get("invoice_id")
+    if type(currency) is not str or currency != ctx.currency or not _CURRENCY.fullmatch(currency):
+        return None
+    if invoice_id is None:
+        if etype == "payment":
+            return None
+    elif type(invoice_id) is not str or not 0 < len(invoice_id) <= 128:
+        return None
+    gross_profit = obj.get("gross_profit") if etype == "sale" else None
+    try:
+        amount = parse_minor(obj.get("amount"))
+        if gross_profit is not None:
+            gross_profit = parse_minor(gross_profit, allow_zero=True)
+    except MoneyError:
+        return None
+    return Event(event_id, etype, customer_id, ts, occurred_at, amount, invoice_id, gross_profit)
+
+
+def _validate(obj: object, ctx: ParseContext) -> Event:
+    """The full validator: every shape, and the reason of every rejection."""
     if not isinstance(obj, dict):
         raise _Reject("not_object", None, "an event must be a JSON object")
     etype = _string(obj, "type")

@@ -44,6 +44,24 @@ METRICS: dict[str, tuple[tuple[str, ...], Domain]] = {
     "assessment": (("indicator",), Domain(False, (0, 1), (10, 1))),
 }
 
+# What each metric's value depends on besides its reference, by kind (the key
+# of a kind is grader.metrics.MetricView.dependency); lines of a policy that
+# depend on the same kind are rescored together (grader.scoring.rescore).
+DEPENDS_ON: dict[str, str] = {
+    "sales": "buckets",
+    "monthly_avg_sales": "buckets",
+    "gross_profit": "buckets",
+    "margin": "buckets",
+    "purchase_count": "buckets",
+    "active_months": "buckets",
+    "avg_payment_days": "invoices",
+    "interactions": "interactions",
+    "sales_lifetime": "lifetime",
+    "tenure_days": "first_activity",
+    "days_since_last_sale": "last_sale",
+    "assessment": "assessments",
+}
+
 _REF = re.compile(r"([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?")
 _NAME_ARG = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from grader.clock import local_day, month_of_day
 from grader.metricref import MetricRef
 from grader.rational import Ratio
-from grader.state import COUNT, GP, GP_COUNT, REFUNDS, SALES, CustomerState
+from grader.state import CustomerState
 
 MINOR = 100
 # Window aggregate: (sales, refunds, gross_profit, gp_count, sale_count, active_months)
@@ -22,7 +22,7 @@ Window = tuple[int, int, int, int, int, int]
 class MetricView:
     """The metrics of one customer in one timezone; values are memoised."""
 
-    __slots__ = ("_values", "_windows", "month", "state", "today", "tz")
+    __slots__ = ("_deps", "_values", "_windows", "month", "state", "today", "tz")
 
     def __init__(self, state: CustomerState, tz: str) -> None:
         self.state = state
@@ -31,6 +31,19 @@ class MetricView:
         self.month = month_of_day(self.today)
         self._windows: dict[int, Window] = {}
         self._values: dict[str, Ratio | None] = {}
+        self._deps: dict[str, object] = {}
+
+    def dependency(self, kind: str) -> object:
+        """A key of what the metrics of a dependency ``kind`` read: equal keys, equal values.
+
+        ``kind`` is a value of grader.metricref.DEPENDS_ON. Keys of two views
+        of the same customer are comparable (grader.scoring.rescore).
+        """
+        deps = self._deps
+        if kind in deps:
+            return deps[kind]
+        key = deps[kind] = _DEPENDENCY_KEYS[kind](self)
+        return key
 
     def value(self, ref: MetricRef) -> Ratio | None:
         """The value of ``ref`` (None when missing)."""
@@ -45,16 +58,19 @@ class MetricView:
         """Sums over the ``months`` local months ending with the as_of month."""
         agg = self._windows.get(months)
         if agg is None:
-            first = self.month - months + 1
+            first, last = self.month - months + 1, self.month
             sales = refunds = gp = gp_count = count = active = 0
-            for month, b in self.state.months.get(self.tz, {}).items():
-                if first <= month <= self.month:
-                    sales += b[SALES]
-                    refunds += b[REFUNDS]
-                    gp += b[GP]
-                    gp_count += b[GP_COUNT]
-                    count += b[COUNT]
-                    active += b[COUNT] > 0
+            # a bucket is [SALES, REFUNDS, GP, GP_COUNT, COUNT] (grader.state)
+            for month, (b_sales, b_refunds, b_gp, b_gp_count, b_count) in self.state.months.get(
+                self.tz, {}
+            ).items():
+                if first <= month <= last:
+                    sales += b_sales
+                    refunds += b_refunds
+                    gp += b_gp
+                    gp_count += b_gp_count
+                    count += b_count
+                    active += b_count > 0
             agg = self._windows[months] = (sales, refunds, gp, gp_count, count, active)
         return agg
 
@@ -109,15 +125,18 @@ def avg_payment_days(view: MetricView, ref: MetricRef) -> Ratio | None:
     w = view.window(_n(ref))
     if w[4] == 0:
         return None
-    first, last = view.month - _n(ref) + 1, view.month
+    first, last, today = view.month - _n(ref) + 1, view.month, view.today
     weighted = 0
     for invoice in view.state.invoices.values():
         if invoice.first_ts is None:
             continue
-        amount = sum(a for m, a in invoice.months(view.tz).items() if first <= m <= last)
+        first_day, paid_day, months = invoice.local(view.tz)
+        amount = 0
+        for month, sold in months:
+            if first <= month <= last:
+                amount += sold
         if amount:
-            end = invoice.paid_ts if invoice.paid_ts is not None else view.state.as_of
-            days = local_day(end, view.tz) - local_day(invoice.first_ts, view.tz)
+            days = (today if paid_day is None else paid_day) - first_day
             weighted += amount * max(0, days)
     return (weighted, w[0])
 
@@ -153,6 +172,20 @@ def assessment(view: MetricView, ref: MetricRef) -> Ratio | None:
     latest = view.state.assessments.get(ref.arg)
     return None if latest is None else (latest[2], latest[3])
 
+
+# The key of each dependency kind (grader.metricref.DEPENDS_ON): it differs
+# whenever what the metrics of that kind read may differ.
+_DEPENDENCY_KEYS: dict[str, Callable[[MetricView], object]] = {
+    # month buckets (their revision) in windows ending with the as_of month
+    "buckets": lambda v: (v.month, v.state.buckets_rev),
+    # avg_payment_days: the invoices, the window's sales, the as_of local day
+    "invoices": lambda v: (v.today, v.state.buckets_rev, v.state.invoices_rev),
+    "interactions": lambda v: (v.month, v.state.interactions_rev),
+    "lifetime": lambda v: v.state.lifetime_sales,
+    "first_activity": lambda v: (v.today, v.state.first_activity),
+    "last_sale": lambda v: (v.today, v.state.last_sale),
+    "assessments": lambda v: v.state.assessments_rev,
+}
 
 _FUNCTIONS: dict[str, Callable[[MetricView, MetricRef], Ratio | None]] = {
     "sales": sales,

@@ -24,24 +24,29 @@ class MoneyError(ValueError):
 
 def parse_minor(value: object, *, allow_zero: bool = False) -> int:
     """Return ``value`` (a JSON string or number) as integer minor units."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if isinstance(value, str):
+        minor = _text_minor(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MoneyError("must be a string or a number")
-    if isinstance(value, int):
+    elif isinstance(value, int):
         minor = value * MINOR_PER_MAJOR
     else:
-        text = value if isinstance(value, str) else repr(value)
-        if text.endswith(".0") and isinstance(value, float):
-            text = text[:-2]
-        match = _AMOUNT.fullmatch(text)
-        if match is None:
-            raise MoneyError("must be a plain decimal with at most 2 decimals")
-        whole, cents = match.group(1), (match.group(2) or "").ljust(2, "0")
-        minor = int(whole) * MINOR_PER_MAJOR + int(cents)
+        text = repr(value)
+        minor = _text_minor(text[:-2] if text.endswith(".0") else text)
     if minor < 0 or (minor == 0 and not allow_zero):
         raise MoneyError("must be >= 0" if allow_zero else "must be > 0")
     if minor >= MAX_MAJOR * MINOR_PER_MAJOR:
         raise MoneyError("must be < 10^12")
     return minor
+
+
+def _text_minor(text: str) -> int:
+    match = _AMOUNT.fullmatch(text)
+    if match is None:
+        raise MoneyError("must be a plain decimal with at most 2 decimals")
+    whole, cents = match.groups()
+    minor = int(whole) * MINOR_PER_MAJOR
+    return minor + int(cents.ljust(2, "0")) if cents else minor
 
 
 def to_decimal(minor: int) -> Decimal:

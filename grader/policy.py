@@ -19,7 +19,7 @@ from typing import Any
 
 from grader.clock import zone
 from grader.errors import PolicyError
-from grader.metricref import MetricRef, parse_metric
+from grader.metricref import DEPENDS_ON, MetricRef, parse_metric
 from grader.rational import Ratio, ratio
 from grader.tomlpos import Locator
 
@@ -90,7 +90,13 @@ class Policy:
     _ranks: dict[str, int] = field(init=False, repr=False, compare=False)
     # Scoring plan: each line's weight * scale as an integer over ``weight_den``.
     plan: tuple[tuple[Line, int], ...] = field(init=False, repr=False, compare=False)
+    weights: tuple[int, ...] = field(init=False, repr=False, compare=False)  # of the plan
     weight_den: int = field(init=False, repr=False, compare=False)
+    line_keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # The lines (with their index) by what their metrics depend on (metricref.DEPENDS_ON).
+    groups: tuple[tuple[str, tuple[tuple[int, Line], ...]], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         den = self.scale[1]
@@ -101,7 +107,13 @@ class Policy:
             for ln in self.lines
         )
         object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "weights", tuple(weight for _line, weight in plan))
         object.__setattr__(self, "weight_den", den)
+        object.__setattr__(self, "line_keys", tuple(ln.metric.key for ln in self.lines))
+        groups: dict[str, list[tuple[int, Line]]] = {}
+        for i, ln in enumerate(self.lines):
+            groups.setdefault(DEPENDS_ON[ln.metric.name], []).append((i, ln))
+        object.__setattr__(self, "groups", tuple((k, tuple(v)) for k, v in groups.items()))
         names = tuple(t.name for t in self.tiers)
         object.__setattr__(self, "tier_names", names)
         object.__setattr__(self, "_ranks", {name: i for i, name in enumerate(names)})

@@ -33,7 +33,7 @@ def cents(num: int, den: int) -> int:
 
 def round2(value: Ratio | Fraction) -> Decimal:
     """Round to 2 decimals (half up) for display; decisions never use this."""
-    num, den = (value.numerator, value.denominator) if isinstance(value, Fraction) else value
+    num, den = value if isinstance(value, tuple) else (value.numerator, value.denominator)
     return Decimal(cents(num, den)).scaleb(-2)
 
 
@@ -43,7 +43,7 @@ def display(value: Ratio | Fraction) -> float | int:
     cents / 100 is the double nearest the 2-decimal value, whose shortest repr
     (what JSON encoders write) is exactly that value.
     """
-    num, den = (value.numerator, value.denominator) if isinstance(value, Fraction) else value
+    num, den = value if isinstance(value, tuple) else (value.numerator, value.denominator)
     if num % den == 0:
         return num // den
     return cents(num, den) / 100

@@ -12,18 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from grader.clock import local_month, month_start
+from grader.clock import local_day, local_month, month_start
 from grader.events import Event
 
 # A month bucket: [sales, refunds, gross_profit, sales_with_gross_profit, sale_count]
 SALES, REFUNDS, GP, GP_COUNT, COUNT = range(5)
 Entry = tuple[int, str, int]  # (occurred_at us, event_id, amount minor)
+# An invoice in one timezone: (first sale's local day, paid-in-full local day or None,
+# ((local month, sale amount), ...))
+LocalInvoice = tuple[int, int | None, tuple[tuple[int, int], ...]]
 
 
 class Invoice:
     """A credit invoice: its sales and payments, and when it was paid in full."""
 
-    __slots__ = ("_months", "first_ts", "paid_ts", "payments", "sales")
+    __slots__ = ("_local", "first_ts", "paid_ts", "payments", "sales")
 
     def __init__(
         self, sales: list[Entry] | None = None, payments: list[Entry] | None = None
@@ -38,7 +41,7 @@ class Invoice:
         self.payments.sort()
         self.first_ts: int | None = self.sales[0][0] if self.sales else None
         self.paid_ts: int | None = None
-        self._months: dict[str, dict[int, int]] = {}
+        self._local: dict[str, LocalInvoice] = {}
         if not self.sales:
             return
         due, paid = sum(e[2] for e in self.sales), 0
@@ -48,15 +51,19 @@ class Invoice:
                 self.paid_ts = ts
                 break
 
-    def months(self, tz: str) -> dict[int, int]:
-        """Sale amounts of this invoice by local month in ``tz``."""
-        cached = self._months.get(tz)
+    def local(self, tz: str) -> LocalInvoice:
+        """In ``tz``: the local days of the first sale and of the completing payment
+        (None while open), and the sale amounts by local month. Needs a sale."""
+        cached = self._local.get(tz)
         if cached is None:
-            cached = {}
+            assert self.first_ts is not None
+            months: dict[int, int] = {}
             for ts, _eid, amount in self.sales:
                 month = local_month(ts, tz)
-                cached[month] = cached.get(month, 0) + amount
-            self._months[tz] = cached
+                months[month] = months.get(month, 0) + amount
+            paid = None if self.paid_ts is None else local_day(self.paid_ts, tz)
+            cached = (local_day(self.first_ts, tz), paid, tuple(months.items()))
+            self._local[tz] = cached
         return cached
 
     def latest_ts(self) -> int:
@@ -95,6 +102,14 @@ class CustomerState:
     blacklist: tuple[int, str, bool] | None = None
     audit: list[dict[str, Any]] = field(default_factory=list)
     tiers: dict[str, TierState] = field(default_factory=dict)
+    # Not persisted (codec): revisions of the details metrics read, bumped by record()
+    # and prune() on every change, and the scoring memo keyed by them (grader.scoring).
+    # A state loaded from bytes starts with an empty memo, so its revisions restart at 0.
+    buckets_rev: int = field(default=0, compare=False, repr=False)
+    invoices_rev: int = field(default=0, compare=False, repr=False)
+    interactions_rev: int = field(default=0, compare=False, repr=False)
+    assessments_rev: int = field(default=0, compare=False, repr=False)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def blacklisted(self) -> bool:
@@ -141,6 +156,7 @@ def _sale(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
         if event.gross_profit is not None:
             bucket[GP] += event.gross_profit
             bucket[GP_COUNT] += 1
+    state.buckets_rev += 1
     state.lifetime_sales += amount
     if state.last_sale is None or event.ts > state.last_sale:
         state.last_sale = event.ts
@@ -150,6 +166,7 @@ def _sale(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
             invoice = state.invoices[event.invoice_id] = Invoice()
         invoice.sales.append((event.ts, event.event_id, amount))
         invoice.refresh()
+        state.invoices_rev += 1
     _activity(state, event.ts)
 
 
@@ -157,6 +174,7 @@ def _refund(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
     amount = event.amount or 0
     for tz in tzs:
         _bucket(state, tz, event.ts)[REFUNDS] += amount
+    state.buckets_rev += 1
     state.lifetime_sales -= amount
     _activity(state, event.ts)
 
@@ -168,6 +186,7 @@ def _payment(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
         invoice = state.invoices[event.invoice_id] = Invoice()
     invoice.payments.append((event.ts, event.event_id, event.amount or 0))
     invoice.refresh()
+    state.invoices_rev += 1
     _activity(state, event.ts)
 
 
@@ -177,6 +196,7 @@ def _interaction(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> No
         counts = state.interactions.setdefault(tz, {}).setdefault(event.kind, {})
         month = local_month(event.ts, tz)
         counts[month] = counts.get(month, 0) + 1
+    state.interactions_rev += 1
     _activity(state, event.ts)
 
 
@@ -191,6 +211,7 @@ def _assessment(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> Non
             score.numerator,
             score.denominator,
         )
+        state.assessments_rev += 1
     _activity(state, event.ts)
 
 
@@ -238,6 +259,9 @@ def prune(state: CustomerState, horizon: int) -> None:
     if not state.seen or min(state.seen.values()) >= horizon:
         return
     state.seen = {eid: ts for eid, ts in state.seen.items() if ts >= horizon}
+    state.buckets_rev += 1
+    state.invoices_rev += 1
+    state.interactions_rev += 1
     for tz, by_month in state.months.items():
         for month in [m for m in by_month if month_start(m + 1, tz) <= horizon]:
             del by_month[month]
