@@ -212,7 +212,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
     clocks = app.Table("clocks", partitions=partitions, key_type=bytes, value_type=bytes)
     source_names = [prefix + t for t in (*INPUTS, TICKS)]
-    app.transport = transport_for(app, source_names, options.true_end_offsets)
+    app.transport = transport_for(app, source_names, options.true_end_offsets,
+                                  options.fetch_max_wait_ms)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
     sender = BatchSender(bootstrap_servers(settings.kafka_url))
