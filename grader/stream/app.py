@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 TICK_BATCH = 500  # customers re-graded between two waits for acknowledgements
 BATCH_MAX = 1000  # input messages graded between two waits for acknowledgements
-BATCH_WITHIN = 0.05  # seconds a partial batch waits for more messages
+BATCH_WITHIN = 0.02  # seconds a partial batch waits for more messages
 DECODED_MAX = 200_000  # decoded customer states kept between batches
+LOG_EVERY = 10_000  # messages between two progress lines in the log
 
 
 def now_us() -> int:
@@ -250,11 +251,15 @@ async def grade_batches(stream: Any, processor: Processor,
     (e.g. the broker refused a write) crashes the worker, because the offsets
     of that partition could not be committed past the batch any more.
     """
+    graded = 0
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
         try:
             await processor.on_batch(
                 step.Incoming(m.topic, m.partition, m.offset, m.key, m.value)
                 for m in (event.message for event in events))
+            if (graded + len(events)) // LOG_EVERY > graded // LOG_EVERY:
+                log.info("graded %d messages since start", graded + len(events))
+            graded += len(events)
         except BaseException as exc:
             for event in events:
                 event.message.acked = True  # never reaches the consumer: not committed
