@@ -8,6 +8,10 @@ whatever the arrival order, duplicates, restarts or rebalances.
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -281,3 +285,32 @@ def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:
     # Apache Kafka would say 12; tansu says 4 (the batch starts at offset 3).
     true = asyncio.run(fetched_ends([broker.bootstrap], {tp: reported}))
     assert true == {tp: 12}, f"ListOffsets said {reported}"
+
+
+def test_produce_shows_progress_on_a_terminal_only(stream: Stream, tmp_path: Path) -> None:
+    lines = list(generate(200, 12_000, seed=5, as_of=AS_OF, months=11))
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "grader", "produce", str(path)],
+                              env=stream.env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=follower, timeout=120)
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0, output
+    assert b"\rproduce: sent: 10,000 lines" in output
+    assert b"produced 12000 lines" in output
+    piped = stream.grader("produce", str(path))  # stderr is a pipe: no progress
+    assert piped.returncode == 0 and "\r" not in piped.stderr
+    assert piped.stderr.startswith("produced 12000 lines")
