@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -229,7 +229,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
     @app.agent(source, name="grade")
     async def grade(stream: Any) -> None:
-        await grade_batches(stream, processor, app.crash)
+        await grade_batches(stream, processor, app.crash, app.consumer.assignment)
 
     if options.live_ticks:
         for tz in grading.timezones:
@@ -239,7 +239,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
 
 async def grade_batches(stream: Any, processor: Processor,
-                        crash: Callable[[BaseException], Awaitable[None]]) -> None:
+                        crash: Callable[[BaseException], Awaitable[None]],
+                        assignment: Callable[[], Container[tuple[str, int]]]) -> None:
     """The agent: grade each batch of ``stream``, then let Faust acknowledge it.
 
     ``take_events`` acknowledges a batch's messages once the loop body is done
@@ -250,13 +251,23 @@ async def grade_batches(stream: Any, processor: Processor,
     they are redelivered after a restart. A failure other than cancellation
     (e.g. the broker refused a write) crashes the worker, because the offsets
     of that partition could not be committed past the batch any more.
+
+    A batch can also hold messages taken before a rebalance, of partitions
+    this worker no longer owns (``assignment`` gives the (topic, partition)
+    pairs it owns now): those are skipped the same way, unacknowledged; their
+    new owner reads them from the committed offset.
     """
     graded = 0
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+        owned = assignment()
+        messages = [event.message for event in events]
+        for m in messages:
+            if (m.topic, m.partition) not in owned:
+                m.acked = True  # never reaches the consumer: not committed here
         try:
             await processor.on_batch(
                 step.Incoming(m.topic, m.partition, m.offset, m.key, m.value)
-                for m in (event.message for event in events))
+                for m in messages if (m.topic, m.partition) in owned)
             if (graded + len(events)) // LOG_EVERY > graded // LOG_EVERY:
                 log.info("graded %d messages since start", graded + len(events))
             graded += len(events)

@@ -277,6 +277,9 @@ def consumer_message(value: bytes, key: bytes, offset: int) -> Any:
                            key, value, None)
 
 
+ALL_PARTITIONS = {("g.transactions", p) for p in range(PARTITIONS)}
+
+
 class FailingSink:
     """Accepts ``good`` publishes, then the broker refuses."""
 
@@ -303,7 +306,7 @@ def test_a_batch_that_fails_is_never_acknowledged_and_crashes_the_worker() -> No
 
     async def run() -> None:
         with pytest.raises(ConnectionError):
-            await grade_batches(stream, proc, crash)
+            await grade_batches(stream, proc, crash, lambda: ALL_PARTITIONS)
         await stream.generator.aclose()  # as Faust's Stream.on_stop does
 
     asyncio.run(run())
@@ -360,3 +363,24 @@ def test_a_record_replaced_under_the_processor_is_read_again() -> None:
     store.data[b"C1"] = step.encode_record(state, "another-process", before.pending)
     asyncio.run(proc.on_message(msgs[1]))
     assert sink.published == before.pending * 2
+
+
+def test_messages_of_partitions_no_longer_owned_are_skipped_unacknowledged() -> None:
+    # Taken into the batch before a rebalance moved their partition elsewhere.
+    consumer = AckRecorder()
+    keys = [f"C{n}".encode() for n in range(8)]
+    batch = [Event(consumer_message(sale(k.decode(), f"e{n}", "2026-10-01T10:00:00+08:00"), k,
+                                    n)) for n, k in enumerate(keys)]
+    stream = TakeEventsStream([batch], consumer)
+    store = MemoryTableStore()
+    proc = processor(grading("abc-100"), RecordingSink(), store)
+    owned = {("g.transactions", 0), ("g.transactions", 1)}
+
+    async def crash(exc: BaseException) -> None:
+        raise AssertionError("no crash expected")
+
+    asyncio.run(grade_batches(stream, proc, crash, lambda: owned))
+    mine = {n for n, k in enumerate(keys) if partition_of(k, PARTITIONS) in (0, 1)}
+    assert 0 < len(mine) < len(keys)
+    assert sorted(consumer.acked) == sorted(mine)
+    assert set(store.data) == {keys[n] for n in mine}
