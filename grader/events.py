@@ -108,7 +108,17 @@ def parse_event(raw: bytes | str, ctx: ParseContext) -> Event | Rejection:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Rejection("bad_json", None, f"not valid JSON: {exc}")
+        return bad_json(exc)
+    return parse_decoded(obj, ctx)
+
+
+def bad_json(exc: orjson.JSONDecodeError) -> Rejection:
+    """The rejection of a line that is not JSON (``exc`` from ``orjson.loads``)."""
+    return Rejection("bad_json", None, f"not valid JSON: {exc}")
+
+
+def parse_decoded(obj: object, ctx: ParseContext) -> Event | Rejection:
+    """Validate an event already decoded by ``orjson.loads``; never raises for bad input."""
     try:
         return validate(obj, ctx)
     except _Reject as rej:

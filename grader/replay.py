@@ -6,17 +6,19 @@ tier-changes.jsonl and dead-letters.jsonl (see docs/replay.md).
 
 Customers are independent, so large files are parsed and graded in several
 processes (this one and forked ones), each taking the customers whose id
-hashes to it; their
-per-customer outputs are merged back in customer order, byte for byte what
-one process writes.
+hashes to it; their per-customer outputs, rendered as bytes in the shard,
+are merged back in customer order, byte for byte what one process writes.
 """
 
 from __future__ import annotations
 
+import csv
 import gc
 import heapq
+import io
 import multiprocessing
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -30,11 +32,20 @@ from typing import Any
 import orjson
 
 from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import Event, Rejection, original_fields, parse_event
+from grader.events import (
+    Event,
+    ParseContext,
+    Rejection,
+    bad_json,
+    original_fields,
+    parse_decoded,
+    parse_event,
+)
 from grader.rational import round2
 
 Progress = Callable[[int], None]
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
+TIERS_HEADER = b"customer_id,policy,tier,score\n"
 PARALLEL_MIN_EVENTS = 20_000  # below this, forking costs more than it saves
 _IN_ORDER = attrgetter("ts", "event_id")  # the order events are applied in
 
@@ -69,8 +80,10 @@ class Graded:
 
     stats: ReplayStats = field(default_factory=ReplayStats)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    # (customer_id, tiers rows, tier-change JSON lines), sorted by customer_id
-    customers: list[tuple[str, list[Row], bytes]] = field(default_factory=list)
+    # (customer_id, its tiers.csv rows, its tier-change JSON lines), sorted by
+    # customer_id; both already rendered, so that a forked shard sends bytes
+    # back and the parent only concatenates them in customer order
+    customers: list[tuple[str, bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -78,9 +91,15 @@ class ReplayResult:
     """Everything a replay produces, before it is written."""
 
     stats: ReplayStats
-    tiers: list[Row]
+    tiers_csv: bytes  # the rows of tiers.csv (without its header), as written
     changes: bytes
     dead_letters: list[dict[str, Any]]
+
+    @property
+    def tiers(self) -> list[Row]:
+        """The rows of tiers.csv as (customer_id, policy, tier, score) tuples."""
+        text = io.StringIO(self.tiers_csv.decode("utf-8"), newline="")
+        return [(c, p, t, s) for c, p, t, s in csv.reader(text)]
 
 
 def read_lines(path: Path) -> Iterator[bytes]:
@@ -102,18 +121,31 @@ def replay(
     all_lines = list(lines)
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1 and len(all_lines) >= PARALLEL_MIN_EVENTS:
-        parts = _parallel(all_lines, _route(all_lines, workers, progress), as_of, grading, now_us)
+        parts = _parallel(all_lines, workers, as_of, grading, now_us, progress)
     else:
-        parts = [process(all_lines, range(len(all_lines)), as_of, grading, now_us)]
+        parts = [process(all_lines, as_of, grading, now_us)]
     return _merge(parts, len(all_lines))
 
 
 def process(
-    lines: list[bytes], numbers: Iterable[int], as_of: int, grading: Grading, now_us: int
+    lines: list[bytes],
+    as_of: int,
+    grading: Grading,
+    now_us: int,
+    shard: int = 0,
+    shards: int = 1,
+    progress: Progress | None = None,
 ) -> Graded:
-    """Parse the given lines (0-based numbers) and grade their customers."""
+    """Parse and grade the lines of one shard of ``shards`` (by default: all of them)."""
     with _gc_paused():
-        return _process(lines, numbers, as_of, grading, now_us)
+        ctx = grading.parse_context()
+        if shards == 1:
+            parsed: Iterable[tuple[int, Event | Rejection]] = (
+                (index, parse_event(raw, ctx)) for index, raw in enumerate(lines)
+            )
+        else:
+            parsed = _parse_shard(lines, shard, shards, ctx, progress)
+        return _process(lines, parsed, as_of, grading, now_us)
 
 
 @contextmanager
@@ -129,14 +161,41 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _parse_shard(
+    lines: list[bytes], shard: int, shards: int, ctx: ParseContext, progress: Progress | None
+) -> Iterator[tuple[int, Event | Rejection]]:
+    """The line numbers (0-based) and parsed events of the lines of one shard.
+
+    A line belongs to the shard of a stable hash of its ``customer_id``, or to
+    shard 0 when it has none (it is rejected then). Every shard decodes every
+    line once, to find its customer, and validates only its own.
+    """
+    loads, decode_error, crc32 = orjson.loads, orjson.JSONDecodeError, zlib.crc32
+    for index, raw in enumerate(lines):
+        if progress is not None and index and index % 50_000 == 0:
+            progress(index)
+        try:
+            obj = loads(raw)
+        except decode_error as exc:
+            if shard == 0:
+                yield index, bad_json(exc)
+            continue
+        customer = obj.get("customer_id") if isinstance(obj, dict) else None
+        owner = crc32(customer.encode()) % shards if isinstance(customer, str) else 0
+        if owner == shard:
+            yield index, parse_decoded(obj, ctx)
+
+
 def _process(
-    lines: list[bytes], numbers: Iterable[int], as_of: int, grading: Grading, now_us: int
+    lines: list[bytes],
+    parsed_lines: Iterable[tuple[int, Event | Rejection]],
+    as_of: int,
+    grading: Grading,
+    now_us: int,
 ) -> Graded:
     out = Graded()
-    ctx = grading.parse_context()
     by_customer: dict[str, list[Event]] = {}
-    for index in numbers:
-        parsed = parse_event(lines[index], ctx)
+    for index, parsed in parsed_lines:
         if isinstance(parsed, Rejection):
             out.stats.rejected += 1
             out.dead_letters.append(dead_letter(index + 1, lines[index], parsed))
@@ -158,7 +217,7 @@ def _grade(
     grading: Grading,
     now_us: int,
     stats: ReplayStats,
-) -> tuple[str, list[Row], bytes]:
+) -> tuple[str, bytes, bytes]:
     state = new_state(customer_id)
     changes = bytearray()
     events.sort(key=_IN_ORDER)
@@ -171,11 +230,11 @@ def _grade(
             changes += orjson.dumps(change, option=orjson.OPT_APPEND_NEWLINE)
         stats.tier_changes += len(step.changes)
     stats.customers += 1
-    rows = [
-        (customer_id, policy, t.tier, str(round2(t.score)))
+    rows = "".join(
+        f"{_csv(customer_id)},{_csv(policy)},{_csv(t.tier)},{_csv(str(round2(t.score)))}\n"
         for policy, t in sorted(state.tiers.items())
-    ]
-    return customer_id, rows, bytes(changes)
+    )
+    return customer_id, rows.encode("utf-8"), bytes(changes)
 
 
 def _merge(parts: list[Graded], lines: int) -> ReplayResult:
@@ -183,43 +242,33 @@ def _merge(parts: list[Graded], lines: int) -> ReplayResult:
     for part in parts:
         stats.add(part.stats)
     merged = heapq.merge(*(p.customers for p in parts), key=lambda c: c[0])
-    tiers: list[Row] = []
+    tiers: list[bytes] = []
     changes: list[bytes] = []
     for _customer, rows, lines_out in merged:
-        tiers.extend(rows)
+        tiers.append(rows)
         changes.append(lines_out)
     dead = sorted((d for p in parts for d in p.dead_letters), key=lambda d: int(d["line"]))
-    return ReplayResult(stats, tiers, b"".join(changes), dead)
-
-
-def _route(lines: list[bytes], shards: int, progress: Progress | None) -> list[list[int]]:
-    """Line numbers per shard, by a stable hash of the customer id (unroutable: shard 0)."""
-    routed: list[list[int]] = [[] for _ in range(shards)]
-    for index, raw in enumerate(lines):
-        if progress is not None and index and index % 50_000 == 0:
-            progress(index)
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            obj = None
-        customer = obj.get("customer_id") if isinstance(obj, dict) else None
-        shard = zlib.crc32(customer.encode()) % shards if isinstance(customer, str) else 0
-        routed[shard].append(index)
-    return routed
+    return ReplayResult(stats, b"".join(tiers), b"".join(changes), dead)
 
 
 _SHARED: dict[str, Any] = {}  # set before forking; the children read it
 
 
 def _parallel(
-    lines: list[bytes], routed: list[list[int]], as_of: int, grading: Grading, now_us: int
+    lines: list[bytes],
+    shards: int,
+    as_of: int,
+    grading: Grading,
+    now_us: int,
+    progress: Progress | None,
 ) -> list[Graded]:
-    _SHARED.update(lines=lines, routed=routed, as_of=as_of, grading=grading, now_us=now_us)
+    _SHARED.update(lines=lines, shards=shards, as_of=as_of, grading=grading, now_us=now_us)
     try:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=len(routed) - 1, mp_context=context) as pool:
-            others = [pool.submit(_process_shard, i) for i in range(1, len(routed))]
-            first = process(lines, routed[0], as_of, grading, now_us)  # meanwhile, shard 0 here
+        with ProcessPoolExecutor(max_workers=shards - 1, mp_context=context) as pool:
+            others = [pool.submit(_process_shard, i) for i in range(1, shards)]
+            # meanwhile, shard 0 here
+            first = process(lines, as_of, grading, now_us, 0, shards, progress)
             return [first, *(future.result() for future in others)]
     finally:
         _SHARED.clear()
@@ -228,7 +277,7 @@ def _parallel(
 def _process_shard(index: int) -> Graded:
     gc.disable()  # this forked process lives for this replay only (see _gc_paused)
     s = _SHARED
-    return process(s["lines"], s["routed"][index], s["as_of"], s["grading"], s["now_us"])
+    return process(s["lines"], s["as_of"], s["grading"], s["now_us"], index, s["shards"])
 
 
 def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]:
@@ -246,17 +295,18 @@ def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]
 def write_outputs(result: ReplayResult, out_dir: Path) -> None:
     """Write tiers.csv, tier-changes.jsonl and dead-letters.jsonl into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "tiers.csv").open("w", encoding="utf-8", newline="") as handle:
-        handle.write("customer_id,policy,tier,score\n")
-        for row in result.tiers:
-            handle.write(",".join(_csv(cell) for cell in row) + "\n")
+    (out_dir / "tiers.csv").write_bytes(TIERS_HEADER + result.tiers_csv)
     (out_dir / "tier-changes.jsonl").write_bytes(result.changes)
     with (out_dir / "dead-letters.jsonl").open("wb") as handle:
         for item in result.dead_letters:
             handle.write(orjson.dumps(item) + b"\n")
 
 
+_NEEDS_QUOTES = re.compile('[,"\n\r]').search
+
+
 def _csv(text: str) -> str:
-    if any(c in text for c in ',"\n\r'):
+    """One CSV cell (quoted only when it must be)."""
+    if _NEEDS_QUOTES(text):
         return '"' + text.replace('"', '""') + '"'
     return text
