@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
 from grader.clock import (
+    US_PER_SECOND,
     TimestampError,
     format_instant,
     local_day,
@@ -67,3 +68,23 @@ def test_month_start_is_local_midnight() -> None:
     month = local_month(parse_instant("2026-11-22T10:00:00+08:00"), SH)
     assert format_instant(month_start(month, SH)) == "2026-10-31T16:00:00Z"
     assert format_instant(month_start(month - 11, SH)) == "2025-11-30T16:00:00Z"
+
+
+@pytest.mark.parametrize(("tz", "year"), [
+    ("Europe/London", 2025), ("Australia/Lord_Howe", 2025), ("Pacific/Chatham", 2025),
+    ("America/Sao_Paulo", 2018), ("Asia/Kathmandu", 2025), ("Asia/Shanghai", 2025),
+    # Iran (UTC+3:30) changed its clocks at local midnight, in the middle of a UTC
+    # hour: the hour of the autumn change holds two local dates for one instant.
+    ("Asia/Tehran", 2020),
+])
+def test_local_day_equals_zoneinfo_across_two_years_of_transitions(tz: str, year: int) -> None:
+    # local_day keeps one UTC offset per UTC hour without a transition; the hours
+    # around every transition must still give zoneinfo's date.
+    from zoneinfo import ZoneInfo
+
+    z = ZoneInfo(tz)
+    start = int(datetime(year, 1, 1, tzinfo=UTC).timestamp())
+    for second in range(start, start + 2 * 366 * 86_400, 1_800):
+        for instant in (second, second + 1, second + 1_799):
+            assert local_day(instant * US_PER_SECOND + 1, tz) == \
+                datetime.fromtimestamp(instant, z).toordinal(), (tz, instant)
