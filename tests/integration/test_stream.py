@@ -262,7 +262,7 @@ def test_rebalance_to_a_second_worker(stream: Stream, tmp_path: Path) -> None:
 @pytest.mark.known_problem
 def test_rebalance_a_second_worker_joins_then_the_first_leaves(stream: Stream,
                                                                  tmp_path: Path) -> None:
-    """Known problem (docs/streaming.md): loses a few events in about 1 run in 3.
+    """Known problem (docs/streaming.md): loses a few events in some runs (3 of 15).
 
     Not run by default (``-m known_problem`` runs it): a test that fails at
     random proves nothing in CI. It stays as the reproduction of the bug.
