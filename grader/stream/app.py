@@ -63,7 +63,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.states: dict[bytes, CustomerState | None] = {}  # loaded or changed
-        self.store: dict[bytes, int] = {}  # key -> partition, for the records to write
+        self.store: dict[bytes, tuple[int, CustomerState]] = {}  # records to write, by key
         self.outputs: dict[bytes, list[step.Output]] = {}  # per customer, stored with it
         self.dead: list[step.Output] = []  # dead letters (deterministic, not stored)
 
@@ -71,7 +71,7 @@ class Batch:
         """Keep what one step did to customer ``key``."""
         if outcome.state is not None:
             self.states[key] = outcome.state
-            self.store[key] = partition
+            self.store[key] = (partition, outcome.state)
         if outcome.outputs:
             self.outputs.setdefault(key, []).extend(outcome.outputs)
 
@@ -150,15 +150,12 @@ class Processor:
         """Store the changed customers with their outputs, then publish; wait for both."""
         writes = [(partition, key, step.encode_record(state, self.epoch,
                                                       batch.outputs.get(key, [])))
-                  for key, partition in batch.store.items()
-                  if (state := batch.states[key]) is not None]
+                  for key, (partition, state) in batch.store.items()]
         await self.customers.put_many(writes)
         if len(self.decoded) > DECODED_MAX:
             self.decoded.clear()
         for _partition, key, value in writes:
-            state = batch.states[key]
-            if state is not None:
-                self.decoded[key] = (value, state)
+            self.decoded[key] = (value, batch.store[key][1])
         await self.sink.publish([*batch.dead,
                                  *(out for outs in batch.outputs.values() for out in outs)])
 
@@ -199,25 +196,27 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                sink: OutputSink | None = None) -> faust.App:
     """The worker's Faust app, wired to its topics, tables and sink."""
     prefix, partitions = settings.topic_prefix, settings.partitions
+    store = table_store()
+    servers = bootstrap_servers(settings.kafka_url)
     app = faust.App(
-        f"{prefix}worker", broker=settings.kafka_url, store=table_store(),
+        f"{prefix}worker", broker=settings.kafka_url, store=store,
         datadir=str(settings.data_dir), web_bind=settings.web_host, web_host=settings.web_host,
         web_port=settings.web_port, topic_partitions=partitions, autodiscover=False,
         table_cleanup_interval=3600.0, consumer_auto_offset_reset="earliest",
         **options.faust_settings,
     )
-    if table_store() == "memory://":
+    if store == "memory://":
         log.warning("no RocksDB binding installed: tables use the memory store and are "
                     "rebuilt from their changelog topics at every start")
     # key_type/value_type bytes make Faust use the "raw" codec for the changelog too.
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
     clocks = app.Table("clocks", partitions=partitions, key_type=bytes, value_type=bytes)
     source_names = [prefix + t for t in (*INPUTS, TICKS)]
-    app.transport = transport_for(app, source_names, options.true_end_offsets,
+    app.transport = transport_for(app, source_names, servers, options.true_end_offsets,
                                   options.fetch_max_wait_ms)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    sender = BatchSender(bootstrap_servers(settings.kafka_url))
+    sender = BatchSender(servers)
     processor = Processor(grading, FaustTableStore(customers, sender),
                           FaustTableStore(clocks, sender),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
@@ -260,17 +259,18 @@ async def grade_batches(stream: Any, processor: Processor,
     graded = 0
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
         owned = assignment()
-        messages = [event.message for event in events]
-        for m in messages:
-            if (m.topic, m.partition) not in owned:
+        mine = []
+        for event in events:
+            m = event.message
+            if (m.topic, m.partition) in owned:
+                mine.append(step.Incoming(m.topic, m.partition, m.offset, m.key, m.value))
+            else:
                 m.acked = True  # never reaches the consumer: not committed here
         try:
-            await processor.on_batch(
-                step.Incoming(m.topic, m.partition, m.offset, m.key, m.value)
-                for m in messages if (m.topic, m.partition) in owned)
-            if (graded + len(events)) // LOG_EVERY > graded // LOG_EVERY:
-                log.info("graded %d messages since start", graded + len(events))
-            graded += len(events)
+            await processor.on_batch(mine)
+            if (graded + len(mine)) // LOG_EVERY > graded // LOG_EVERY:
+                log.info("graded %d messages since start", graded + len(mine))
+            graded += len(mine)
         except BaseException as exc:
             for event in events:
                 event.message.acked = True  # never reaches the consumer: not committed

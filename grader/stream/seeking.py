@@ -64,13 +64,13 @@ class GraderConsumerThread(driver.AIOKafkaConsumerThread):
     offset, or, for a never-committed source partition, to its beginning.
     """
 
-    fetch_max_wait_ms: int | None = None
-    source_topics: frozenset[str] = frozenset()
+    consumer: ResumingConsumer  # set by Faust's ConsumerThread; holds the options
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        if self.fetch_max_wait_ms is not None:
-            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by its Fetcher at start
+        if self.consumer.fetch_max_wait_ms is not None:
+            # read by its Fetcher at start
+            consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms
         return consumer
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
@@ -84,7 +84,7 @@ class GraderConsumerThread(driver.AIOKafkaConsumerThread):
             try:
                 if offset is not None and offset > 0:
                     consumer.seek(tp, offset)
-                elif tp.topic in self.source_topics:
+                elif tp.topic in self.consumer.source_topics:
                     await consumer.seek_to_beginning(tp)
             except IllegalStateError:  # moved by a newer rebalance, which seeks again
                 log.info("partition %s moved while seeking", tp)
@@ -97,22 +97,19 @@ class ResumingConsumer(driver.Consumer):
     """A consumer whose thread seeks robustly and, on tansu, checks end offsets."""
 
     source_topics: frozenset[str] = frozenset()
+    servers: tuple[str, ...] = ()  # bootstrap servers, for the end-offset check
     true_end_offsets: bool = False
     fetch_max_wait_ms: int | None = None
 
     def _new_consumer_thread(self) -> Any:
-        thread = type("GraderConsumerThread", (GraderConsumerThread,),
-                      {"fetch_max_wait_ms": self.fetch_max_wait_ms,
-                       "source_topics": self.source_topics})
-        return thread(self, loop=self.loop, beacon=self.beacon)
+        return GraderConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def highwaters(self, *partitions: Any) -> Mapping[Any, int]:
         """End offsets; with ``true_end_offsets``, checked by a fetch (module docstring)."""
         ends: Mapping[Any, int] = await super().highwaters(*partitions)
         if not self.true_end_offsets:
             return ends
-        servers = [f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker]
-        return await fetched_ends(servers, ends)
+        return await fetched_ends(list(self.servers), ends)
 
 
 async def fetched_ends(servers: list[str], ends: Mapping[Any, int],
@@ -143,11 +140,11 @@ async def fetched_ends(servers: list[str], ends: Mapping[Any, int],
         await consumer.stop()
 
 
-def transport_for(app: Any, source_topics: Iterable[str], true_end_offsets: bool,
-                  fetch_max_wait_ms: int | None) -> Any:
+def transport_for(app: Any, source_topics: Iterable[str], servers: Iterable[str],
+                  true_end_offsets: bool, fetch_max_wait_ms: int | None) -> Any:
     """A Kafka transport for ``app`` whose consumer is a ResumingConsumer."""
     consumer = type("GraderConsumer", (ResumingConsumer,),
-                    {"source_topics": frozenset(source_topics),
+                    {"source_topics": frozenset(source_topics), "servers": tuple(servers),
                      "true_end_offsets": true_end_offsets,
                      "fetch_max_wait_ms": fetch_max_wait_ms})
     transport = type("GraderTransport", (driver.Transport,), {"Consumer": consumer})

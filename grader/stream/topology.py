@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 TOPICS_DIR = Path(__file__).resolve().parent.parent.parent / "topics"
@@ -45,8 +46,13 @@ def names(prefix: str, suffixes: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(prefix + s for s in suffixes)
 
 
+@lru_cache(maxsize=1 << 16)
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition the Java client's default partitioner (murmur2) gives ``key``."""
+    """The partition the Java client's default partitioner (murmur2) gives ``key``.
+
+    Cached: the worker asks for a customer's partition for each of its
+    messages and outputs, and murmur2 is pure Python.
+    """
     from aiokafka.partitioner import murmur2
 
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
