@@ -46,8 +46,13 @@ def events_file(path: Path, customers: int, events: int, seed: int) -> list[byte
     """
     lines = list(generate(customers, events, seed=seed, as_of=AS_OF, duplicates=0.05,
                           bad=0.03, months=11))
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    write_lines(path, lines)
     return lines
+
+
+def write_lines(path: Path, lines: list[bytes]) -> None:
+    """A JSON-lines file of ``lines``."""
+    path.write_bytes(b"\n".join(lines) + b"\n")
 
 
 def expected(lines: list[bytes]) -> tuple[dict[tuple[str, str], str], Any]:
@@ -213,6 +218,16 @@ def assert_changes_consistent(stream: Stream) -> None:
         assert by_id.setdefault(change["event_id"], what) == what
 
 
+def final_tick_equals_replay(stream: Stream, lines: list[bytes],
+                             want: dict[tuple[str, str], str]) -> None:
+    """Once every event is graded, tick; then the invariant and the exactly-once checks."""
+    wait_applied(stream, lines)
+    assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
+    wait_for_tiers(stream, want)
+    applied_once(stream, lines)
+    assert_changes_consistent(stream)
+
+
 def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
     """Killed while grading, then killed again just after its restart's recovery."""
     lines = events_file(tmp_path / "events.jsonl", customers=100, events=4000, seed=12)
@@ -229,31 +244,23 @@ def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
     second.kill()
     third = stream.start_worker()
     third.wait_ready(45)
-    wait_applied(stream, lines)
-    assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
-    wait_for_tiers(stream, want)
-    applied_once(stream, lines)
+    final_tick_equals_replay(stream, lines, want)
     assert set(dead_letter_codes(stream)) == {(d["raw"], d["code"]) for d in dead}
-    assert_changes_consistent(stream)
     assert third.stop() == 0
 
 
 def test_rebalance_to_a_second_worker(stream: Stream, tmp_path: Path) -> None:
     lines = events_file(tmp_path / "events.jsonl", customers=80, events=3000, seed=13)
     want, _dead = expected(lines)
-    (tmp_path / "first.jsonl").write_bytes(b"\n".join(lines[:1500]) + b"\n")
-    (tmp_path / "second.jsonl").write_bytes(b"\n".join(lines[1500:]) + b"\n")
+    write_lines(tmp_path / "first.jsonl", lines[:1500])
+    write_lines(tmp_path / "second.jsonl", lines[1500:])
     first = stream.start_worker()
     first.wait_ready()
     assert stream.grader("produce", str(tmp_path / "first.jsonl")).returncode == 0
     second = stream.start_worker(data_dir="data-2")
     second.wait_ready(45)
     assert stream.grader("produce", str(tmp_path / "second.jsonl")).returncode == 0
-    wait_applied(stream, lines)
-    assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
-    wait_for_tiers(stream, want)
-    applied_once(stream, lines)
-    assert_changes_consistent(stream)
+    final_tick_equals_replay(stream, lines, want)
     assert "tick as of" in second.log(), "the second worker owns some partitions"
     assert second.stop() == 0
     assert first.stop() == 0
@@ -270,7 +277,7 @@ def test_rebalance_a_second_worker_joins_then_the_first_leaves(stream: Stream,
     lines = events_file(tmp_path / "events.jsonl", customers=80, events=3000, seed=13)
     want, _dead = expected(lines)
     for n, part in enumerate((lines[:1000], lines[1000:2000], lines[2000:])):
-        (tmp_path / f"part{n}.jsonl").write_bytes(b"\n".join(part) + b"\n")
+        write_lines(tmp_path / f"part{n}.jsonl", part)
     first = stream.start_worker()
     first.wait_ready()
     assert stream.grader("produce", str(tmp_path / "part0.jsonl")).returncode == 0
@@ -279,11 +286,7 @@ def test_rebalance_a_second_worker_joins_then_the_first_leaves(stream: Stream,
     assert stream.grader("produce", str(tmp_path / "part1.jsonl")).returncode == 0
     assert first.stop() == 0  # leaves mid-stream: the second takes every partition
     assert stream.grader("produce", str(tmp_path / "part2.jsonl")).returncode == 0
-    wait_applied(stream, lines)
-    assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
-    wait_for_tiers(stream, want)
-    applied_once(stream, lines)
-    assert_changes_consistent(stream)
+    final_tick_equals_replay(stream, lines, want)
     assert second.log().count("tick as of") == 4, "the second worker ticked every partition"
     assert second.stop() == 0
 
@@ -317,7 +320,7 @@ def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:
 def test_produce_shows_progress_on_a_terminal_only(stream: Stream, tmp_path: Path) -> None:
     lines = list(generate(200, 12_000, seed=5, as_of=AS_OF, months=11))
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    write_lines(path, lines)
     leader, follower = pty.openpty()
     try:
         done = subprocess.run([sys.executable, "-m", "grader", "produce", str(path)],
