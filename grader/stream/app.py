@@ -31,7 +31,8 @@ from grader.state import CustomerState
 from grader.stream import step
 from grader.stream.admin import bootstrap_servers
 from grader.stream.options import StreamOptions
-from grader.stream.seeking import transport_for
+from grader.stream.progress import SourceProgress
+from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
 from grader.stream.topology import INPUTS, TICKS, partition_of
 
@@ -42,6 +43,8 @@ BATCH_MAX = 1000  # input messages graded between two waits for acknowledgements
 BATCH_WITHIN = 0.02  # seconds a partial batch waits for more messages
 DECODED_MAX = 200_000  # decoded customer states kept between batches
 LOG_EVERY = 10_000  # messages between two progress lines in the log
+STALL_AFTER = 2.0  # seconds an input partition may lag a known record before it is read again
+REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
 
 
 def now_us() -> int:
@@ -212,8 +215,9 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
     clocks = app.Table("clocks", partitions=partitions, key_type=bytes, value_type=bytes)
     source_names = [prefix + t for t in (*INPUTS, TICKS)]
+    progress = SourceProgress(stall_after=STALL_AFTER)
     app.transport = transport_for(app, source_names, servers, options.true_end_offsets,
-                                  options.fetch_max_wait_ms)
+                                  options.fetch_max_wait_ms, progress)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
     sender = BatchSender(servers)
@@ -228,7 +232,12 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
     @app.agent(source, name="grade")
     async def grade(stream: Any) -> None:
-        await grade_batches(stream, processor, app.crash, app.consumer.assignment)
+        await grade_batches(stream, processor, app.crash, app.consumer.assignment, progress)
+
+    @app.timer(REPAIR_EVERY)  # type: ignore[untyped-decorator]
+    async def repair_stalled() -> None:
+        consumer: ResumingConsumer = app.consumer  # type: ignore[assignment]
+        await consumer.repair_stalled()
 
     if options.live_ticks:
         for tz in grading.timezones:
@@ -239,7 +248,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
 async def grade_batches(stream: Any, processor: Processor,
                         crash: Callable[[BaseException], Awaitable[None]],
-                        assignment: Callable[[], Container[tuple[str, int]]]) -> None:
+                        assignment: Callable[[], Container[tuple[str, int]]],
+                        progress: SourceProgress) -> None:
     """The agent: grade each batch of ``stream``, then let Faust acknowledge it.
 
     ``take_events`` acknowledges a batch's messages once the loop body is done
@@ -255,6 +265,10 @@ async def grade_batches(stream: Any, processor: Processor,
     this worker no longer owns (``assignment`` gives the (topic, partition)
     pairs it owns now): those are skipped the same way, unacknowledged; their
     new owner reads them from the committed offset.
+
+    Once a batch is settled, ``progress`` learns which offsets were graded:
+    that, not Faust's acknowledgements, decides what is committed on the
+    input topics (grader.stream.progress).
     """
     graded = 0
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
@@ -268,6 +282,7 @@ async def grade_batches(stream: Any, processor: Processor,
                 m.acked = True  # never reaches the consumer: not committed here
         try:
             await processor.on_batch(mine)
+            progress.graded([(m.topic, m.partition, m.offset) for m in mine], time.monotonic())
             if (graded + len(mine)) // LOG_EVERY > graded // LOG_EVERY:
                 log.info("graded %d messages since start", graded + len(mine))
             graded += len(mine)

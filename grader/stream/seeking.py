@@ -47,6 +47,8 @@ import aiokafka
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as driver
 
+from grader.stream.progress import SourceProgress
+
 log = logging.getLogger(__name__)
 
 
@@ -79,27 +81,40 @@ class GraderConsumerThread(driver.AIOKafkaConsumerThread):
     async def _seek_each_to_committed(self) -> dict[Any, int]:
         consumer = self._ensure_consumer()
         committed: dict[Any, int] = {}
+        sought: dict[Any, int] = {}  # source partition -> the position it was sought to
         for tp in sorted(consumer.assignment()):
             offset = await consumer.committed(tp)
+            source = tp.topic in self.consumer.source_topics
             try:
                 if offset is not None and offset > 0:
                     consumer.seek(tp, offset)
-                elif tp.topic in self.consumer.source_topics:
+                elif source:
                     await consumer.seek_to_beginning(tp)
+                if source:
+                    sought[tp] = await consumer.position(tp)
             except IllegalStateError:  # moved by a newer rebalance, which seeks again
                 log.info("partition %s moved while seeking", tp)
                 continue
             committed[tp] = offset
+        self.consumer.sought = sought
         return committed
 
 
 class ResumingConsumer(driver.Consumer):
-    """A consumer whose thread seeks robustly and, on tansu, checks end offsets."""
+    """A consumer that commits input partitions only as far as they were graded.
+
+    Its thread seeks robustly; on tansu it checks end offsets. On the input
+    topics, what may be committed is :class:`SourceProgress`'s business, not
+    Faust's acknowledgement lists (whose gaps count as done), and a stalled
+    partition is read again (:meth:`repair_stalled`).
+    """
 
     source_topics: frozenset[str] = frozenset()
     servers: tuple[str, ...] = ()  # bootstrap servers, for the end-offset check
     true_end_offsets: bool = False
     fetch_max_wait_ms: int | None = None
+    progress: SourceProgress  # set per app by transport_for
+    sought: dict[Any, int]  # source partition -> position, set by the thread's last seek
 
     def _new_consumer_thread(self) -> Any:
         return GraderConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -111,41 +126,116 @@ class ResumingConsumer(driver.Consumer):
             return ends
         return await fetched_ends(list(self.servers), ends)
 
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit: an input partition's from SourceProgress, else Faust's."""
+        if tp.topic not in self.source_topics:
+            return super()._new_offset(tp)
+        self._acked[tp].clear()  # not used for inputs; kept empty
+        self._acked_index[tp].clear()
+        return self.progress.committable(tp)
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        """A gap on an input partition is not taken as done (SourceProgress decides)."""
+        if tp.topic not in self.source_topics:
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, and count each input partition from there."""
+        self.sought = {}
+        await super().perform_seek()
+        now = time.monotonic()
+        for tp, offset in self.sought.items():
+            self.progress.start(tp, offset, now)
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        await super().on_partitions_revoked(revoked)
+        self.progress.forget(revoked)
+
+    async def repair_stalled(self) -> None:
+        """Read each stalled input partition again from the offset it is stuck at.
+
+        Offsets that a fetch shows to hold no record (compacted away,
+        transaction markers, deleted by retention) are skipped, with a
+        warning; the records from there on are delivered again, and those
+        graded before are duplicates that the customers' states ignore.
+        """
+        if self.app.rebalancing or not self.flow_active:
+            return
+        assigned = self.assignment()
+        progress = self.progress
+        ends: dict[Any, int | None] = {tp: self.highwater(tp) for tp in progress.next
+                                       if tp in assigned}
+        stuck = {tp: offset for tp, offset in progress.stalled(ends, time.monotonic()).items()
+                 if tp in assigned}
+        if not stuck:
+            return
+        firsts = await fetch_first(list(self.servers), stuck, timeout=5.0)
+        now = time.monotonic()
+        for tp, offset in stuck.items():
+            progress.repairing(tp, now)
+            first = firsts.get(tp)
+            if first is None:
+                continue  # nothing at or past it after all
+            if first > offset:
+                log.warning("%s: offsets %d..%d hold no record; skipped", tp, offset, first - 1)
+                progress.skip_to(tp, first, now)
+            log.warning("%s: not graded past offset %d though later records exist; "
+                        "reading it again from there", tp, first)
+            try:
+                await self.seek(tp, first)
+            except IllegalStateError:  # revoked meanwhile: its next owner reads it
+                continue
+
+
+async def fetch_first(servers: list[str], starts: Mapping[Any, int],
+                      timeout: float = 10.0) -> dict[Any, int]:
+    """The offset of the first record at or after each start (absent: none before ``timeout``)."""
+    batches = await _fetch_from(servers, starts, timeout)
+    return {tp: records[0].offset for tp, records in batches.items()}
+
 
 async def fetched_ends(servers: list[str], ends: Mapping[Any, int],
                        timeout: float = 10.0) -> dict[Any, int]:
     """``ends`` raised to one past the last offset a fetch from ``end - 1`` returns."""
-    checked = {tp: end for tp, end in ends.items() if end}
-    if not checked:
-        return dict(ends)
+    checked = {tp: end - 1 for tp, end in ends.items() if end}
+    batches = await _fetch_from(servers, checked, timeout)
+    if missing := set(checked) - set(batches):
+        raise RuntimeError(f"no record at end offset - 1 of {sorted(map(str, missing))}")
+    return {tp: max(end, batches[tp][-1].offset + 1) if tp in batches else end
+            for tp, end in ends.items()}
+
+
+async def _fetch_from(servers: list[str], starts: Mapping[Any, int],
+                      timeout: float) -> dict[Any, list[Any]]:
+    """The first records fetched from each start offset (a partition without any is left out)."""
+    if not starts:
+        return {}
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
-                                         enable_auto_commit=False)
+                                         enable_auto_commit=False,
+                                         auto_offset_reset="earliest")
     await consumer.start()
     try:
-        consumer.assign(list(checked))
-        for tp, end in checked.items():
-            consumer.seek(tp, end - 1)
-        true = dict(ends)
-        waiting = set(checked)
+        consumer.assign(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        found: dict[Any, list[Any]] = {}
         deadline = time.monotonic() + timeout
-        while waiting and time.monotonic() < deadline:
+        while len(found) < len(starts) and time.monotonic() < deadline:
             for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                if records:
-                    true[tp] = max(true[tp], records[-1].offset + 1)
-                    waiting.discard(tp)
-        if waiting:
-            raise RuntimeError(f"no record at end offset - 1 of {sorted(map(str, waiting))}")
-        return true
+                if records and tp not in found:
+                    found[tp] = records
+        return found
     finally:
         await consumer.stop()
 
 
 def transport_for(app: Any, source_topics: Iterable[str], servers: Iterable[str],
-                  true_end_offsets: bool, fetch_max_wait_ms: int | None) -> Any:
+                  true_end_offsets: bool, fetch_max_wait_ms: int | None,
+                  progress: SourceProgress) -> Any:
     """A Kafka transport for ``app`` whose consumer is a ResumingConsumer."""
     consumer = type("GraderConsumer", (ResumingConsumer,),
                     {"source_topics": frozenset(source_topics), "servers": tuple(servers),
                      "true_end_offsets": true_end_offsets,
-                     "fetch_max_wait_ms": fetch_max_wait_ms})
+                     "fetch_max_wait_ms": fetch_max_wait_ms, "progress": progress})
     transport = type("GraderTransport", (driver.Transport,), {"Consumer": consumer})
     return transport(app.conf.broker_consumer, app)

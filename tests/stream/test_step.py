@@ -19,6 +19,7 @@ from grader.core import Grading
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
 from grader.stream.app import Processor, grade_batches, partition_of
+from grader.stream.progress import SourceProgress
 from grader.stream.step import Incoming, Output
 from grader.stream.tables import MemoryTableStore
 from tests.conftest import grading
@@ -304,13 +305,18 @@ def test_a_batch_that_fails_is_never_acknowledged_and_crashes_the_worker() -> No
     async def crash(exc: BaseException) -> None:
         crashed.append(exc)
 
+    tp = ("g.transactions", partition_of(b"C1", PARTITIONS))
+    progress = SourceProgress(stall_after=2.0)
+    progress.start(tp, 0, now=0.0)
+
     async def run() -> None:
         with pytest.raises(ConnectionError):
-            await grade_batches(stream, proc, crash, lambda: ALL_PARTITIONS)
+            await grade_batches(stream, proc, crash, lambda: ALL_PARTITIONS, progress)
         await stream.generator.aclose()  # as Faust's Stream.on_stop does
 
     asyncio.run(run())
     assert consumer.acked == [0], "only the settled batch reaches the consumer"
+    assert progress.committable(tp) == 1, "only the settled batch may be committed"
     assert [type(e) for e in crashed] == [ConnectionError]
     # stored before the publish failed: a redelivered e1 republishes (next tests)
     assert set(stored(store, b"C1").state.seen) == {"e0", "e1"}
@@ -379,8 +385,21 @@ def test_messages_of_partitions_no_longer_owned_are_skipped_unacknowledged() -> 
     async def crash(exc: BaseException) -> None:
         raise AssertionError("no crash expected")
 
-    asyncio.run(grade_batches(stream, proc, crash, lambda: owned))
+    progress = SourceProgress(stall_after=2.0)
+    for n, k in enumerate(keys):  # each partition counted from its first message here
+        tp = ("g.transactions", partition_of(k, PARTITIONS))
+        if progress.committable(tp) is None:
+            progress.start(tp, n, now=0.0)
+    firsts = dict(progress.next)
+
+    asyncio.run(grade_batches(stream, proc, crash, lambda: owned, progress))
     mine = {n for n, k in enumerate(keys) if partition_of(k, PARTITIONS) in (0, 1)}
     assert 0 < len(mine) < len(keys)
     assert sorted(consumer.acked) == sorted(mine)
     assert set(store.data) == {keys[n] for n in mine}
+    for tp, first in firsts.items():
+        expected = first  # one past the run of consecutive offsets graded from the first
+        graded = sorted(n for n in mine if partition_of(keys[n], PARTITIONS) == tp[1])
+        for n in graded:
+            expected += n == expected
+        assert progress.committable(tp) == expected
