@@ -37,6 +37,7 @@ class SourceProgress:
         self.seen_end: dict[Partition, int] = {}  # one past the highest offset graded
         self.moved_at: dict[Partition, float] = {}  # when ``next`` last moved or was set
         self.repaired_at: dict[Partition, float] = {}  # when it was last read again
+        self.behind_since: dict[Partition, float] = {}  # first check that saw it behind
 
     def start(self, tp: Partition, offset: int, now: float) -> None:
         """The consumer was sought to ``offset`` on ``tp``: count from there."""
@@ -44,6 +45,7 @@ class SourceProgress:
         self.moved_at[tp] = now
         self.seen_end.pop(tp, None)
         self.repaired_at.pop(tp, None)
+        self.behind_since.pop(tp, None)
 
     def forget(self, tps: Iterable[Partition]) -> None:
         """``tps`` were revoked: nothing more is committed for them here."""
@@ -52,6 +54,7 @@ class SourceProgress:
             self.seen_end.pop(tp, None)
             self.moved_at.pop(tp, None)
             self.repaired_at.pop(tp, None)
+            self.behind_since.pop(tp, None)
 
     def graded(self, offsets: Iterable[tuple[str, int, int]], now: float) -> None:
         """These (topic, partition, offset) records were graded and settled, in order."""
@@ -79,16 +82,22 @@ class SourceProgress:
         return self.next.get(tp)
 
     def stalled(self, ends: Mapping[Partition, int | None], now: float) -> dict[Partition, int]:
-        """Started partitions that made no progress for ``stall_after`` s below a known record.
+        """Started partitions that stayed ``stall_after`` s behind a record known to exist.
 
         ``ends`` are the consumer's high watermarks; a record graded past the
-        next offset also shows that more exists. A partition is reported at
-        most once per ``stall_after`` seconds.
+        next offset also shows that more exists. The time counts from the
+        later of the first check that saw the partition behind and its last
+        move, so a record arriving on a quiet partition is not a stall. A
+        partition is reported at most once per ``stall_after`` seconds.
         """
         stuck = {}
         for tp, n in self.next.items():
             end = max(ends.get(tp) or 0, self.seen_end.get(tp, 0))
-            if (n < end and now - self.moved_at[tp] >= self.stall_after
+            if n >= end:
+                self.behind_since.pop(tp, None)
+                continue
+            since = max(self.behind_since.setdefault(tp, now), self.moved_at[tp])
+            if (now - since >= self.stall_after
                     and now - self.repaired_at.get(tp, float("-inf")) >= self.stall_after):
                 stuck[tp] = n
         return stuck

@@ -138,6 +138,9 @@ class ResumingConsumer(driver.Consumer):
         """A gap on an input partition is not taken as done (SourceProgress decides)."""
         if tp.topic not in self.source_topics:
             await super()._add_gap(tp, offset_from, offset_to)
+        else:
+            log.info("%s: the fetch skipped from offset %d to %d; not committed past until "
+                     "graded", tp, offset_from, offset_to)
 
     async def perform_seek(self) -> None:
         """Seek to the committed offsets, and count each input partition from there."""

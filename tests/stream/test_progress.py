@@ -67,21 +67,33 @@ def test_a_partition_behind_a_record_graded_past_it_stalls_after_the_delay() -> 
     progress = SourceProgress(stall_after=2.0)
     progress.start(TP, 41, now=0.0)
     graded(progress, TP, [71, 72], now=0.5)
-    assert progress.stalled({}, now=1.9) == {}
-    assert progress.stalled({}, now=2.0) == {TP: 41}
+    assert progress.stalled({}, now=1.0) == {}, "first seen behind at 1.0"
+    assert progress.stalled({}, now=2.9) == {}
+    assert progress.stalled({}, now=3.0) == {TP: 41}
 
 
 def test_a_partition_behind_its_high_watermark_stalls_too() -> None:
     # Records dropped at the tail: nothing after them was graded.
     progress = SourceProgress(stall_after=2.0)
     progress.start(TP, 41, now=0.0)
+    assert progress.stalled({TP: 71}, now=1.0) == {}
     assert progress.stalled({TP: 71}, now=3.0) == {TP: 41}
     assert progress.stalled({TP: 41, OTHER: None}, now=3.0) == {}
+
+
+def test_a_record_arriving_on_a_quiet_partition_is_not_a_stall() -> None:
+    progress = SourceProgress(stall_after=2.0)
+    progress.start(TP, 0, now=0.0)
+    assert progress.stalled({TP: 0}, now=50.0) == {}, "caught up"
+    assert progress.stalled({TP: 1}, now=60.0) == {}, "a tick arrived: its turn comes"
+    graded(progress, TP, [0], now=60.5)
+    assert progress.stalled({TP: 1}, now=63.0) == {}
 
 
 def test_a_partition_that_moves_or_is_caught_up_does_not_stall() -> None:
     progress = SourceProgress(stall_after=2.0)
     progress.start(TP, 0, now=0.0)
+    assert progress.stalled({TP: 100}, now=0.5) == {}
     graded(progress, TP, range(0, 10), now=1.5)
     assert progress.stalled({TP: 100}, now=3.0) == {}, "moved 1.5 s ago"
     assert progress.stalled({TP: 10}, now=9.0) == {}, "nothing left to grade"
@@ -90,6 +102,7 @@ def test_a_partition_that_moves_or_is_caught_up_does_not_stall() -> None:
 def test_a_repair_is_not_repeated_before_the_delay() -> None:
     progress = SourceProgress(stall_after=2.0)
     progress.start(TP, 41, now=0.0)
+    assert progress.stalled({TP: 71}, now=0.0) == {}
     assert progress.stalled({TP: 71}, now=2.0) == {TP: 41}
     progress.repairing(TP, now=2.0)
     assert progress.stalled({TP: 71}, now=3.0) == {}
@@ -105,3 +118,40 @@ def test_offsets_without_records_are_skipped_forward_only() -> None:
     assert progress.committable(TP) == 45
     progress.skip_to(OTHER, 9, now=1.0)
     assert progress.committable(OTHER) is None
+
+
+def test_the_worker_consumer_commits_inputs_from_progress_not_from_faust_gaps() -> None:
+    # The consumer object only; nothing connects to the (absent) broker.
+    import asyncio
+
+    import faust
+    from faust.types import TP as FaustTP
+
+    from grader.stream.seeking import transport_for
+
+    app = faust.App("t", broker="kafka://127.0.0.1:9")
+    progress = SourceProgress(stall_after=2.0)
+    app.transport = transport_for(app, ["g.transactions"], ["127.0.0.1:9"], False, None,
+                                  progress)
+    consumer = app.consumer
+    source = FaustTP("g.transactions", 1)
+    changelog = FaustTP("g.worker-customers-changelog", 1)
+
+    async def run() -> None:
+        await consumer._add_gap(source, 41, 70)  # as Faust's fetch loop does
+        await consumer._add_gap(changelog, 41, 70)
+        assert source not in consumer._gap and changelog in consumer._gap
+        consumer._acked[source].extend([71, 72])  # graded past the gap
+        assert consumer._new_offset(source) is None, "not started: nothing committed"
+        progress.start(source, 41, now=0.0)
+        assert consumer._new_offset(source) == 41
+        progress.graded([("g.transactions", 1, o) for o in range(41, 73)], now=1.0)
+        assert consumer._new_offset(source) == 73
+
+    loop = app.loop  # Faust's, which its consumer is bound to
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+        consumer._thread.thread_loop.close()  # made for its (unstarted) fetch thread
+        asyncio.set_event_loop(None)
