@@ -3,14 +3,16 @@ and all the events of one customer land in the same shard."""
 
 from __future__ import annotations
 
-import zlib
+import tempfile
+from pathlib import Path
 
 import orjson
+import pytest
 
 from grader.clock import parse_instant
 from grader.core import Grading
 from grader.events import Event, parse_event
-from grader.replay import ReplayResult, ReplayStats, _parse_shard, replay
+from grader.replay import ReplayResult, ReplayStats, _parse_shard, replay, shard_pivots
 from grader.settings import resolve_policy
 from tests.unit.replay_lines import LINES, ROOT
 
@@ -21,16 +23,19 @@ AS_OF = parse_instant("2026-11-22T00:00:00Z")
 
 def test_every_line_is_parsed_by_exactly_one_shard_as_parse_event_parses_it() -> None:
     for shards in (2, 3):
+        pivots = shard_pivots(LINES, shards)
+        assert pivots == sorted(pivots) and len(pivots) == shards - 1
         seen: dict[int, object] = {}
         owner: dict[str, int] = {}
         for shard in range(shards):
-            for index, parsed in _parse_shard(LINES, shard, shards, CTX, None):
+            for index, parsed in _parse_shard(LINES, shard, pivots, CTX, None):
                 assert index not in seen
                 seen[index] = parsed
                 if isinstance(parsed, Event):
                     assert owner.setdefault(parsed.customer_id, shard) == shard
-                    want = zlib.crc32(parsed.customer_id.encode()) % shards
-                    assert shard == want
+                    low = pivots[shard - 1] if shard else ""
+                    assert low <= parsed.customer_id
+                    assert shard == shards - 1 or parsed.customer_id < pivots[shard]
         assert sorted(seen) == list(range(len(LINES)))
         for index, raw in enumerate(LINES):
             assert seen[index] == parse_event(raw, CTX)
@@ -63,3 +68,19 @@ def test_lines_table_has_every_kind_of_line() -> None:
             continue
         kinds.add(type(obj).__name__)
     assert {"bad_json", "dict", "list", "str"} <= kinds
+
+
+def test_pivots_split_the_events_about_evenly() -> None:
+    lines = [orjson.dumps({"customer_id": f"C{n % 1000:04d}", "n": n}) for n in range(20_000)]
+    lines += [b"not json", b'{"customer_id": 7}', b"[]"]
+    (pivot,) = shard_pivots(lines, 2)
+    below = sum(1 for raw in lines[:20_000] if orjson.loads(raw)["customer_id"] < pivot)
+    assert 0.45 < below / 20_000 < 0.55
+    assert shard_pivots([b"not json"], 3) == ["", ""]  # every line goes to the last shard
+
+
+def test_a_sharded_replay_leaves_no_temporary_file(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = replay(LINES * 2000, AS_OF, GRADING, 0, workers=2)
+    assert result.changes and list(tmp_path.iterdir()) == []
