@@ -39,9 +39,7 @@ from grader.events import (
     Event,
     ParseContext,
     Rejection,
-    bad_json,
     original_fields,
-    parse_decoded,
     parse_event,
 )
 from grader.rational import round2
@@ -51,6 +49,7 @@ Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
 TIERS_HEADER = b"customer_id,policy,tier,score\n"
 PARALLEL_MIN_EVENTS = 20_000  # below this, forking costs more than it saves
 PIVOT_SAMPLE = 4096  # lines sampled to split the customer ids into ranges
+RANGES_PER_SHARD = 32  # customer ranges per process, taken one at a time
 _IN_ORDER = attrgetter("ts", "event_id")  # the order events are applied in
 
 
@@ -84,8 +83,10 @@ class Graded:
 
     stats: ReplayStats = field(default_factory=ReplayStats)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    tiers_csv: bytes = b""  # the shard's tiers.csv rows, in customer order
-    changes: bytes = b""  # its tier-change JSON lines, in customer order
+    # The tiers.csv rows and the tier-change JSON lines, in customer order
+    # (read back from a forked shard as views of its temporary files).
+    tiers_csv: bytes | memoryview = b""
+    changes: bytes | memoryview = b""
 
 
 @dataclass
@@ -129,33 +130,16 @@ def replay(
     return _merge(parts, len(all_lines))
 
 
-def process(
-    lines: list[bytes],
-    as_of: int,
-    grading: Grading,
-    now_us: int,
-    shard: int = 0,
-    pivots: list[str] | None = None,
-    progress: Progress | None = None,
-) -> Graded:
-    """Parse and grade the lines of one shard (by default, one shard of all of them).
-
-    Shard ``i`` takes the customers ``c`` with ``pivots[i - 1] <= c < pivots[i]``
-    (see :func:`shard_pivots`).
-    """
+def process(lines: list[bytes], as_of: int, grading: Grading, now_us: int) -> Graded:
+    """Parse and grade every line in this process."""
     with _gc_paused():
         ctx = grading.parse_context()
-        if not pivots:
-            parsed: Iterable[tuple[int, Event | Rejection]] = (
-                (index, parse_event(raw, ctx)) for index, raw in enumerate(lines)
-            )
-        else:
-            parsed = _parse_shard(lines, shard, pivots, ctx, progress)
+        parsed = ((index, parse_event(raw, ctx)) for index, raw in enumerate(lines))
         return _process(lines, parsed, as_of, grading, now_us)
 
 
-def shard_pivots(lines: list[bytes], shards: int) -> list[str]:
-    """``shards - 1`` customer ids that cut the lines' customers into ranges of about
+def shard_pivots(lines: list[bytes], ranges: int) -> list[str]:
+    """``ranges - 1`` customer ids that cut the lines' customers into ranges of about
     as many events each (estimated from a sample of the lines)."""
     every = max(1, len(lines) // PIVOT_SAMPLE)
     sample = []
@@ -169,8 +153,8 @@ def shard_pivots(lines: list[bytes], shards: int) -> list[str]:
             sample.append(customer)
     sample.sort()
     if not sample:
-        return [""] * (shards - 1)
-    return [sample[len(sample) * k // shards] for k in range(1, shards)]
+        return [""] * (ranges - 1)
+    return [sample[len(sample) * k // ranges] for k in range(1, ranges)]
 
 
 @contextmanager
@@ -186,31 +170,34 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _parse_shard(
-    lines: list[bytes], shard: int, pivots: list[str], ctx: ParseContext,
-    progress: Progress | None
-) -> Iterator[tuple[int, Event | Rejection]]:
-    """The line numbers (0-based) and parsed events of the lines of one shard.
+def _route(lines: list[bytes], pivots: list[str], progress: Progress | None) -> list[list[int]]:
+    """The line numbers (0-based) of each customer range.
 
-    A line belongs to the shard whose range holds its ``customer_id``, or to
-    shard 0 when it has none that is a string (it is rejected then). Every
-    shard decodes every line once, to find its customer, and validates only
-    its own.
+    Range ``r`` holds the customers ``c`` with ``pivots[r - 1] <= c < pivots[r]``.
+    A line that is not JSON or has no string ``customer_id`` belongs to range 0
+    (it is rejected then). Only the numbers are kept: holding every decoded
+    line costs more than decoding a range's own lines again.
     """
-    loads, decode_error, owner_of = orjson.loads, orjson.JSONDecodeError, bisect.bisect_right
+    loads, decode_error, range_of = orjson.loads, orjson.JSONDecodeError, bisect.bisect_right
+    routed: list[list[int]] = [[] for _ in range(len(pivots) + 1)]
     for index, raw in enumerate(lines):
         if progress is not None and index and index % 50_000 == 0:
             progress(index)
         try:
             obj = loads(raw)
-        except decode_error as exc:
-            if shard == 0:
-                yield index, bad_json(exc)
+        except decode_error:
+            routed[0].append(index)
             continue
         customer = obj.get("customer_id") if isinstance(obj, dict) else None
-        owner = owner_of(pivots, customer) if isinstance(customer, str) else 0
-        if owner == shard:
-            yield index, parse_decoded(obj, ctx)
+        routed[range_of(pivots, customer) if isinstance(customer, str) else 0].append(index)
+    return routed
+
+
+def _parsed(lines: list[bytes], indexes: list[int],
+            ctx: ParseContext) -> Iterator[tuple[int, Event | Rejection]]:
+    """The events (or rejections) of these lines."""
+    for index in indexes:
+        yield index, parse_event(lines[index], ctx)
 
 
 def _process(
@@ -289,43 +276,84 @@ def _parallel(
     now_us: int,
     progress: Progress | None,
 ) -> list[Graded]:
-    pivots = shard_pivots(lines, shards)
-    _SHARED.update(lines=lines, pivots=pivots, as_of=as_of, grading=grading, now_us=now_us)
+    """Grade the customer ranges in this process and ``shards - 1`` forked ones.
+
+    The lines are cut into RANGES_PER_SHARD ranges per process; each process
+    routes every line once, then takes the next ungraded range from a shared
+    counter until none is left, so a process that drew heavy customers
+    takes fewer ranges (grading cost grows faster than a customer's event
+    count). The result is each range's output, in range order.
+    """
+    ranges = shards * RANGES_PER_SHARD
+    pivots = shard_pivots(lines, ranges)
+    context = multiprocessing.get_context("fork")
+    _SHARED.update(lines=lines, pivots=pivots, as_of=as_of, grading=grading, now_us=now_us,
+                   counter=context.Value("i", 0))
     try:
-        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=shards - 1, mp_context=context) as pool:
-            others = [pool.submit(_process_shard, i) for i in range(1, shards)]
-            # meanwhile, shard 0 here
-            first = process(lines, as_of, grading, now_us, 0, pivots, progress)
-            return [first, *(_received(future.result()) for future in others)]
+            others = [pool.submit(_forked_shard) for _ in range(1, shards)]
+            graded = _take_ranges(progress)  # meanwhile, here too
+            for future in others:
+                graded.update(_received(*future.result()))
     finally:
         _SHARED.clear()
+    return [graded[r] for r in range(ranges)]
 
 
-def _process_shard(index: int) -> tuple[Graded, str, str]:
-    """Grade shard ``index`` in a forked process; its output bytes go to temporary files."""
-    gc.disable()  # this forked process lives for this replay only (see _gc_paused)
+def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
+    """Route the lines, then grade ranges taken from the shared counter until none is left."""
     s = _SHARED
-    graded = process(s["lines"], s["as_of"], s["grading"], s["now_us"], index, s["pivots"])
+    lines, counter = s["lines"], s["counter"]
+    with _gc_paused():
+        ctx = s["grading"].parse_context()
+        routed = _route(lines, s["pivots"], progress)
+        graded: dict[int, Graded] = {}
+        while True:
+            with counter.get_lock():
+                taken = counter.value
+                counter.value += 1
+            if taken >= len(routed):
+                return graded
+            graded[taken] = _process(lines, _parsed(lines, routed[taken], ctx), s["as_of"],
+                                     s["grading"], s["now_us"])
+
+
+Sizes = dict[int, tuple[int, int]]  # range -> sizes of its tiers_csv and changes
+
+
+def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
+    """Grade ranges in a forked process; their output bytes go to two temporary files."""
+    gc.disable()  # this forked process lives for this replay only (see _gc_paused)
+    graded = _take_ranges()
+    sizes = {r: (len(g.tiers_csv), len(g.changes)) for r, g in graded.items()}
     paths = []
-    for blob in (graded.tiers_csv, graded.changes):
+    for blobs in ([g.tiers_csv for _, g in sorted(graded.items())],
+                  [g.changes for _, g in sorted(graded.items())]):
         handle, path = tempfile.mkstemp(prefix="grader-replay-")
         with os.fdopen(handle, "wb") as out:
-            out.write(blob)
+            out.writelines(blobs)
         paths.append(path)
-    graded.tiers_csv = graded.changes = b""
-    return graded, paths[0], paths[1]
+    for g in graded.values():
+        g.tiers_csv = g.changes = b""
+    return graded, sizes, paths[0], paths[1]
 
 
-def _received(sent: tuple[Graded, str, str]) -> Graded:
-    """A forked shard's result, its output bytes read back from its temporary files."""
-    graded, tiers_path, changes_path = sent
-    try:
-        graded.tiers_csv = Path(tiers_path).read_bytes()
-        graded.changes = Path(changes_path).read_bytes()
-    finally:
-        os.unlink(tiers_path)
-        os.unlink(changes_path)
+def _received(graded: dict[int, Graded], sizes: Sizes, tiers_path: str,
+              changes_path: str) -> dict[int, Graded]:
+    """A forked shard's ranges, their output bytes read back from its temporary files."""
+    blobs = []
+    for path in (tiers_path, changes_path):
+        try:
+            blobs.append(memoryview(Path(path).read_bytes()))
+        finally:
+            os.unlink(path)
+    tiers_at = changes_at = 0
+    for r in sorted(graded):
+        tiers_size, changes_size = sizes[r]
+        graded[r].tiers_csv = blobs[0][tiers_at:tiers_at + tiers_size]
+        graded[r].changes = blobs[1][changes_at:changes_at + changes_size]
+        tiers_at += tiers_size
+        changes_at += changes_size
     return graded
 
 

@@ -12,7 +12,7 @@ import pytest
 from grader.clock import parse_instant
 from grader.core import Grading
 from grader.events import Event, parse_event
-from grader.replay import ReplayResult, ReplayStats, _parse_shard, replay, shard_pivots
+from grader.replay import ReplayResult, ReplayStats, _parsed, _route, replay, shard_pivots
 from grader.settings import resolve_policy
 from tests.unit.replay_lines import LINES, ROOT
 
@@ -21,21 +21,21 @@ CTX = GRADING.parse_context()
 AS_OF = parse_instant("2026-11-22T00:00:00Z")
 
 
-def test_every_line_is_parsed_by_exactly_one_shard_as_parse_event_parses_it() -> None:
-    for shards in (2, 3):
-        pivots = shard_pivots(LINES, shards)
-        assert pivots == sorted(pivots) and len(pivots) == shards - 1
+def test_every_line_is_routed_to_exactly_one_range_and_parsed_as_parse_event_parses_it(
+) -> None:
+    for ranges in (2, 3, 16):
+        pivots = shard_pivots(LINES, ranges)
+        assert pivots == sorted(pivots) and len(pivots) == ranges - 1
         seen: dict[int, object] = {}
         owner: dict[str, int] = {}
-        for shard in range(shards):
-            for index, parsed in _parse_shard(LINES, shard, pivots, CTX, None):
+        for r, items in enumerate(_route(LINES, pivots, None)):
+            for index, parsed in _parsed(LINES, items, CTX):
                 assert index not in seen
                 seen[index] = parsed
                 if isinstance(parsed, Event):
-                    assert owner.setdefault(parsed.customer_id, shard) == shard
-                    low = pivots[shard - 1] if shard else ""
-                    assert low <= parsed.customer_id
-                    assert shard == shards - 1 or parsed.customer_id < pivots[shard]
+                    assert owner.setdefault(parsed.customer_id, r) == r
+                    assert r == 0 or pivots[r - 1] <= parsed.customer_id
+                    assert r == ranges - 1 or parsed.customer_id < pivots[r]
         assert sorted(seen) == list(range(len(LINES)))
         for index, raw in enumerate(LINES):
             assert seen[index] == parse_event(raw, CTX)
