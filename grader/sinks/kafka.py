@@ -52,25 +52,39 @@ class BatchSender:
                 self._producer = producer
         return self._producer
 
-    async def send(self, records: Sequence[Record]) -> None:
-        """Send ``records`` (order kept per partition) and wait for every acknowledgement."""
+    async def send(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
+        """Send ``records`` (order kept per partition) and wait for every acknowledgement.
+
+        Returns the offset of the last record written to each (topic, partition).
+        """
         if not records:
-            return
+            return {}
         producer = await self._started()
         batches: dict[tuple[str, int], Any] = {}
-        pending = []
+        counts: dict[tuple[str, int], int] = {}
+        pending = []  # (topic, partition, records in the batch, its future)
         for topic, partition, key, value in records:
-            batch = batches.get((topic, partition))
+            tp = (topic, partition)
+            batch = batches.get(tp)
             if batch is None:
-                batch = batches[(topic, partition)] = producer.create_batch()
+                batch = batches[tp] = producer.create_batch()
+                counts[tp] = 0
             if batch.append(key=key, value=value, timestamp=None) is None:
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = batches[(topic, partition)] = producer.create_batch()
+                pending.append((tp, counts[tp],
+                                await producer.send_batch(batch, topic, partition=partition)))
+                batch = batches[tp] = producer.create_batch()
+                counts[tp] = 0
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     raise ValueError(f"a record for {topic} is larger than {MAX_BATCH_BYTES} B")
+            counts[tp] += 1
         for (topic, partition), batch in batches.items():
-            pending.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*pending)
+            pending.append(((topic, partition), counts[(topic, partition)],
+                            await producer.send_batch(batch, topic, partition=partition)))
+        sent = await asyncio.gather(*(future for _tp, _n, future in pending))
+        last: dict[tuple[str, int], int] = {}
+        for (tp, count, _future), metadata in zip(pending, sent, strict=True):
+            last[tp] = max(last.get(tp, -1), metadata.offset + count - 1)  # offset: the base
+        return last
 
     async def stop(self) -> None:
         """Flush and close the producer, if it was started."""

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -53,12 +53,10 @@ def now_us() -> int:
 
 
 def table_store() -> str:
-    """``rocksdb://`` when a RocksDB binding is installed, else ``memory://``."""
+    """``rocksdb://`` when ``rocksdict`` (a dependency) is installed, else ``memory://``."""
     import importlib.util
 
-    if importlib.util.find_spec("rocksdict") or importlib.util.find_spec("rocksdb"):
-        return "rocksdb://"
-    return "memory://"
+    return "rocksdb://" if importlib.util.find_spec("rocksdict") else "memory://"
 
 
 class Batch:
@@ -92,7 +90,7 @@ class Processor:
         self.partitions = partitions
         self.epoch = uuid.uuid4().hex  # this process, in the records it stores
         # The records this process stored, decoded: key -> (the bytes stored, state).
-        # A cached state is used only while the table still holds those very bytes.
+        # A cached state is used only while the table still holds those same bytes.
         self.decoded: dict[bytes, tuple[bytes, CustomerState]] = {}
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
@@ -135,11 +133,11 @@ class Processor:
         """
         if key in batch.states:
             return batch.states[key]
-        stored = self.customers.get(key)
+        stored = self.customers.get(key, partition)
         state = None
         if stored is not None:
             cached = self.decoded.get(key)
-            if cached is not None and cached[0] is stored:
+            if cached is not None and (cached[0] is stored or cached[0] == stored):
                 state = cached[1]  # stored by this process: nothing to republish
             else:
                 record = step.decode_record(stored)
@@ -168,7 +166,7 @@ class Processor:
         if not isinstance(as_of, int):
             await self.sink.publish([step.dead_letter(msg, as_of)])
             return
-        keys = list(self.keys_of(msg.partition))
+        keys = list(self.customers.keys(msg.partition))
         for start in range(0, len(keys), TICK_BATCH):
             batch = Batch()
             now = now_us()
@@ -183,15 +181,9 @@ class Processor:
         log.info("tick as of %s: %d customers of partition %d", format_instant(as_of), len(keys),
                  msg.partition)
 
-    def keys_of(self, partition: int) -> Iterator[bytes]:
-        """The stored customers whose key belongs to ``partition``."""
-        for key in self.customers.all_keys():
-            if partition_of(key, self.partitions) == partition:
-                yield key
-
     def clock(self, partition: int) -> int:
         """The latest tick seen on ``partition`` (0 if none)."""
-        value = self.clocks.get(b"p%d" % partition)
+        value = self.clocks.get(b"p%d" % partition, partition)
         return int(value) if value else 0
 
 
@@ -209,7 +201,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         **options.faust_settings,
     )
     if store == "memory://":
-        log.warning("no RocksDB binding installed: tables use the memory store and are "
+        log.warning("rocksdict is not installed: tables use the memory store and are "
                     "rebuilt from their changelog topics at every start")
     # key_type/value_type bytes make Faust use the "raw" codec for the changelog too.
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
@@ -221,8 +213,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
     sender = BatchSender(servers)
-    processor = Processor(grading, FaustTableStore(customers, sender),
-                          FaustTableStore(clocks, sender),
+    processor = Processor(grading, FaustTableStore(customers, sender, partitions),
+                          FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
                           partitions)
 

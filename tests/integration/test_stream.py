@@ -169,6 +169,27 @@ def applied_once(stream: Stream, lines: list[bytes]) -> None:
     assert not wrong, f"{len(wrong)} customers differ from events applied once, e.g. {wrong[:5]}"
 
 
+def restored_from_local_store(worker: Any) -> bool:
+    """Whether the worker's recovery started reading its customers changelog past offset -1.
+
+    Faust logs where it starts reading each changelog partition: -1 means the
+    whole changelog; a RocksDB store starts at the offset it holds.
+    """
+    log = worker.log()
+    start = log.index("Reading Starts At - Active")
+    rows = re.findall(r"\| (\S*)\s*\| (\d+)\s*\| (-?\d+)\s*\|", log[start:start + 2000])
+    customers = False
+    offsets = []
+    for topic, _partition, offset in rows:
+        if topic.endswith("customers-changelog"):
+            customers = True
+        elif topic != "〃":
+            customers = False
+        if customers:
+            offsets.append(int(offset))
+    return bool(offsets) and max(offsets) >= 0
+
+
 def ticked_partitions(worker: Any) -> set[int]:
     """The partitions a worker logged a tick for (a redelivered tick is logged again)."""
     return {int(p) for p in re.findall(r"tick as of \S+: \d+ customers of partition (\d+)",
@@ -248,6 +269,7 @@ def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
     assert len(streamed_tiers(stream)) < len(want), "killed too late to test anything"
     second = stream.start_worker()  # same data dir, same group
     second.wait_ready(45)
+    assert restored_from_local_store(second), "recovery read only what the local store lacked"
     second.kill()
     third = stream.start_worker()
     third.wait_ready(45)
