@@ -67,6 +67,7 @@ class Batch:
         self.store: dict[bytes, tuple[int, CustomerState]] = {}  # records to write, by key
         self.outputs: dict[bytes, list[step.Output]] = {}  # per customer, stored with it
         self.dead: list[step.Output] = []  # dead letters (deterministic, not stored)
+        self.clocks: dict[int, int] = {}  # partition -> its clock, read once per batch
 
     def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
         """Keep what one step did to customer ``key``."""
@@ -118,7 +119,8 @@ class Processor:
         key = msg.key
         owner = partition_of(key, self.partitions) if key else None
         outcome = step.handle_event(msg, lambda: self.state_of(key or b"", msg.partition, batch),
-                                    self.clock(msg.partition), self.grading, now_us(), owner)
+                                    self.batch_clock(msg.partition, batch), self.grading,
+                                    now_us(), owner)
         if outcome.status == "rejected" or not key:
             batch.dead += outcome.outputs
         else:
@@ -180,6 +182,13 @@ class Processor:
             await self.clocks.put_many([(msg.partition, b"p%d" % msg.partition, b"%d" % as_of)])
         log.info("tick as of %s: %d customers of partition %d", format_instant(as_of), len(keys),
                  msg.partition)
+
+    def batch_clock(self, partition: int, batch: Batch) -> int:
+        """The clock of ``partition``, read once per batch (a tick ends a batch)."""
+        clock = batch.clocks.get(partition)
+        if clock is None:
+            clock = batch.clocks[partition] = self.clock(partition)
+        return clock
 
     def clock(self, partition: int) -> int:
         """The latest tick seen on ``partition`` (0 if none)."""

@@ -218,6 +218,22 @@ def test_a_tick_inside_a_batch_settles_what_came_before_it() -> None:
     assert proc.clock(part) == as_of
 
 
+def test_a_customer_first_seen_after_a_tick_in_the_same_batch_gets_its_clock() -> None:
+    g = grading("stars")
+    as_of = parse_instant("2026-11-22T00:00:00+08:00")
+    old = b"C1"
+    part = partition_of(old, PARTITIONS)
+    new = next(k for k in (f"C{n}".encode() for n in range(2, 99))
+               if partition_of(k, PARTITIONS) == part)
+    before = message(sale("C1", "e1", "2026-01-10T10:00:00+08:00", "1000"), old, offset=0)
+    tick = Incoming("g.ticks", part, 0, b"tick", step.tick_message(as_of, "t"))
+    first = message(sale(new.decode(), "e2", "2026-02-10T10:00:00+08:00", "1000"), new,
+                    offset=1)
+    store = MemoryTableStore()
+    asyncio.run(processor(g, RecordingSink(), store).on_batch([before, tick, first]))
+    assert stored(store, new).state.as_of == as_of, "the clock read before the tick is stale"
+
+
 def test_processor_tick_reaches_only_its_partition() -> None:
     customers = MemoryTableStore()
     sink = RecordingSink()
