@@ -60,6 +60,18 @@ def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
             if t["error_code"] == 0}
 
 
+def existing_topics(kafka_url: str, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` exist on the broker."""
+    kafka = kafka_module()
+    admin = admin_client(kafka_url)
+    try:
+        return set(names) & set(admin.list_topics())
+    except kafka.errors.KafkaError as exc:
+        raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
+    finally:
+        admin.close()
+
+
 def ensure_topics(kafka_url: str, specs: Iterable[TopicSpec]) -> list[str]:
     """Create the missing topics; refuse topics with another partition count.
 

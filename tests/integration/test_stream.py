@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,26 @@ def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
     final_tick_equals_replay(stream, lines, want)
     assert set(dead_letter_codes(stream)) == {(d["raw"], d["code"]) for d in dead}
     assert third.stop() == 0
+
+
+def test_local_tables_without_their_changelog_are_not_trusted(stream: Stream,
+                                                              tmp_path: Path) -> None:
+    """A data dir kept from before the topics were lost (a restarted tansu) starts empty."""
+    old = events_file(tmp_path / "old.jsonl", customers=40, events=800, seed=21)
+    first = stream.start_worker()
+    first.wait_ready()
+    assert stream.grader("produce", str(tmp_path / "old.jsonl")).returncode == 0
+    wait_applied(stream, old)
+    assert first.stop() == 0
+    stream.prefix = f"t{uuid.uuid4().hex[:8]}."  # new topics, as after a broker restart
+    lines = events_file(tmp_path / "events.jsonl", customers=30, events=800, seed=22)
+    want, _dead = expected(lines)
+    second = stream.start_worker()  # the same data dir
+    second.wait_ready(45)
+    assert "dropping the local tables" in second.log()
+    assert stream.grader("produce", str(tmp_path / "events.jsonl")).returncode == 0
+    final_tick_equals_replay(stream, lines, want)
+    assert second.stop() == 0
 
 
 def test_rebalance_to_a_second_worker(stream: Stream, tmp_path: Path) -> None:
