@@ -16,6 +16,7 @@ faster than pickling them through a pipe.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import gc
 import io
@@ -292,12 +293,29 @@ def _parallel(
     try:
         with ProcessPoolExecutor(max_workers=shards - 1, mp_context=context) as pool:
             others = [pool.submit(_forked_shard) for _ in range(1, shards)]
-            graded = _take_ranges(progress)  # meanwhile, here too
-            for future in others:
-                graded.update(_received(*future.result()))
+            try:
+                graded = _take_ranges(progress)  # meanwhile, here too
+                sent = [future.result() for future in others]
+            except BaseException:
+                _discard(others)
+                raise
+            for result in sent:
+                graded.update(_received(*result))
     finally:
         _SHARED.clear()
     return [graded[r] for r in range(ranges)]
+
+
+def _discard(futures: list[Any]) -> None:
+    """Delete the temporary files of forked results that will not be read back."""
+    for future in futures:
+        try:
+            _graded, _sizes, *paths = future.result()
+        except BaseException:
+            continue  # that process failed: it wrote nothing to read back
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
@@ -326,13 +344,19 @@ def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
     gc.disable()  # this forked process lives for this replay only (see _gc_paused)
     graded = _take_ranges()
     sizes = {r: (len(g.tiers_csv), len(g.changes)) for r, g in graded.items()}
-    paths = []
-    for blobs in ([g.tiers_csv for _, g in sorted(graded.items())],
-                  [g.changes for _, g in sorted(graded.items())]):
-        handle, path = tempfile.mkstemp(prefix="grader-replay-")
-        with os.fdopen(handle, "wb") as out:
-            out.writelines(blobs)
-        paths.append(path)
+    paths: list[str] = []
+    try:
+        for blobs in ([g.tiers_csv for _, g in sorted(graded.items())],
+                      [g.changes for _, g in sorted(graded.items())]):
+            handle, path = tempfile.mkstemp(prefix="grader-replay-")
+            paths.append(path)
+            with os.fdopen(handle, "wb") as out:
+                out.writelines(blobs)
+    except BaseException:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     for g in graded.values():
         g.tiers_csv = g.changes = b""
     return graded, sizes, paths[0], paths[1]

@@ -238,7 +238,10 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     @app.timer(REPAIR_EVERY)  # type: ignore[untyped-decorator]
     async def repair_stalled() -> None:
         consumer: ResumingConsumer = app.consumer  # type: ignore[assignment]
-        await consumer.repair_stalled()
+        try:
+            await consumer.repair_stalled()
+        except Exception as exc:  # a timer's error would crash the worker; retried next time
+            log.warning("checking for stalled input partitions failed: %r", exc)
 
     if options.live_ticks:
         for tz in grading.timezones:

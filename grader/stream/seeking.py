@@ -100,6 +100,28 @@ class GraderConsumerThread(driver.AIOKafkaConsumerThread):
         return committed
 
 
+class ReadOffsets(dict[Any, "int | None"]):
+    """Faust's read offsets (a defaultdict of None), except that input partitions have none.
+
+    Faust's fetch loop drops a record at or below its read offset of the
+    partition, and treats a jump past it as a gap. Both went wrong after
+    rebalances and seeks: records in flight from before a seek moved the
+    read offset past records fetched again, which were then dropped. For
+    input partitions every fetched record is handed on; duplicates are
+    ignored by the customers' states, and SourceProgress decides what is
+    committed. Changelog partitions keep Faust's logic.
+    """
+
+    def __init__(self, inputs: frozenset[str]) -> None:
+        super().__init__()
+        self.inputs = inputs
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp.topic in self.inputs:
+            return None
+        return self.get(tp)
+
+
 class ResumingConsumer(driver.Consumer):
     """A consumer that commits input partitions only as far as they were graded.
 
@@ -115,6 +137,10 @@ class ResumingConsumer(driver.Consumer):
     fetch_max_wait_ms: int | None = None
     progress: SourceProgress  # set per app by transport_for
     sought: dict[Any, int]  # source partition -> position, set by the thread's last seek
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_offset = ReadOffsets(self.source_topics)
 
     def _new_consumer_thread(self) -> Any:
         return GraderConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -133,14 +159,6 @@ class ResumingConsumer(driver.Consumer):
         self._acked[tp].clear()  # not used for inputs; kept empty
         self._acked_index[tp].clear()
         return self.progress.committable(tp)
-
-    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-        """A gap on an input partition is not taken as done (SourceProgress decides)."""
-        if tp.topic not in self.source_topics:
-            await super()._add_gap(tp, offset_from, offset_to)
-        else:
-            log.info("%s: the fetch skipped from offset %d to %d; not committed past until "
-                     "graded", tp, offset_from, offset_to)
 
     async def perform_seek(self) -> None:
         """Seek to the committed offsets, and count each input partition from there."""
@@ -173,8 +191,13 @@ class ResumingConsumer(driver.Consumer):
         if not stuck:
             return
         firsts = await fetch_first(list(self.servers), stuck, timeout=5.0)
+        if self.app.rebalancing:
+            return  # the next assignment starts every partition afresh
         now = time.monotonic()
+        assigned = self.assignment()
         for tp, offset in stuck.items():
+            if tp not in assigned or progress.committable(tp) != offset:
+                continue  # moved meanwhile
             progress.repairing(tp, now)
             first = firsts.get(tp)
             if first is None:
@@ -185,7 +208,7 @@ class ResumingConsumer(driver.Consumer):
             log.warning("%s: not graded past offset %d though later records exist; "
                         "reading it again from there", tp, first)
             try:
-                await self.seek(tp, first)
+                await self.seek_wait({tp: first})  # in the consumer's own thread
             except IllegalStateError:  # revoked meanwhile: its next owner reads it
                 continue
 
@@ -216,8 +239,8 @@ async def _fetch_from(servers: list[str], starts: Mapping[Any, int],
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
                                          enable_auto_commit=False,
                                          auto_offset_reset="earliest")
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(list(starts))
         for tp, offset in starts.items():
             consumer.seek(tp, offset)

@@ -138,10 +138,14 @@ def test_the_worker_consumer_commits_inputs_from_progress_not_from_faust_gaps() 
     changelog = FaustTP("g.worker-customers-changelog", 1)
 
     async def run() -> None:
-        await consumer._add_gap(source, 41, 70)  # as Faust's fetch loop does
-        await consumer._add_gap(changelog, 41, 70)
-        assert source not in consumer._gap and changelog in consumer._gap
-        consumer._acked[source].extend([71, 72])  # graded past the gap
+        # Input partitions have no read offset: Faust's fetch loop neither drops
+        # records below it nor sees gaps past it; changelogs keep theirs.
+        consumer._read_offset[source] = 70
+        consumer._read_offset[changelog] = 70
+        assert consumer._read_offset[source] is None
+        assert consumer._read_offset[changelog] == 70
+        await consumer._add_gap(source, 41, 70)  # a gap, were Faust to record one
+        consumer._acked[source].extend([71, 72])  # graded past it
         assert consumer._new_offset(source) is None, "not started: nothing committed"
         progress.start(source, 41, now=0.0)
         assert consumer._new_offset(source) == 41

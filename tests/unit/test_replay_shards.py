@@ -3,12 +3,15 @@ and all the events of one customer land in the same shard."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from grader import replay as replay_module
 from grader.clock import parse_instant
 from grader.core import Grading
 from grader.events import Event, parse_event
@@ -84,3 +87,21 @@ def test_a_sharded_replay_leaves_no_temporary_file(tmp_path: Path,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     result = replay(LINES * 2000, AS_OF, GRADING, 0, workers=2)
     assert result.changes and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failing", ["this process", "the forked process"])
+def test_a_failed_sharded_replay_leaves_no_temporary_file(
+        failing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    parent = os.getpid()
+    real = replay_module._process
+
+    def grade_or_fail(*args: Any) -> Any:
+        if (os.getpid() == parent) == (failing == "this process"):
+            raise RuntimeError(f"{failing} failed")
+        return real(*args)
+
+    monkeypatch.setattr(replay_module, "_process", grade_or_fail)
+    with pytest.raises(RuntimeError, match=failing):
+        replay(LINES * 2000, AS_OF, GRADING, 0, workers=2)
+    assert list(tmp_path.iterdir()) == []
