@@ -19,6 +19,13 @@ aiokafka's seek stops at the first partition that a newer rebalance took
 away while it awaited committed offsets; here each partition still assigned
 is sought on its own, and one that moved is left to that newer rebalance.
 
+**No read offsets for inputs** (:class:`ReadOffsets`), and commits from
+SourceProgress (:meth:`ResumingConsumer._new_offset`, grader.stream.progress):
+Faust's read offsets made its fetch loop drop or skip records after seeks and
+rebalances; input records are now all handed on, and only graded offsets are
+committed. A stalled input partition is read again
+(:meth:`ResumingConsumer.repair_stalled`).
+
 **True end offsets** (only with ``true_end_offsets``, the tansu quirk).
 Faust restores a table by reading its changelog up to the end offset that
 ListOffsets reports. tansu reports the base offset of a partition's last
