@@ -60,12 +60,17 @@ def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
             if t["error_code"] == 0}
 
 
-def existing_topics(kafka_url: str, names: Iterable[str]) -> set[str]:
-    """Which of ``names`` exist on the broker."""
+def topic_ids(kafka_url: str, names: Iterable[str]) -> dict[str, str]:
+    """The topic id (a UUID the broker gives each topic it creates) of each existing topic
+    among ``names``; a topic deleted and created again gets a new one."""
     kafka = kafka_module()
     admin = admin_client(kafka_url)
     try:
-        return set(names) & set(admin.list_topics())
+        existing = set(names) & set(admin.list_topics())
+        if not existing:
+            return {}
+        return {t["name"]: str(t.get("topic_id")) for t in admin.describe_topics(sorted(existing))
+                if t["error_code"] == 0}
     except kafka.errors.KafkaError as exc:
         raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
     finally:

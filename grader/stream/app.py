@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Container, Iterable
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,6 +31,7 @@ from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.state import CustomerState
 from grader.stream import step
 from grader.stream.admin import bootstrap_servers
+from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.options import StreamOptions
 from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
@@ -242,6 +244,12 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
             await consumer.repair_stalled()
         except Exception as exc:  # a timer's error would crash the worker; retried next time
             log.warning("checking for stalled input partitions failed: %r", exc)
+
+    if store != "memory://":
+        @app.task  # type: ignore[untyped-decorator]
+        async def record_changelog_ids() -> None:
+            await record_when_created(Path(app.conf.tabledir), changelogs_of(app),
+                                      settings.kafka_url)
 
     if options.live_ticks:
         for tz in grading.timezones:

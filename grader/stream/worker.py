@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from grader.core import Grading
 from grader.errors import GraderError
@@ -43,38 +42,6 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def drop_orphan_tables(app: Any, kafka_url: str) -> None:
-    """Remove the local files of tables whose changelog topic the broker does not have.
-
-    They were built from a changelog that is gone (a tansu broker with
-    memory storage restarted, or the topics were deleted): Faust would stop
-    at recovery ("persisted offset ... higher than the highwater"), and
-    their values are not this broker's. The changelog is the source of
-    truth, so dropping local files is always safe.
-    """
-    import shutil
-
-    from grader.stream.admin import existing_topics
-
-    tabledir = Path(app.conf.tabledir)
-    if not tabledir.is_dir():
-        return
-    changelogs = {table.name: table.changelog_topic.get_topic_name()
-                  for table in app.tables.values()}
-    existing = existing_topics(kafka_url, changelogs.values())
-    for name, topic in sorted(changelogs.items()):
-        stale = sorted(tabledir.glob(f"{name}-*"))
-        if topic in existing or not stale:
-            continue
-        log.warning("changelog topic %s does not exist: dropping the local tables of %s "
-                    "(%d files under %s)", topic, name, len(stale), tabledir)
-        for path in stale:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
 def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> int:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     from grader.stream.admin import ensure_topics
@@ -87,9 +54,10 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
     import faust
 
     from grader.stream.app import create_app
+    from grader.stream.localstate import changelogs_of, check_local_tables
 
     app = create_app(settings, grading, options)
-    drop_orphan_tables(app, settings.kafka_url)
+    check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka_url)
     tune_gc()
     worker = faust.Worker(app, loglevel=options.log_level.upper(), quiet=True)
     try:

@@ -279,16 +279,24 @@ def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
     assert third.stop() == 0
 
 
-def test_local_tables_without_their_changelog_are_not_trusted(stream: Stream,
-                                                              tmp_path: Path) -> None:
-    """A data dir kept from before the topics were lost (a restarted tansu) starts empty."""
+@pytest.mark.parametrize("changelog", ["missing", "created again"])
+def test_local_tables_not_built_from_the_changelog_are_dropped(stream: Stream, tmp_path: Path,
+                                                               changelog: str) -> None:
+    """A data dir kept from before the topics were lost (a restarted tansu) starts empty.
+
+    "created again": another worker already created the new changelog topics
+    (the same names under new ids), so only the recorded topic id tells.
+    """
     old = events_file(tmp_path / "old.jsonl", customers=40, events=800, seed=21)
     first = stream.start_worker()
     first.wait_ready()
     assert stream.grader("produce", str(tmp_path / "old.jsonl")).returncode == 0
     wait_applied(stream, old)
     assert first.stop() == 0
+    assert (tmp_path / "data" / "v1" / "tables" / "customers.changelog-id").is_file()
     stream.prefix = f"t{uuid.uuid4().hex[:8]}."  # new topics, as after a broker restart
+    if changelog == "created again":
+        create_changelogs(stream)
     lines = events_file(tmp_path / "events.jsonl", customers=30, events=800, seed=22)
     want, _dead = expected(lines)
     second = stream.start_worker()  # the same data dir
@@ -297,6 +305,19 @@ def test_local_tables_without_their_changelog_are_not_trusted(stream: Stream,
     assert stream.grader("produce", str(tmp_path / "events.jsonl")).returncode == 0
     final_tick_equals_replay(stream, lines, want)
     assert second.stop() == 0
+
+
+def create_changelogs(stream: Stream) -> None:
+    """The worker's two changelog topics, compacted, as a worker creating them would."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=stream.broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(f"{stream.prefix}worker-{table}-changelog", 4, 1,
+                                      topic_configs={"cleanup.policy": "compact"})
+                             for table in ("customers", "clocks")])
+    finally:
+        admin.close()
 
 
 def test_rebalance_to_a_second_worker(stream: Stream, tmp_path: Path) -> None:
