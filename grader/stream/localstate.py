@@ -41,7 +41,7 @@ def check_local_tables(tabledir: Path, changelogs: dict[str, str], kafka_url: st
         return
     ids = topic_ids(kafka_url, changelogs.values())
     for name, topic in sorted(changelogs.items()):
-        files = sorted(tabledir.glob(f"{name}-*"))
+        files = sorted(tabledir.glob(f"{name}-*.db"))  # one RocksDB per partition
         if not files:
             continue
         id_file = tabledir / f"{name}{ID_SUFFIX}"
