@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from grader.errors import GraderError
@@ -50,31 +50,38 @@ def admin_client(kafka_url: str) -> Any:
         raise KafkaError(f"cannot reach Kafka at {kafka_url}: {exc}") from None
 
 
-def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
-    """Partition count of each existing topic among ``names``."""
-    wanted = set(names)
-    existing = wanted & set(admin.list_topics())
+def described_topics(admin: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The description (partitions, topic id, ...) of each existing topic among ``names``."""
+    existing = set(names) & set(admin.list_topics())
     if not existing:
         return {}
-    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(sorted(existing))
-            if t["error_code"] == 0}
+    return {t["name"]: t for t in admin.describe_topics(sorted(existing)) if t["error_code"] == 0}
+
+
+def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
+    """Partition count of each existing topic among ``names``."""
+    return {name: len(t["partitions"]) for name, t in described_topics(admin, names).items()}
+
+
+@contextlib.contextmanager
+def connected(kafka_url: str) -> Iterator[Any]:
+    """A connected admin client, closed afterwards; a Kafka error becomes a KafkaError."""
+    kafka = kafka_module()
+    admin = admin_client(kafka_url)
+    try:
+        yield admin
+    except kafka.errors.KafkaError as exc:
+        raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
+    finally:
+        admin.close()
 
 
 def topic_ids(kafka_url: str, names: Iterable[str]) -> dict[str, str]:
     """The topic id (a UUID the broker gives each topic it creates) of each existing topic
     among ``names``; a topic deleted and created again gets a new one."""
-    kafka = kafka_module()
-    admin = admin_client(kafka_url)
-    try:
-        existing = set(names) & set(admin.list_topics())
-        if not existing:
-            return {}
-        return {t["name"]: str(t.get("topic_id")) for t in admin.describe_topics(sorted(existing))
-                if t["error_code"] == 0}
-    except kafka.errors.KafkaError as exc:
-        raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
-    finally:
-        admin.close()
+    with connected(kafka_url) as admin:
+        return {name: str(t.get("topic_id"))
+                for name, t in described_topics(admin, names).items()}
 
 
 def ensure_topics(kafka_url: str, specs: Iterable[TopicSpec]) -> list[str]:
@@ -84,8 +91,7 @@ def ensure_topics(kafka_url: str, specs: Iterable[TopicSpec]) -> list[str]:
     """
     kafka = kafka_module()
     specs = list(specs)
-    admin = admin_client(kafka_url)
-    try:
+    with connected(kafka_url) as admin:
         counts = partition_counts(admin, (s.name for s in specs))
         for spec in specs:
             if spec.name in counts and counts[spec.name] != spec.partitions:
@@ -101,7 +107,3 @@ def ensure_topics(kafka_url: str, specs: Iterable[TopicSpec]) -> list[str]:
             log.info("created topic %s (%d partitions, %s)", spec.name, spec.partitions,
                      spec.cleanup_policy)
         return [s.name for s in missing]
-    except kafka.errors.KafkaError as exc:
-        raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
-    finally:
-        admin.close()

@@ -11,7 +11,13 @@ import orjson
 
 from grader.events import TOPIC_OF_TYPE, ParseContext, Rejection, parse_event
 from grader.stream import step
-from grader.stream.admin import KafkaError, admin_client, bootstrap_servers, kafka_module
+from grader.stream.admin import (
+    KafkaError,
+    admin_client,
+    bootstrap_servers,
+    described_topics,
+    kafka_module,
+)
 from grader.stream.topology import DEAD_LETTERS, TICKS
 
 # Routing only needs type and customer_id; a line that lacks them fails
@@ -91,12 +97,12 @@ def send_tick(kafka_url: str, prefix: str, as_of: int) -> int:
     topic = prefix + TICKS
     admin = admin_client(kafka_url)
     try:
-        described = admin.describe_topics([topic]) if topic in admin.list_topics() else []
+        described = described_topics(admin, [topic]).get(topic)
     finally:
         admin.close()
-    if not described or described[0]["error_code"] != 0:
+    if described is None:
         raise KafkaError(f"topic {topic} does not exist: start `grader worker` first")
-    partitions = sorted(p["partition_index"] for p in described[0]["partitions"])
+    partitions = sorted(p["partition_index"] for p in described["partitions"])
     value = step.tick_message(as_of, str(uuid.uuid4()))
     producer = _producer(kafka_url)
     try:
