@@ -143,16 +143,7 @@ def shard_pivots(lines: list[bytes], ranges: int) -> list[str]:
     """``ranges - 1`` customer ids that cut the lines' customers into ranges of about
     as many events each (estimated from a sample of the lines)."""
     every = max(1, len(lines) // PIVOT_SAMPLE)
-    sample = []
-    for raw in lines[::every]:
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        customer = obj.get("customer_id") if isinstance(obj, dict) else None
-        if isinstance(customer, str):
-            sample.append(customer)
-    sample.sort()
+    sample = sorted(c for c in map(_customer_of, lines[::every]) if c is not None)
     if not sample:
         return [""] * (ranges - 1)
     return [sample[len(sample) * k // ranges] for k in range(1, ranges)]
@@ -179,19 +170,24 @@ def _route(lines: list[bytes], pivots: list[str], progress: Progress | None) -> 
     (it is rejected then). Only the numbers are kept: holding every decoded
     line costs more than decoding a range's own lines again.
     """
-    loads, decode_error, range_of = orjson.loads, orjson.JSONDecodeError, bisect.bisect_right
+    range_of, customer_of = bisect.bisect_right, _customer_of
     routed: list[list[int]] = [[] for _ in range(len(pivots) + 1)]
     for index, raw in enumerate(lines):
         if progress is not None and index and index % 50_000 == 0:
             progress(index)
-        try:
-            obj = loads(raw)
-        except decode_error:
-            routed[0].append(index)
-            continue
-        customer = obj.get("customer_id") if isinstance(obj, dict) else None
-        routed[range_of(pivots, customer) if isinstance(customer, str) else 0].append(index)
+        customer = customer_of(raw)
+        routed[0 if customer is None else range_of(pivots, customer)].append(index)
     return routed
+
+
+def _customer_of(raw: bytes) -> str | None:
+    """The line's ``customer_id`` if it is JSON with a string one, else None."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    customer = obj.get("customer_id") if isinstance(obj, dict) else None
+    return customer if isinstance(customer, str) else None
 
 
 def _parsed(lines: list[bytes], indexes: list[int],
@@ -313,9 +309,14 @@ def _discard(futures: list[Any]) -> None:
             _graded, _sizes, *paths = future.result()
         except BaseException:
             continue  # that process failed: it wrote nothing to read back
-        for path in paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        _remove(paths)
+
+
+def _remove(paths: list[str]) -> None:
+    """Delete these temporary files, those that exist."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
@@ -353,9 +354,7 @@ def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
             with os.fdopen(handle, "wb") as out:
                 out.writelines(blobs)
     except BaseException:
-        for path in paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        _remove(paths)
         raise
     for g in graded.values():
         g.tiers_csv = g.changes = b""

@@ -141,7 +141,7 @@ class Processor:
         state = None
         if stored is not None:
             cached = self.decoded.get(key)
-            if cached is not None and (cached[0] is stored or cached[0] == stored):
+            if cached is not None and cached[0] == stored:  # (== is an identity check first)
                 state = cached[1]  # stored by this process: nothing to republish
             else:
                 record = step.decode_record(stored)
