@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generate_events import generate  # noqa: E402
+from grader import nativecore  # noqa: E402
 
 AS_OF = "2026-11-22T00:00:00+08:00"
 PRESETS = ("abc-100", "sabcd-weighted", "stars")
@@ -74,6 +75,7 @@ def main() -> None:
             peak = max(peak, rss)
     cpus = len(os.sched_getaffinity(0))
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}")
+    print(f"core: {nativecore.status()}")  # the replay processes inherit this environment
     print(
         f"replay {args.events} events, {args.customers} customers, "
         f"presets {', '.join(PRESETS)}, workers {args.workers or cpus}"

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generate_events import generate  # noqa: E402
+from grader import nativecore  # noqa: E402
 from grader.services import Broker, free_port, start_broker  # noqa: E402
 from grader.stream.admin import kafka_module  # noqa: E402
 from grader.stream.produce import route  # noqa: E402
@@ -275,7 +276,8 @@ def main() -> None:
     lines = list(generate(args.customers, args.events, seed=7, as_of=AS_OF, months=11))
     cpus = len(os.sched_getaffinity(0))
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}; "
-          f"tansu in memory; {args.partitions} partitions; policies {args.policies}")
+          f"tansu in memory; {args.partitions} partitions; policies {args.policies}; "
+          f"core {nativecore.status()}")
     with tempfile.TemporaryDirectory() as tmp, start_broker() as broker:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

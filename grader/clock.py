@@ -42,7 +42,7 @@ def parse_instant(text: object) -> int:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise TimestampError("must be RFC 3339 with an offset, e.g. 2026-03-01T09:30:00+08:00")
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    year, month, day, hour, minute, second = [int(g) for g in match.groups()[:6]]
     fraction, zulu, sign, off_h, off_m = match.groups()[6:]
     micros = int((fraction or "").ljust(6, "0")[:6])
     try:

@@ -11,10 +11,20 @@ line's points under the key of what its metric depends on
 from __future__ import annotations
 
 from math import gcd
+from typing import Protocol
 
+from grader.metricref import MetricRef
 from grader.metrics import MetricView
 from grader.policy import Band, Bound, Line, Policy
 from grader.rational import Ratio
+
+
+class Metrics(Protocol):
+    """What score() reads: a MetricView, or given values in tests."""
+
+    def value(self, ref: MetricRef) -> Ratio | None:
+        """The value of ``ref`` (None when missing)."""
+        ...
 
 _UNSET = object()  # a dependency key no key equals
 
@@ -41,7 +51,7 @@ def line_points(line: Line, value: Ratio | None) -> Ratio:
     return value
 
 
-def score(policy: Policy, view: MetricView) -> tuple[Ratio, dict[str, Ratio]]:
+def score(policy: Policy, view: Metrics) -> tuple[Ratio, dict[str, Ratio]]:
     """The exact score of a policy and the points of each of its lines."""
     value_of = view.value
     points = [line_points(line, value_of(line.metric)) for line in policy.lines]

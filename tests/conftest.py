@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from grader import nativecore
 from grader.clock import parse_instant
 from grader.core import Grading
 from grader.events import Event, validate
@@ -17,6 +18,11 @@ from grader.policy import Policy, load_policy, parse_policy
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "config" / "policies"
 _ids = itertools.count(1)
+
+
+def pytest_report_header() -> str:
+    """Which core this run tests: the compiled one (scripts/setup builds it) or pure Python."""
+    return f"grader core: {nativecore.status()}"
 
 
 def preset(name: str) -> Policy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +11,20 @@ from pathlib import Path
 import orjson
 import pytest
 
+from grader import nativecore
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"
 AS_OF = "2026-11-22T00:00:00+08:00"
 
 
-def grader(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def grader(
+    *args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "grader", *map(str, args)],
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -245,38 +250,60 @@ def test_policy_check_prints_tiers_and_lines() -> None:
     assert grader("policy", "check", "config/policies/stars.toml").stdout.count("-star") >= 6
 
 
-def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
+def generated_events(tmp_path: Path) -> Path:
+    """21,000 generated lines (2,000 customers, duplicates and bad lines) in a file."""
     sys.path.insert(0, str(ROOT))
     from bench.generate_events import generate
 
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(generate(2000, 21000, seed=5, as_of=AS_OF)) + b"\n")
-    outputs = {}
-    for workers in ("1", "2"):
-        out = tmp_path / f"w{workers}"
-        result = grader(
-            "replay",
-            events,
-            "--as-of",
-            AS_OF,
-            "--policy",
-            "abc-100",
-            "--policy",
-            "sabcd-weighted",
-            "--policy",
-            "stars",
-            "--workers",
-            workers,
-            "--out",
-            out,
-        )
-        assert result.returncode == 0, result.stderr
-        outputs[workers] = {
-            name: (out / name).read_bytes() for name in ("tiers.csv", "dead-letters.jsonl")
-        }
-        changes = [orjson.loads(x) for x in (out / "tier-changes.jsonl").read_bytes().splitlines()]
-        outputs[workers]["changes"] = [
-            {k: v for k, v in c.items() if k != "emitted_at"} for c in changes
-        ]  # type: ignore[assignment]
-    assert outputs["1"] == outputs["2"]
-    assert outputs["1"]["tiers.csv"].count(b"\n") > 2000
+    return events
+
+
+def replay_outputs(
+    events: Path, out: Path, workers: str, env: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The three output files of a replay with the three presets (changes without emitted_at)."""
+    result = grader(
+        "replay",
+        events,
+        "--as-of",
+        AS_OF,
+        "--policy",
+        "abc-100",
+        "--policy",
+        "sabcd-weighted",
+        "--policy",
+        "stars",
+        "--workers",
+        workers,
+        "--out",
+        out,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    changes = [orjson.loads(x) for x in (out / "tier-changes.jsonl").read_bytes().splitlines()]
+    return {
+        "tiers.csv": (out / "tiers.csv").read_bytes(),
+        "dead-letters.jsonl": (out / "dead-letters.jsonl").read_bytes(),
+        "changes": [{k: v for k, v in c.items() if k != "emitted_at"} for c in changes],
+    }
+
+
+def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
+    events = generated_events(tmp_path)
+    one = replay_outputs(events, tmp_path / "w1", "1")
+    two = replay_outputs(events, tmp_path / "w2", "2")
+    assert one == two
+    assert one["tiers.csv"].count(b"\n") > 2000  # type: ignore[attr-defined]
+
+
+def test_compiled_and_pure_python_cores_write_the_same_files(tmp_path: Path) -> None:
+    why = nativecore.mismatch(honour_env=False)
+    if why is not None:
+        pytest.skip(f"the compiled core is not built here: {why}")
+    events = generated_events(tmp_path)
+    compiled = replay_outputs(events, tmp_path / "c", "2", env={nativecore.PURE_ENV: "0"})
+    pure = replay_outputs(events, tmp_path / "p", "2", env={nativecore.PURE_ENV: "1"})
+    assert compiled == pure
+    assert len(pure["changes"]) > 2000  # type: ignore[arg-type]

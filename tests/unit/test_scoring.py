@@ -8,7 +8,6 @@ import pytest
 
 from grader.core import apply_event, apply_tick, new_state
 from grader.metricref import MetricRef
-from grader.metrics import MetricView
 from grader.rational import Ratio, ratio, round2
 from grader.scoring import earned_tier, score
 from tests.conftest import at, event, grading, preset
@@ -19,8 +18,8 @@ SABCD = preset("sabcd-weighted")
 EPS = Fraction(1, 10**9)
 
 
-class FixedView(MetricView):
-    """A metric view with given values, to test scoring alone."""
+class FixedView:
+    """Given metric values, to test scoring alone (grader.scoring.Metrics)."""
 
     def __init__(self, values: dict[str, Fraction | None]) -> None:
         self._given = values

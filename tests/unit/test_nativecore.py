@@ -1,0 +1,107 @@
+"""The compiled core is used only when its build matches the sources and this Python."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grader import nativecore
+from grader.nativecore import CORE, PURE_ENV, SHARED, ext_suffix, manifest, mismatch, source_hashes
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    """A copy of the core sources with a complete build of them (empty module files)."""
+    for module in CORE:
+        shutil.copy(nativecore.PACKAGE / f"{module}.py", tmp_path / f"{module}.py")
+    compiled = tmp_path / "_compiled"
+    compiled.mkdir()
+    for module in (*CORE, SHARED):
+        (compiled / f"{module}{ext_suffix()}").write_bytes(b"")
+    (compiled / "manifest.json").write_bytes(manifest(source_hashes(tmp_path)))
+    return tmp_path
+
+
+def test_a_build_that_matches_is_used(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PURE_ENV, raising=False)
+    assert mismatch(package=package) is None
+
+
+def test_an_edited_source_turns_the_build_off(package: Path) -> None:
+    scoring = package / "scoring.py"
+    scoring.write_bytes(scoring.read_bytes() + b"\n# edited\n")
+    assert "a core source changed" in str(mismatch(honour_env=False, package=package))
+
+
+def test_a_missing_module_turns_the_build_off(package: Path) -> None:
+    (package / "_compiled" / f"metrics{ext_suffix()}").unlink()
+    assert mismatch(honour_env=False, package=package) == "compiled module missing: metrics"
+
+
+def test_a_build_for_another_python_is_not_used(package: Path) -> None:
+    other = manifest(source_hashes(package)).replace(
+        sys.implementation.cache_tag.encode(), b"cpython-399"
+    )
+    (package / "_compiled" / "manifest.json").write_bytes(other)
+    assert "built for another Python" in str(mismatch(honour_env=False, package=package))
+
+
+@pytest.mark.parametrize("contents", [None, b"{not json"])
+def test_no_manifest_or_a_broken_one_means_pure_python(
+    package: Path, contents: bytes | None
+) -> None:
+    path = package / "_compiled" / "manifest.json"
+    if contents is None:
+        path.unlink()
+    else:
+        path.write_bytes(contents)
+    why = str(mismatch(honour_env=False, package=package))
+    assert ("not built" if contents is None else "is not JSON") in why
+
+
+def test_the_environment_turns_the_build_off(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PURE_ENV, "1")
+    assert mismatch(package=package) == f"{PURE_ENV} is set"
+    assert mismatch(honour_env=False, package=package) is None
+
+
+def core_files(env: dict[str, str]) -> list[str]:
+    """Where a fresh process loads each core module from, and its status line."""
+    code = (
+        "import importlib, grader.nativecore as n\n"
+        "for m in n.CORE: print(importlib.import_module('grader.' + m).__file__)\n"
+        "print(n.status())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def test_pure_python_when_asked() -> None:
+    *files, status = core_files({PURE_ENV: "1"})
+    assert all(f.endswith(".py") for f in files), files
+    assert status == f"pure Python ({PURE_ENV} is set)"
+
+
+def test_every_core_module_loads_compiled_when_built() -> None:
+    why = mismatch(honour_env=False)
+    if why is not None:
+        pytest.skip(f"the compiled core is not built here: {why}")
+    *files, status = core_files({PURE_ENV: "0"})
+    assert all(f.endswith(ext_suffix()) for f in files), files
+    assert all(Path(f).parent == nativecore.COMPILED for f in files)
+    assert status == "compiled"
