@@ -245,6 +245,11 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         except Exception as exc:  # a timer's error would crash the worker; retried next time
             log.warning("checking for stalled input partitions failed: %r", exc)
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def report_loop() -> None:
+        loop = type(asyncio.get_running_loop())
+        log.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
+
     if store != "memory://":
         @app.task  # type: ignore[untyped-decorator]
         async def record_changelog_ids() -> None:

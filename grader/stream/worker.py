@@ -42,6 +42,25 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def use_uvloop() -> bool:
+    """Run Faust on uvloop when it is installed (a declared dependency on Linux and macOS).
+
+    Must come before Faust creates its event loops (the main one and its
+    consumer thread's). bench/worker_bench.py measured 13-55% more events/s
+    than on asyncio's default loop, in six runs of each, alternated
+    (docs/performance.md).
+    """
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        log.warning("uvloop is not installed: the worker runs on asyncio's default loop")
+        return False
+    import mode.loop
+
+    mode.loop.use("uvloop")
+    return True
+
+
 def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> int:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     from grader.stream.admin import ensure_topics
@@ -51,6 +70,7 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
                   load_topics(settings.topic_prefix, settings.partitions).values())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
+    use_uvloop()
     import faust
 
     from grader.stream.app import create_app

@@ -220,6 +220,7 @@ def test_end_to_end_equals_replay(stream: Stream, tmp_path: Path) -> None:
     changes = [orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5)]
     ids = [c["event_id"] for c in changes]
     assert len(ids) == len(set(ids)), "one worker, no restart: no tier change twice"
+    assert "event loop: uvloop." in stream.workers[0].log()  # grader.stream.worker.use_uvloop
     assert stream.workers[0].stop() == 0
 
 
