@@ -1,20 +1,26 @@
 """``python -m grader.nativebuild [--if-stale | --status]``: compile the grading core with mypyc.
 
-See grader/nativecore.py for what is compiled and when it is used, and
-docs/performance.md for why. Needs mypy (the dev extra) and a C compiler.
+See grader/nativecore.py for what is compiled, where it goes and when it is
+used, and docs/performance.md for why. Needs mypy (the dev extra) and a C
+compiler. Concurrent builds are safe: each compiles in its own temporary
+directory and renames a complete build into place; ``current`` is replaced
+atomically, and a build that does not match the sources is never used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from grader.nativecore import (
     COMPILED,
     CORE,
+    CURRENT,
     GROUP,
     MANIFEST,
     PACKAGE,
@@ -25,20 +31,28 @@ from grader.nativecore import (
     status,
 )
 
+KEEP_OLD_BUILDS_FOR = 600.0  # seconds: a process may be between its check and its imports
 
-def build() -> None:
-    """Compile CORE into COMPILED (replacing what is there) and write the manifest last."""
+
+class BuildError(Exception):
+    """The build could not be made; the message says why."""
+
+
+def build(package: Path = PACKAGE) -> Path:
+    """Compile CORE of ``package`` into a new build directory and make it current."""
     from mypyc.build import mypycify  # the dev extra (mypy) brings mypyc
     from setuptools import Distribution
 
-    sources = source_hashes()  # before compiling: an edit during the build makes it stale
-    with tempfile.TemporaryDirectory(prefix="grader-mypyc-") as tmp:
+    compiled = package / COMPILED.name
+    compiled.mkdir(exist_ok=True)
+    sources = source_hashes(package)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=compiled) as tmp:
         work = Path(tmp)
         cwd = os.getcwd()
-        os.chdir(PACKAGE.parent)  # mypy names the modules from here (grader.scoring, ...)
+        os.chdir(package.parent)  # mypy names the modules from here (grader.scoring, ...)
         try:
             extensions = mypycify(
-                [f"grader/{m}.py" for m in CORE],
+                [f"{package.name}/{m}.py" for m in CORE],
                 opt_level="3",
                 group_name=GROUP,
                 target_dir=str(work / "c"),
@@ -51,11 +65,34 @@ def build() -> None:
             dist.run_command("build_ext")
         finally:
             os.chdir(cwd)
-        shutil.rmtree(COMPILED, ignore_errors=True)
-        COMPILED.mkdir()
-        for built in (work / "lib" / "grader").glob(f"*{ext_suffix()}"):
-            shutil.copy2(built, COMPILED / built.name)
-    MANIFEST.write_bytes(manifest(sources))
+        if source_hashes(package) != sources:
+            raise BuildError("a core source changed during the build; build again")
+        out = work / "out"
+        out.mkdir()
+        for built in (work / "lib" / package.name).glob(f"*{ext_suffix()}"):
+            shutil.copy2(built, out / built.name)
+        body = manifest(sources)
+        (out / MANIFEST).write_bytes(body)
+        final = compiled / hashlib.sha256(body).hexdigest()[:16]
+        try:
+            out.rename(final)
+        except OSError:
+            if not (final / MANIFEST).is_file():  # else: the same build is already there
+                raise
+    pointer = compiled / f"{CURRENT}.{os.getpid()}"
+    pointer.write_text(final.name + "\n")
+    pointer.replace(compiled / CURRENT)
+    _prune(compiled, keep=final)
+    return final
+
+
+def _prune(compiled: Path, keep: Path) -> None:
+    """Remove older builds (not ``keep``, not another build's temporary directory)."""
+    now = time.time()
+    for entry in compiled.iterdir():
+        if (entry.is_dir() and entry != keep and not entry.name.startswith("build-")
+                and now - entry.stat().st_mtime > KEEP_OLD_BUILDS_FOR):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args == ["--if-stale"] and mismatch(honour_env=False) is None:
         return 0
-    build()
+    try:
+        final = build()
+    except BuildError as exc:
+        print(f"grader.nativebuild: {exc}", file=sys.stderr)
+        return 1
     why = mismatch(honour_env=False)
     if why is not None:
         print(f"grader.nativebuild: the build did not take: {why}", file=sys.stderr)
         return 1
-    print(f"grader.nativebuild: compiled {len(CORE)} core modules into {COMPILED}")
+    print(f"grader.nativebuild: compiled {len(CORE)} core modules into {final}")
     return 0
 
 

@@ -298,12 +298,49 @@ def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
     assert one["tiers.csv"].count(b"\n") > 2000  # type: ignore[attr-defined]
 
 
-def test_compiled_and_pure_python_cores_write_the_same_files(tmp_path: Path) -> None:
+def core_status(env: dict[str, str]) -> str:
+    """What `python -m grader.nativebuild --status` says in this environment."""
+    result = subprocess.run(
+        [sys.executable, "-m", "grader.nativebuild", "--status"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def needs_compiled_core() -> None:
     why = nativecore.mismatch(honour_env=False)
     if why is not None:
         pytest.skip(f"the compiled core is not built here: {why}")
+
+
+def test_compiled_and_pure_python_cores_write_the_same_files(tmp_path: Path) -> None:
+    needs_compiled_core()
+    compiled_env, pure_env = {nativecore.PURE_ENV: "0"}, {nativecore.PURE_ENV: "1"}
+    assert core_status(compiled_env) == "compiled"
+    assert core_status(pure_env).startswith("pure Python")
     events = generated_events(tmp_path)
-    compiled = replay_outputs(events, tmp_path / "c", "2", env={nativecore.PURE_ENV: "0"})
-    pure = replay_outputs(events, tmp_path / "p", "2", env={nativecore.PURE_ENV: "1"})
+    compiled = replay_outputs(events, tmp_path / "c", "2", env=compiled_env)
+    pure = replay_outputs(events, tmp_path / "p", "2", env=pure_env)
     assert compiled == pure
     assert len(pure["changes"]) > 2000  # type: ignore[arg-type]
+
+
+def test_the_unit_tests_pass_on_the_pure_python_core_too() -> None:
+    """The rest of this run tests the compiled core; pure Python is the reference and fallback."""
+    needs_compiled_core()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "tests/unit"],
+        cwd=ROOT,
+        env={**os.environ, nativecore.PURE_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "grader core: pure Python (GRADER_PURE_PYTHON is set)" in result.stdout
+    assert " passed" in result.stdout.splitlines()[-1]

@@ -11,36 +11,54 @@ from pathlib import Path
 import pytest
 
 from grader import nativecore
-from grader.nativecore import CORE, PURE_ENV, SHARED, ext_suffix, manifest, mismatch, source_hashes
+from grader.nativecore import (
+    CORE,
+    DEPENDS,
+    PURE_ENV,
+    SHARED,
+    check,
+    ext_suffix,
+    manifest,
+    mismatch,
+    source_hashes,
+)
 from tests.conftest import ROOT
 
 
 @pytest.fixture
 def package(tmp_path: Path) -> Path:
     """A copy of the core sources with a complete build of them (empty module files)."""
-    for module in CORE:
+    for module in (*CORE, *DEPENDS):
         shutil.copy(nativecore.PACKAGE / f"{module}.py", tmp_path / f"{module}.py")
-    compiled = tmp_path / "_compiled"
-    compiled.mkdir()
+    build = tmp_path / "_compiled" / "b1"
+    build.mkdir(parents=True)
     for module in (*CORE, SHARED):
-        (compiled / f"{module}{ext_suffix()}").write_bytes(b"")
-    (compiled / "manifest.json").write_bytes(manifest(source_hashes(tmp_path)))
+        (build / f"{module}{ext_suffix()}").write_bytes(b"")
+    (build / "manifest.json").write_bytes(manifest(source_hashes(tmp_path)))
+    (tmp_path / "_compiled" / "current").write_text("b1\n")
     return tmp_path
 
 
 def test_a_build_that_matches_is_used(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PURE_ENV, raising=False)
-    assert mismatch(package=package) is None
+    assert check(package=package) == (None, package / "_compiled" / "b1")
 
 
-def test_an_edited_source_turns_the_build_off(package: Path) -> None:
-    scoring = package / "scoring.py"
-    scoring.write_bytes(scoring.read_bytes() + b"\n# edited\n")
+@pytest.mark.parametrize("module", ["scoring", "policy"])
+def test_an_edited_source_turns_the_build_off(package: Path, module: str) -> None:
+    """A core module, or a module the compiled code was built against."""
+    source = package / f"{module}.py"
+    source.write_bytes(source.read_bytes() + b"\n# edited\n")
     assert "a core source changed" in str(mismatch(honour_env=False, package=package))
 
 
+def test_a_missing_source_turns_the_build_off(package: Path) -> None:
+    (package / "money.py").unlink()
+    assert "a core source cannot be read" in str(mismatch(honour_env=False, package=package))
+
+
 def test_a_missing_module_turns_the_build_off(package: Path) -> None:
-    (package / "_compiled" / f"metrics{ext_suffix()}").unlink()
+    (package / "_compiled" / "b1" / f"metrics{ext_suffix()}").unlink()
     assert mismatch(honour_env=False, package=package) == "compiled module missing: metrics"
 
 
@@ -48,21 +66,30 @@ def test_a_build_for_another_python_is_not_used(package: Path) -> None:
     other = manifest(source_hashes(package)).replace(
         sys.implementation.cache_tag.encode(), b"cpython-399"
     )
-    (package / "_compiled" / "manifest.json").write_bytes(other)
+    (package / "_compiled" / "b1" / "manifest.json").write_bytes(other)
     assert "built for another Python" in str(mismatch(honour_env=False, package=package))
 
 
-@pytest.mark.parametrize("contents", [None, b"{not json"])
-def test_no_manifest_or_a_broken_one_means_pure_python(
-    package: Path, contents: bytes | None
-) -> None:
-    path = package / "_compiled" / "manifest.json"
-    if contents is None:
-        path.unlink()
+@pytest.mark.parametrize(
+    ("broken", "why"),
+    [
+        ("no current", "not built"),
+        ("no manifest", "not built"),
+        ("manifest not JSON", "manifest cannot be read"),
+        ("current names a path", "does not name a build directory"),
+    ],
+)
+def test_no_build_or_a_broken_one_means_pure_python(package: Path, broken: str, why: str) -> None:
+    compiled = package / "_compiled"
+    if broken == "no current":
+        (compiled / "current").unlink()
+    elif broken == "no manifest":
+        (compiled / "b1" / "manifest.json").unlink()
+    elif broken == "manifest not JSON":
+        (compiled / "b1" / "manifest.json").write_bytes(b"{not json")
     else:
-        path.write_bytes(contents)
-    why = str(mismatch(honour_env=False, package=package))
-    assert ("not built" if contents is None else "is not JSON") in why
+        (compiled / "current").write_text("../b1\n")
+    assert why in str(mismatch(honour_env=False, package=package))
 
 
 def test_the_environment_turns_the_build_off(
@@ -102,6 +129,7 @@ def test_every_core_module_loads_compiled_when_built() -> None:
     if why is not None:
         pytest.skip(f"the compiled core is not built here: {why}")
     *files, status = core_files({PURE_ENV: "0"})
-    assert all(f.endswith(ext_suffix()) for f in files), files
-    assert all(Path(f).parent == nativecore.COMPILED for f in files)
+    build = check(honour_env=False)[1]
+    assert build is not None and build.parent == nativecore.COMPILED
+    assert all(Path(f).parent == build and f.endswith(ext_suffix()) for f in files), files
     assert status == "compiled"
