@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,31 @@ from grader.policy import Policy, load_policy, parse_policy
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "config" / "policies"
 _ids = itertools.count(1)
+
+
+def core_files(env: dict[str, str]) -> list[str]:
+    """In a fresh process with ``env``: where each core module loads from, then its status."""
+    code = (
+        "import importlib, grader.nativecore as n\n"
+        "for m in n.CORE: print(importlib.import_module('grader.' + m).__file__)\n"
+        "print(n.status())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def needs_compiled_core() -> None:
+    """Skip (saying why) where the compiled core could not be built."""
+    why = nativecore.mismatch(honour_env=False)
+    if why is not None:
+        pytest.skip(f"the compiled core is not built here: {why}")
 
 
 def pytest_report_header() -> str:

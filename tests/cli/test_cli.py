@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from grader import nativecore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, core_files, needs_compiled_core
 
 DATA = ROOT / "tests" / "data"
 AS_OF = "2026-11-22T00:00:00+08:00"
@@ -298,30 +298,11 @@ def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
     assert one["tiers.csv"].count(b"\n") > 2000  # type: ignore[attr-defined]
 
 
-def core_status(env: dict[str, str]) -> str:
-    """What `python -m grader.nativebuild --status` says in this environment."""
-    result = subprocess.run(
-        [sys.executable, "-m", "grader.nativebuild", "--status"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
-def needs_compiled_core() -> None:
-    why = nativecore.mismatch(honour_env=False)
-    if why is not None:
-        pytest.skip(f"the compiled core is not built here: {why}")
-
-
 def test_compiled_and_pure_python_cores_write_the_same_files(tmp_path: Path) -> None:
     needs_compiled_core()
     compiled_env, pure_env = {nativecore.PURE_ENV: "0"}, {nativecore.PURE_ENV: "1"}
-    assert core_status(compiled_env) == "compiled"
-    assert core_status(pure_env).startswith("pure Python")
+    assert core_files(compiled_env)[-1] == "compiled"
+    assert core_files(pure_env)[-1].startswith("pure Python")
     events = generated_events(tmp_path)
     compiled = replay_outputs(events, tmp_path / "c", "2", env=compiled_env)
     pure = replay_outputs(events, tmp_path / "p", "2", env=pure_env)

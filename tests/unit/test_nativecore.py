@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from grader.nativecore import (
     mismatch,
     source_hashes,
 )
-from tests.conftest import ROOT
+from tests.conftest import core_files, needs_compiled_core
 
 
 @pytest.fixture
@@ -100,34 +98,14 @@ def test_the_environment_turns_the_build_off(
     assert mismatch(honour_env=False, package=package) is None
 
 
-def core_files(env: dict[str, str]) -> list[str]:
-    """Where a fresh process loads each core module from, and its status line."""
-    code = (
-        "import importlib, grader.nativecore as n\n"
-        "for m in n.CORE: print(importlib.import_module('grader.' + m).__file__)\n"
-        "print(n.status())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.splitlines()
-
-
 def test_pure_python_when_asked() -> None:
-    *files, status = core_files({PURE_ENV: "1"})
+    *files, status = core_files({PURE_ENV: "1"})  # tests.conftest
     assert all(f.endswith(".py") for f in files), files
     assert status == f"pure Python ({PURE_ENV} is set)"
 
 
 def test_every_core_module_loads_compiled_when_built() -> None:
-    why = mismatch(honour_env=False)
-    if why is not None:
-        pytest.skip(f"the compiled core is not built here: {why}")
+    needs_compiled_core()
     *files, status = core_files({PURE_ENV: "0"})
     build = check(honour_env=False)[1]
     assert build is not None and build.parent == nativecore.COMPILED
