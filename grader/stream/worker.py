@@ -46,8 +46,8 @@ def use_uvloop() -> bool:
     """Run Faust on uvloop when it is installed (a declared dependency on Linux and macOS).
 
     Must come before Faust creates its event loops (the main one and its
-    consumer thread's). bench/worker_bench.py measured 13-55% more events/s
-    than on asyncio's default loop, in six runs of each, alternated
+    consumer thread's). bench/worker_bench.py measured 8-55% more events/s
+    than on asyncio's default loop, in nine pairs of runs, alternated
     (docs/performance.md).
     """
     try:
