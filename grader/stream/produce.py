@@ -13,8 +13,8 @@ from grader.events import TOPIC_OF_TYPE, ParseContext, Rejection, parse_event
 from grader.stream import step
 from grader.stream.admin import (
     KafkaError,
-    admin_client,
     bootstrap_servers,
+    connected,
     described_topics,
     kafka_module,
 )
@@ -95,11 +95,8 @@ def send_tick(kafka_url: str, prefix: str, as_of: int) -> int:
     """Send one tick message to every partition of the ticks topic; return how many."""
     kafka = kafka_module()
     topic = prefix + TICKS
-    admin = admin_client(kafka_url)
-    try:
+    with connected(kafka_url) as admin:
         described = described_topics(admin, [topic]).get(topic)
-    finally:
-        admin.close()
     if described is None:
         raise KafkaError(f"topic {topic} does not exist: start `grader worker` first")
     partitions = sorted(p["partition_index"] for p in described["partitions"])
