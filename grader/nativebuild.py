@@ -9,6 +9,7 @@ atomically, and a build that does not match the sources is never used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -79,15 +80,26 @@ def build(package: Path = PACKAGE) -> Path:
         except OSError:
             if not (final / MANIFEST).is_file():  # else: the same build is already there
                 raise
-    pointer = compiled / f"{CURRENT}.{os.getpid()}"
-    pointer.write_text(final.name + "\n")
-    pointer.replace(compiled / CURRENT)
+    _make_current(compiled, final)
     _prune(compiled, keep=final)
     return final
 
 
+def _make_current(compiled: Path, build: Path) -> None:
+    """Point ``current`` at ``build`` atomically; the build it replaces is stamped now,
+    so that _prune counts its grace period from when it stopped being current."""
+    with contextlib.suppress(OSError):  # no previous build, or it was removed
+        name = (compiled / CURRENT).read_text().strip()
+        if name and Path(name).name == name and compiled / name != build:
+            os.utime(compiled / name)
+    pointer = compiled / f"{CURRENT}.{os.getpid()}"
+    pointer.write_text(build.name + "\n")
+    pointer.replace(compiled / CURRENT)
+
+
 def _prune(compiled: Path, keep: Path) -> None:
-    """Remove older builds (not ``keep``, not another build's temporary directory)."""
+    """Remove builds that stopped being current over KEEP_OLD_BUILDS_FOR seconds ago
+    (never ``keep`` or another build's temporary directory)."""
     now = time.time()
     for entry in compiled.iterdir():
         if (entry.is_dir() and entry != keep and not entry.name.startswith("build-")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from grader import nativecore
+from grader import nativebuild, nativecore
 from grader.nativecore import (
     CORE,
     DEPENDS,
@@ -111,3 +113,19 @@ def test_every_core_module_loads_compiled_when_built() -> None:
     assert build is not None and build.parent == nativecore.COMPILED
     assert all(Path(f).parent == build and f.endswith(ext_suffix()) for f in files), files
     assert status == "compiled"
+
+
+def test_a_replaced_build_is_kept_for_a_while_then_removed(tmp_path: Path) -> None:
+    """The grace period counts from when a build stopped being current, not from its build."""
+    long_ago = time.time() - 2 * nativebuild.KEEP_OLD_BUILDS_FOR
+    for name in ("old", "older", "new", "build-running"):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (long_ago, long_ago))
+    (tmp_path / "current").write_text("old\n")
+    nativebuild._make_current(tmp_path, tmp_path / "new")
+    nativebuild._prune(tmp_path, keep=tmp_path / "new")
+    assert (tmp_path / "current").read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build-running", "current", "new", "old"]
+    os.utime(tmp_path / "old", (long_ago, long_ago))  # replaced long ago
+    nativebuild._prune(tmp_path, keep=tmp_path / "new")
+    assert not (tmp_path / "old").exists()
