@@ -42,7 +42,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def use_uvloop() -> bool:
+def use_uvloop() -> None:
     """Run Faust on uvloop when it is installed (a declared dependency on Linux and macOS).
 
     Must come before Faust creates its event loops (the main one and its
@@ -54,11 +54,10 @@ def use_uvloop() -> bool:
         import uvloop  # noqa: F401
     except ImportError:
         log.warning("uvloop is not installed: the worker runs on asyncio's default loop")
-        return False
+        return
     import mode.loop
 
     mode.loop.use("uvloop")
-    return True
 
 
 def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> int:
