@@ -12,7 +12,7 @@ import orjson
 
 from grader.state import CustomerState, Invoice, TierState
 
-VERSION = 1
+VERSION = 2  # 2 added "digests"; a version 1 state loads with none (no conflict is seen)
 
 
 def dump_state(state: CustomerState) -> bytes:
@@ -24,6 +24,7 @@ def dump_state(state: CustomerState) -> bytes:
             "as_of": state.as_of,
             "horizon": state.horizon,
             "seen": state.seen,
+            "digests": state.digests,
             "first": state.first_activity,
             "last_sale": state.last_sale,
             "lifetime": state.lifetime_sales,
@@ -50,13 +51,14 @@ def dump_state(state: CustomerState) -> bytes:
 def load_state(data: bytes) -> CustomerState:
     """Rebuild a customer's state from ``dump_state`` output."""
     raw: dict[str, Any] = orjson.loads(data)
-    if raw.get("v") != VERSION:
+    if raw.get("v") not in (1, VERSION):
         raise ValueError(f"unsupported state version {raw.get('v')!r}")
     state = CustomerState(
         raw["id"],
         as_of=raw["as_of"],
         horizon=raw["horizon"],
         seen=raw["seen"],
+        digests=raw.get("digests", {}),
         first_activity=raw["first"],
         last_sale=raw["last_sale"],
         lifetime_sales=raw["lifetime"],

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from grader.clock import format_instant, local_month, month_start
-from grader.events import ACTIVITY_TYPES, Event, ParseContext
+from grader.events import ACTIVITY_TYPES, Event, ParseContext, content_digest
 from grader.metrics import MetricView
 from grader.policy import Policy
 from grader.rational import Ratio, display
@@ -86,6 +86,7 @@ class StepResult:
     status: str  # "applied" | "duplicate" | "expired" | "ignored"
     changes: list[dict[str, Any]] = field(default_factory=list)
     snapshot_changed: bool = False
+    conflict: bool = False  # a duplicate whose content differs from the event applied
 
 
 def new_state(customer_id: str) -> CustomerState:
@@ -98,7 +99,9 @@ def apply_event(state: CustomerState, event: Event, grading: Grading, now_us: in
     if event.type not in ACTIVITY_TYPES and event.type != "override":
         return StepResult(state, "ignored")  # tickets order support queues, not grades
     if event.event_id in state.seen:
-        return StepResult(state, "duplicate")
+        known = state.digests.get(event.event_id)
+        conflict = known is not None and known != content_digest(event)
+        return StepResult(state, "duplicate", conflict=conflict)
     if event.ts < state.horizon:
         return StepResult(state, "expired")
     blacklisted = state.blacklisted

@@ -8,7 +8,9 @@ docs/events.md.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -79,6 +81,17 @@ class Event:
     subject: str | None = None
 
 
+def content_digest(event: Event) -> int:
+    """A CRC-32 of everything an event says, to tell a duplicate of it from a
+    different event reusing its id. Stable across processes (unlike ``hash``)."""
+    text = "\x1f".join(map(str, (
+        event.type, event.customer_id, event.ts, event.amount, event.invoice_id,
+        event.gross_profit, event.kind, event.indicator, event.score, event.action,
+        event.policy, event.tier, event.actor, event.reason, event.ticket_id, event.queue,
+        event.subject)))
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
 @dataclass(frozen=True, slots=True)
 class ParseContext:
     """What validation needs to know: currency, policies' tiers, live clock."""
@@ -94,17 +107,40 @@ class _Reject(Exception):
         self.rejection = Rejection(code, fld, message)
 
 
-def original_fields(raw: bytes) -> dict[str, str]:
+NO_VALUE = Rejection("no_value", None, "the message has no value (null, a tombstone)")
+#: The most bytes of a rejected message that a dead letter carries (docs/events.md).
+RAW_KEPT = 64 * 1024
+
+
+def original_fields(raw: bytes | None, kept: int | None = RAW_KEPT) -> dict[str, Any]:
     """A rejected message's bytes for a dead letter: ``{"raw": text}`` when they are
-    UTF-8, else ``{"raw_base64": ...}``, so nothing of the original is lost."""
+    UTF-8, else ``{"raw_base64": ...}``; ``{"raw": None}`` for no value at all.
+
+    Past ``kept`` bytes only the first ``kept`` are kept (base64), with the
+    size and SHA-256 of the whole (``raw_bytes``, ``raw_sha256``): a dead letter
+    on Kafka must stay well within the broker's message size; the message
+    itself stays in its topic, at the offset the dead letter names. Replay's
+    dead letters (a file) pass ``kept=None`` and keep every byte.
+    """
+    if raw is None:
+        return {"raw": None}
+    if kept is not None and len(raw) > kept:
+        return {"raw_base64": base64.b64encode(raw[:kept]).decode("ascii"),
+                "raw_truncated": True, "raw_bytes": len(raw),
+                "raw_sha256": hashlib.sha256(raw).hexdigest()}
     try:
         return {"raw": raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {"raw_base64": base64.b64encode(raw).decode("ascii")}
 
 
-def parse_event(raw: bytes | str, ctx: ParseContext) -> Event | Rejection:
-    """Decode and validate one event; never raises for bad input."""
+def parse_event(raw: bytes | str | None, ctx: ParseContext) -> Event | Rejection:
+    """Decode and validate one event; never raises for bad input.
+
+    ``raw`` is None for a Kafka message without a value (a tombstone).
+    """
+    if raw is None:
+        return NO_VALUE
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -170,7 +206,7 @@ def common_event(obj: dict[str, Any], ctx: ParseContext) -> Event | None:
         ):
             return Event(event_id, etype, customer_id, ts, occurred_at, kind=kind)
         return None
-    if etype not in _MONEY_TYPES:
+    if type(etype) is not str or etype not in _MONEY_TYPES:  # a list or dict is unhashable
         return None
     currency, invoice_id = obj.get("currency"), obj.get("invoice_id")
     if type(currency) is not str or currency != ctx.currency or not _CURRENCY.fullmatch(currency):

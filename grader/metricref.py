@@ -98,7 +98,7 @@ def parse_metric(text: object) -> MetricRef:
     window, arg = None, None
     for kind, value in zip(kinds, args, strict=True):
         if kind == "N":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_WINDOW:
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_WINDOW:
                 raise ValueError(f"metric {text!r}: window must be 1..{MAX_WINDOW} months")
             window = int(value)
         else:

@@ -15,7 +15,7 @@ from decimal import Decimal
 MINOR_PER_MAJOR = 100
 MAX_MAJOR = 10**12
 
-_AMOUNT = re.compile(r"(\d+)(?:\.(\d{1,2}))?")
+_AMOUNT = re.compile(r"(\d+)(?:\.(\d{1,2}))?", re.ASCII)  # ASCII digits only
 
 
 class MoneyError(ValueError):

@@ -523,7 +523,7 @@ def parse_condition(text: object) -> tuple[Bound | None, Bound | None]:
     return lo, hi
 
 
-_COMPARISON = re.compile(r"(>=|<=|==|>|<)\s*([-+]?\d+(?:\.\d+)?)")
+_COMPARISON = re.compile(r"(>=|<=|==|>|<)\s*([-+]?\d+(?:\.\d+)?)", re.ASCII)
 
 
 def _cmp(a: Ratio, b: Ratio) -> int:

@@ -63,6 +63,7 @@ class ReplayStats:
     after_as_of: int = 0
     applied: int = 0
     duplicate: int = 0
+    conflicting: int = 0  # duplicates whose content differs from the event applied
     expired: int = 0
     ignored: int = 0
     customers: int = 0
@@ -239,6 +240,7 @@ def _grade(
     steps = [apply_event(state, event, grading, now_us) for event in events]
     for status, count in Counter(step.status for step in steps).items():
         setattr(stats, status, getattr(stats, status) + count)
+    stats.conflicting += sum(step.conflict for step in steps)
     steps.append(apply_tick(state, as_of, grading, now_us))
     for step in steps:
         for change in step.changes:
@@ -388,7 +390,7 @@ def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]
         "field": rejection.field,
         "message": rejection.message,
     }
-    record.update(original_fields(raw))
+    record.update(original_fields(raw, kept=None))
     return record
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from grader.clock import local_day, local_month, month_start
-from grader.events import Event
+from grader.clock import NEVER, local_day, local_month, month_start
+from grader.events import Event, content_digest
 
 # A month bucket: [sales, refunds, gross_profit, sales_with_gross_profit, sale_count]
 SALES, REFUNDS, GP, GP_COUNT, COUNT = range(5)
@@ -87,10 +87,11 @@ class CustomerState:
     """Everything grader keeps about one customer."""
 
     customer_id: str
-    as_of: int = 0
-    horizon: int = 0
-    horizon_until: int = 0  # as_of may grow up to here before the horizon must be recomputed
-    seen: dict[str, int] = field(default_factory=dict)
+    as_of: int = NEVER  # before 1970 is a time like any other, so "none yet" is NEVER, not 0
+    horizon: int = NEVER
+    horizon_until: int = NEVER  # as_of may grow up to here before the horizon must be recomputed
+    seen: dict[str, int] = field(default_factory=dict)  # event_id -> occurred_at (us)
+    digests: dict[str, int] = field(default_factory=dict)  # event_id -> content_digest
     first_activity: int | None = None
     last_sale: int | None = None
     lifetime_sales: int = 0
@@ -130,6 +131,7 @@ class CustomerState:
 def record(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
     """Add one new (not duplicate, not expired) event to the state."""
     state.seen[event.event_id] = event.ts
+    state.digests[event.event_id] = content_digest(event)
     _RECORDERS[event.type](state, event, tzs)
 
 
@@ -259,6 +261,7 @@ def prune(state: CustomerState, horizon: int) -> None:
     if not state.seen or min(state.seen.values()) >= horizon:
         return
     state.seen = {eid: ts for eid, ts in state.seen.items() if ts >= horizon}
+    state.digests = {eid: d for eid, d in state.digests.items() if eid in state.seen}
     state.buckets_rev += 1
     state.invoices_rev += 1
     state.interactions_rev += 1
