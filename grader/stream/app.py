@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Container, Iterable
 from pathlib import Path
@@ -24,19 +25,21 @@ from zoneinfo import ZoneInfo
 
 import faust
 
-from grader.clock import format_instant
+from grader.clock import NEVER, format_instant
 from grader.core import Grading
+from grader.events import Rejection
 from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.state import CustomerState
 from grader.stream import step
 from grader.stream.admin import bootstrap_servers
 from grader.stream.localstate import changelogs_of, record_when_created
+from grader.stream.notices import Notices
 from grader.stream.options import StreamOptions
 from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
-from grader.stream.topology import INPUTS, TICKS, partition_of
+from grader.stream.topology import INPUTS, REPARTITION, TICKS
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -68,7 +71,8 @@ class Batch:
         self.states: dict[bytes, CustomerState | None] = {}  # loaded or changed
         self.store: dict[bytes, tuple[int, CustomerState]] = {}  # records to write, by key
         self.outputs: dict[bytes, list[step.Output]] = {}  # per customer, stored with it
-        self.dead: list[step.Output] = []  # dead letters (deterministic, not stored)
+        self.unstored: list[step.Output] = []  # dead letters, forwards: follow from the message
+        self.applied: dict[bytes, list[step.Incoming]] = {}  # what changed each live state
         self.clocks: dict[int, int] = {}  # partition -> its clock, read once per batch
 
     def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
@@ -78,6 +82,12 @@ class Batch:
             self.store[key] = (partition, outcome.state)
         if outcome.outputs:
             self.outputs.setdefault(key, []).extend(outcome.outputs)
+
+    def forget(self, key: bytes) -> list[step.Incoming]:
+        """Drop customer ``key``'s live state and outputs; the messages that had changed it."""
+        for kept in (self.states, self.store, self.outputs):
+            kept.pop(key, None)
+        return self.applied.pop(key, [])
 
 
 class Processor:
@@ -95,6 +105,7 @@ class Processor:
         # The records this process stored, decoded: key -> (the bytes stored, state).
         # A cached state is used only while the table still holds those same bytes.
         self.decoded: dict[bytes, tuple[bytes, CustomerState]] = {}
+        self.notices = Notices(log)
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
@@ -118,15 +129,48 @@ class Processor:
 
     def grade(self, msg: step.Incoming, batch: Batch) -> None:
         """Step one input message against the batch's live state of its customer."""
-        key = msg.key
-        owner = partition_of(key, self.partitions) if key else None
-        outcome = step.handle_event(msg, lambda: self.state_of(key or b"", msg.partition, batch),
-                                    self.batch_clock(msg.partition, batch), self.grading,
-                                    now_us(), owner)
-        if outcome.status == "rejected" or not key:
-            batch.dead += outcome.outputs
+        loaded: list[bytes] = []
+
+        def load(key: bytes) -> CustomerState | None:
+            loaded.append(key)
+            return self.state_of(key, msg.partition, batch)
+
+        try:
+            outcome = step.handle_event(msg, load, self.batch_clock(msg.partition, batch),
+                                        self.grading, now_us(), self.partitions)
+        except Exception as exc:  # a defect in grader: it must not stop the worker
+            outcome = self.failed(msg, batch, loaded, exc)
+        self.note(msg, outcome)
+        if outcome.state is None:
+            batch.unstored += outcome.outputs
         else:
+            key = outcome.state.customer_id.encode()
             batch.add(key, msg.partition, outcome)
+            batch.applied.setdefault(key, []).append(msg)
+
+    def failed(self, msg: step.Incoming, batch: Batch, loaded: list[bytes],
+               exc: Exception) -> step.Outcome:
+        """Grading ``msg`` raised: dead-letter it, and grade its customer's earlier
+        messages of the batch again on its stored state (the live one may be half-changed)."""
+        log.error("grading %s[%d]@%d failed (%s), the message goes to dead letters:\n%s",
+                  msg.topic, msg.partition, msg.offset, type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))  # code lines, no values
+        for key in loaded:
+            self.decoded.pop(key, None)
+            for earlier in batch.forget(key):
+                self.grade(earlier, batch)
+        rejection = Rejection("internal_error", None, f"grader failed on this message "
+                              f"({type(exc).__name__}); please report it")
+        return step.Outcome("rejected", [step.dead_letter(msg, rejection)], code=rejection.code)
+
+    def note(self, msg: step.Incoming, outcome: step.Outcome) -> None:
+        """Tell the log about a message that was not applied (rate-limited)."""
+        if outcome.status == "rejected":
+            self.notices.rejected(msg.topic, msg.partition, msg.offset, outcome.code or "")
+        elif outcome.status == "expired":
+            self.notices.expired()
+        elif outcome.conflict:
+            self.notices.conflict(msg.topic, msg.partition, msg.offset)
 
     def state_of(self, key: bytes, partition: int, batch: Batch) -> CustomerState | None:
         """The customer's live state in this batch, loaded from the table the first time.
@@ -161,13 +205,14 @@ class Processor:
             self.decoded.clear()
         for _partition, key, value in writes:
             self.decoded[key] = (value, batch.store[key][1])
-        await self.sink.publish([*batch.dead,
+        await self.sink.publish([*batch.unstored,
                                  *(out for outs in batch.outputs.values() for out in outs)])
 
     async def on_tick(self, msg: step.Incoming) -> None:
         """Re-grade every customer of the tick's partition, then raise its clock."""
-        as_of = step.parse_tick(msg.value)
+        as_of = step.parse_tick(msg.value, now_us())
         if not isinstance(as_of, int):
+            self.notices.rejected(msg.topic, msg.partition, msg.offset, as_of.code)
             await self.sink.publish([step.dead_letter(msg, as_of)])
             return
         keys = list(self.customers.keys(msg.partition))
@@ -175,15 +220,27 @@ class Processor:
             batch = Batch()
             now = now_us()
             for key in keys[start:start + TICK_BATCH]:
-                state = self.state_of(key, msg.partition, batch)
-                if state is not None:
-                    batch.add(key, msg.partition,
-                              step.handle_tick(state, as_of, self.grading, now))
+                self.tick_one(key, msg, as_of, batch, now)
             await self.settle(batch)
         if as_of > self.clock(msg.partition):
             await self.clocks.put_many([(msg.partition, b"p%d" % msg.partition, b"%d" % as_of)])
         log.info("tick as of %s: %d customers of partition %d", format_instant(as_of), len(keys),
                  msg.partition)
+
+    def tick_one(self, key: bytes, msg: step.Incoming, as_of: int, batch: Batch,
+                 now: int) -> None:
+        """Re-grade one customer as of a tick; one that makes grading raise stays as stored."""
+        state = self.state_of(key, msg.partition, batch)
+        if state is None:
+            return
+        try:
+            batch.add(key, msg.partition, step.handle_tick(state, as_of, self.grading, now))
+        except Exception as exc:  # a defect in grader: it must not stop the worker
+            log.error("tick %s[%d]@%d failed for customer %s (%s), which keeps its stored "
+                      "state:\n%s", msg.topic, msg.partition, msg.offset, key.decode(),
+                      type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            self.decoded.pop(key, None)
+            batch.forget(key)
 
     def batch_clock(self, partition: int, batch: Batch) -> int:
         """The clock of ``partition``, read once per batch (a tick ends a batch)."""
@@ -193,9 +250,9 @@ class Processor:
         return clock
 
     def clock(self, partition: int) -> int:
-        """The latest tick seen on ``partition`` (0 if none)."""
+        """The latest tick seen on ``partition`` (NEVER if none)."""
         value = self.clocks.get(b"p%d" % partition, partition)
-        return int(value) if value else 0
+        return int(value) if value else NEVER
 
 
 def create_app(settings: Settings, grading: Grading, options: StreamOptions,
@@ -217,7 +274,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     # key_type/value_type bytes make Faust use the "raw" codec for the changelog too.
     customers = app.Table("customers", partitions=partitions, key_type=bytes, value_type=bytes)
     clocks = app.Table("clocks", partitions=partitions, key_type=bytes, value_type=bytes)
-    source_names = [prefix + t for t in (*INPUTS, TICKS)]
+    source_names = [prefix + t for t in (*INPUTS, REPARTITION, TICKS)]
     progress = SourceProgress(stall_after=STALL_AFTER)
     app.transport = transport_for(app, source_names, servers, options.true_end_offsets,
                                   options.fetch_max_wait_ms, progress)
@@ -240,6 +297,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     @app.timer(REPAIR_EVERY)  # type: ignore[untyped-decorator]
     async def repair_stalled() -> None:
         consumer: ResumingConsumer = app.consumer  # type: ignore[assignment]
+        processor.notices.flush()
         try:
             await consumer.repair_stalled()
         except Exception as exc:  # a timer's error would crash the worker; retried next time

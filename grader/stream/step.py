@@ -18,9 +18,23 @@ import orjson
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.codec import dump_state, load_state
 from grader.core import Grading, StepResult, apply_event, apply_tick, new_state, snapshot
-from grader.events import TOPIC_OF_TYPE, Event, Rejection, original_fields, parse_event
+from grader.events import (
+    FUTURE_TOLERANCE_US,
+    NO_VALUE,
+    TOPIC_OF_TYPE,
+    Event,
+    Rejection,
+    original_fields,
+    parse_event,
+)
 from grader.state import CustomerState
-from grader.stream.topology import CUSTOMER_TIERS, DEAD_LETTERS, TIER_CHANGES
+from grader.stream.topology import (
+    CUSTOMER_TIERS,
+    DEAD_LETTERS,
+    REPARTITION,
+    TIER_CHANGES,
+    partition_of,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +45,7 @@ class Incoming:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a message without a value (a tombstone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,34 +61,42 @@ class Output:
 class Outcome:
     """The result of one message: what to publish, then what to store."""
 
-    status: str  # applied | duplicate | expired | ignored | rejected | unchanged
+    status: str  # applied | duplicate | expired | ignored | rejected | forwarded | unchanged
     outputs: list[Output] = field(default_factory=list)
     state: CustomerState | None = None  # the state to store; None = leave the table alone
+    code: str | None = None  # why, when rejected
+    conflict: bool = False  # a duplicate whose content differs from the event applied
 
 
-def handle_event(msg: Incoming, load: Callable[[], CustomerState | None], clock_us: int,
-                 grading: Grading, now_us: int, owner_partition: int | None) -> Outcome:
+def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], clock_us: int,
+                 grading: Grading, now_us: int, partitions: int) -> Outcome:
     """Grade one input message.
 
-    ``load`` gives the state of the message key's customer (None if never
-    stored; it is updated in place); it is called only for a valid event on
-    the right topic, key and partition. ``clock_us`` is the latest tick this
-    partition has seen (0 if none): a customer's as_of is brought up to it,
-    so a tick that overtook an event still counts.
-    ``owner_partition`` is the partition the key hashes to (murmur2, as the
-    Java client); a message elsewhere would be graded by the wrong worker.
+    ``load`` gives the state of a customer by key (None if never stored; it is
+    updated in place); it is called only for a valid event on the right topic
+    and partition. ``clock_us`` is the latest tick this partition has seen
+    (NEVER if none): a customer's as_of is brought up to it, so a tick that
+    overtook an event still counts.
+
+    A valid event on a partition other than the one its customer_id hashes to
+    (murmur2, as the Java client; ``partitions`` of them) is forwarded to the
+    repartition topic, keyed and partitioned by customer_id, and graded when
+    it arrives there (docs/streaming.md, "Repartitioning"). A message without
+    a key is routed by its customer_id the same way.
     """
     parsed = parse_event(msg.value, grading.parse_context(now_us))
     if isinstance(parsed, Event):
-        problem = misrouted(parsed, msg, owner_partition)
-        parsed = problem or parsed
+        parsed = misrouted(parsed, msg) or parsed
     if isinstance(parsed, Rejection):
-        return Outcome("rejected", [dead_letter(msg, parsed)])
-    current = load()
+        return Outcome("rejected", [dead_letter(msg, parsed)], code=parsed.code)
+    key = parsed.customer_id.encode()
+    if partition_of(key, partitions) != msg.partition:
+        return Outcome("forwarded", [Output(REPARTITION, key, msg.value or b"")])
+    current = load(key)
     state = current if current is not None else new_state(parsed.customer_id)
     step = apply_event(state, parsed, grading, now_us)
     if step.status != "applied":
-        return Outcome(step.status)
+        return Outcome(step.status, conflict=step.conflict)
     steps = [step]
     if clock_us > state.as_of:
         steps.append(apply_tick(state, clock_us, grading, now_us))
@@ -133,22 +155,29 @@ def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
     return outputs
 
 
-def misrouted(event: Event, msg: Incoming, owner_partition: int | None) -> Rejection | None:
-    """A valid event on the wrong topic, key or partition (stream-only rejections)."""
+def misrouted(event: Event, msg: Incoming) -> Rejection | None:
+    """A valid event on the wrong topic or under another key (stream-only rejections).
+
+    The repartition topic carries every type: only events checked here are sent there.
+    """
     topic = TOPIC_OF_TYPE[event.type]
-    if not msg.topic.endswith(topic):
+    if not msg.topic.endswith((topic, REPARTITION)):
         return Rejection("wrong_topic", "type", f"a {event.type} event belongs on the "
                          f"{topic} topic, not {msg.topic}")
-    if msg.key != event.customer_id.encode():
+    if msg.key is not None and msg.key != event.customer_id.encode():
         return Rejection("wrong_key", "customer_id", "the message key must be the customer_id")
-    if owner_partition is not None and owner_partition != msg.partition:
-        return Rejection("wrong_partition", "customer_id", f"customer_id hashes to partition "
-                         f"{owner_partition} (murmur2), not {msg.partition}")
     return None
 
 
-def parse_tick(value: bytes) -> int | Rejection:
-    """The as_of (µs) of a tick message ``{"as_of": RFC 3339}``."""
+def parse_tick(value: bytes | None, now_us: int) -> int | Rejection:
+    """The as_of (µs) of a tick message ``{"as_of": RFC 3339}``.
+
+    Like an event's occurred_at, an as_of more than 5 minutes ahead of the
+    wall clock ``now_us`` is refused: it would move every customer's as_of,
+    which never moves back, into the future.
+    """
+    if value is None:
+        return NO_VALUE
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -157,9 +186,12 @@ def parse_tick(value: bytes) -> int | Rejection:
     if not isinstance(as_of, str):
         return Rejection("missing_field", "as_of", "a tick needs an as_of timestamp")
     try:
-        return parse_instant(as_of)
+        instant = parse_instant(as_of)
     except TimestampError as exc:
         return Rejection("bad_timestamp", "as_of", f"as_of {exc}")
+    if instant > now_us + FUTURE_TOLERANCE_US:
+        return Rejection("future_timestamp", "as_of", "as_of is more than 5 minutes in the future")
+    return instant
 
 
 def tick_message(as_of: int, tick_id: str) -> bytes:

@@ -10,6 +10,7 @@ from pathlib import Path
 TOPICS_DIR = Path(__file__).resolve().parent.parent.parent / "topics"
 INPUTS = ("transactions", "interactions", "overrides", "tickets")
 TICKS = "ticks"
+REPARTITION = "repartition"  # events that arrived on another partition than their customer's
 TIER_CHANGES, CUSTOMER_TIERS, DEAD_LETTERS = "tier-changes", "customer-tiers", "dead-letters"
 
 
@@ -19,7 +20,7 @@ class TopicSpec:
 
     suffix: str
     name: str
-    role: str  # "input" | "control" | "output"
+    role: str  # "input" | "internal" | "control" | "output"
     partitions: int
     cleanup_policy: str  # "delete" | "compact"
     schemas: dict[str, str]  # event type -> schema file under topics/

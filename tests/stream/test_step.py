@@ -7,21 +7,24 @@ house style asks (swap the transport, don't patch).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
 
-from grader.clock import parse_instant
+from grader.clock import NEVER, parse_instant
 from grader.codec import dump_state
 from grader.core import Grading
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
-from grader.stream.app import Processor, grade_batches, partition_of
+from grader.stream.app import Processor, grade_batches
 from grader.stream.progress import SourceProgress
 from grader.stream.step import Incoming, Output
 from grader.stream.tables import MemoryTableStore
+from grader.stream.topology import partition_of
 from tests.conftest import grading
 
 NOW = parse_instant("2026-11-24T00:00:00Z")
@@ -33,7 +36,7 @@ def sale(customer: str, event_id: str, when: str, amount: str = "30000") -> byte
                          "occurred_at": when, "amount": amount, "currency": "CNY"})
 
 
-def message(value: bytes, key: bytes | None, topic: str = "g.transactions",
+def message(value: bytes | None, key: bytes | None, topic: str = "g.transactions",
             partition: int | None = None, offset: int = 0) -> Incoming:
     if partition is None:
         partition = partition_of(key, PARTITIONS) if key else 0
@@ -42,8 +45,8 @@ def message(value: bytes, key: bytes | None, topic: str = "g.transactions",
 
 def test_first_sale_grades_and_snapshots() -> None:
     outcome = step.handle_event(message(sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1"),
-                                lambda: None, 0, grading("abc-100", "stars"), NOW,
-                                partition_of(b"C1", PARTITIONS))
+                                lambda _key: None, NEVER, grading("abc-100", "stars"), NOW,
+                                PARTITIONS)
     assert outcome.status == "applied"
     assert [o.topic for o in outcome.outputs] == ["tier-changes", "tier-changes",
                                                   "customer-tiers"]
@@ -56,46 +59,86 @@ def test_first_sale_grades_and_snapshots() -> None:
 def test_duplicate_changes_nothing() -> None:
     g = grading("abc-100")
     msg = message(sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1")
-    first = step.handle_event(msg, lambda: None, 0, g, NOW, msg.partition)
-    again = step.handle_event(msg, lambda: first.state, 0, g, NOW, msg.partition)
+    first = step.handle_event(msg, lambda _key: None, NEVER, g, NOW, PARTITIONS)
+    again = step.handle_event(msg, lambda _key: first.state, NEVER, g, NOW, PARTITIONS)
     assert (again.status, again.outputs, again.state) == ("duplicate", [], None)
 
 
-@pytest.mark.parametrize(("value", "key", "topic", "partition", "code"), [
-    (b"{not json", b"C1", "g.transactions", None, "bad_json"),
-    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C2", "g.transactions", None, "wrong_key"),
-    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), None, "g.transactions", 0, "wrong_key"),
-    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1", "g.interactions", None,
-     "wrong_topic"),
-    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1", "g.transactions",
-     (partition_of(b"C1", PARTITIONS) + 1) % PARTITIONS, "wrong_partition"),
-    (sale("C1", "e1", "2026-11-24T01:00:00Z"), b"C1", "g.transactions", None,
-     "future_timestamp"),
+@pytest.mark.parametrize(("value", "key", "topic", "code"), [
+    (b"{not json", b"C1", "g.transactions", "bad_json"),
+    (None, b"C1", "g.transactions", "no_value"),
+    (b"", None, "g.transactions", "bad_json"),
+    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C2", "g.transactions", "wrong_key"),
+    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"", "g.transactions", "wrong_key"),
+    (sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1", "g.interactions", "wrong_topic"),
+    (sale("C1", "e1", "2026-11-24T01:00:00Z"), b"C1", "g.transactions", "future_timestamp"),
+    (b'{"type": ["sale"], "event_id": "e1"}', b"C1", "g.transactions", "bad_field"),
 ])
-def test_rejections_become_dead_letters(value: bytes, key: bytes | None, topic: str,
-                                        partition: int | None, code: str) -> None:
-    msg = message(value, key, topic, partition, offset=7)
-    owner = partition_of(key, PARTITIONS) if key else None
-    outcome = step.handle_event(msg, lambda: None, 0, grading("abc-100"), NOW, owner)
-    assert outcome.status == "rejected" and outcome.state is None
+def test_rejections_become_dead_letters(value: bytes | None, key: bytes | None, topic: str,
+                                        code: str) -> None:
+    msg = message(value, key, topic, offset=7)
+    outcome = step.handle_event(msg, lambda _key: None, NEVER, grading("abc-100"), NOW,
+                                PARTITIONS)
+    assert outcome.status == "rejected" and outcome.state is None and outcome.code == code
     [dead] = outcome.outputs
     record = orjson.loads(dead.value)
     assert (dead.topic, dead.key) == ("dead-letters", key)
     assert (record["code"], record["topic"], record["partition"], record["offset"]) == \
         (code, topic, msg.partition, 7)
-    assert record["raw"] == value.decode()
+    assert record["raw"] == (None if value is None else value.decode())
+
+
+@pytest.mark.parametrize(("key", "partition", "status"), [
+    (b"C1", (partition_of(b"C1", PARTITIONS) + 1) % PARTITIONS, "forwarded"),
+    (None, (partition_of(b"C1", PARTITIONS) + 1) % PARTITIONS, "forwarded"),
+    (None, partition_of(b"C1", PARTITIONS), "applied"),
+])
+def test_events_off_their_customers_partition_are_forwarded(key: bytes | None, partition: int,
+                                                            status: str) -> None:
+    value = sale("C1", "e1", "2026-11-01T10:00:00+08:00")
+    loaded: list[bytes] = []
+    outcome = step.handle_event(message(value, key, partition=partition),
+                                lambda k: loaded.append(k), NEVER, grading("abc-100"), NOW,
+                                PARTITIONS)
+    assert outcome.status == status
+    if status == "forwarded":
+        assert loaded == [] and outcome.state is None
+        assert outcome.outputs == [Output("repartition", b"C1", value)]
+    else:
+        assert loaded == [b"C1"] and outcome.state is not None
+
+
+def test_a_forwarded_event_is_graded_on_the_repartition_topic() -> None:
+    value = sale("C1", "e1", "2026-11-01T10:00:00+08:00")
+    msg = message(value, b"C1", "g.repartition")
+    outcome = step.handle_event(msg, lambda _key: None, NEVER, grading("abc-100"), NOW,
+                                PARTITIONS)
+    assert outcome.status == "applied"
+
+
+def test_a_dead_letter_keeps_at_most_64_kib_of_the_message() -> None:
+    value = b'{"event_id": "' + b"x" * 1024 * 1024 + b'"}'
+    outcome = step.handle_event(message(value, b"C1", offset=3), lambda _key: None, NEVER,
+                                grading(), NOW, PARTITIONS)
+    [dead] = outcome.outputs
+    record = orjson.loads(dead.value)
+    assert len(dead.value) < 100 * 1024
+    assert (record["code"], record["raw_truncated"], record["raw_bytes"]) == \
+        ("missing_field", True, len(value))
+    assert base64.b64decode(record["raw_base64"]) == value[:64 * 1024]
+    assert record["raw_sha256"] == hashlib.sha256(value).hexdigest()
 
 
 def test_binary_garbage_is_kept_as_base64() -> None:
-    outcome = step.handle_event(message(b"\xff\xfe", b"C1"), lambda: None, 0, grading(), NOW,
-                                None)
+    outcome = step.handle_event(message(b"\xff\xfe", b"C1"), lambda _key: None, NEVER, grading(),
+                                NOW, PARTITIONS)
     assert orjson.loads(outcome.outputs[0].value)["raw_base64"] == "//4="
 
 
 def test_tick_is_idempotent_and_clock_reaches_late_customers() -> None:
     g = grading("stars")
     msg = message(sale("C1", "e1", "2026-01-10T10:00:00+08:00", "1000"), b"C1")
-    state = step.handle_event(msg, lambda: None, 0, g, NOW, msg.partition).state
+    state = step.handle_event(msg, lambda _key: None, NEVER, g, NOW, PARTITIONS).state
     assert state is not None
     as_of = parse_instant("2026-11-22T00:00:00+08:00")
     ticked = step.handle_tick(state, as_of, g, NOW)
@@ -103,15 +146,18 @@ def test_tick_is_idempotent_and_clock_reaches_late_customers() -> None:
     assert step.handle_tick(state, as_of, g, NOW).status == "unchanged"
     # A customer first seen after the partition's tick is graded as of that tick.
     late = message(sale("C1", "e2", "2026-02-10T10:00:00+08:00", "1000"), b"C1")
-    first = step.handle_event(late, lambda: None, as_of, g, NOW, late.partition)
+    first = step.handle_event(late, lambda _key: None, as_of, g, NOW, PARTITIONS)
     assert first.state is not None and first.state.as_of == as_of
 
 
 def test_parse_tick() -> None:
     as_of = parse_instant("2026-11-22T00:00:00+08:00")
-    assert step.parse_tick(step.tick_message(as_of, "t1")) == as_of
-    rejected = step.parse_tick(b'{"as_of": 5}')
-    assert isinstance(rejected, step.Rejection) and rejected.code == "missing_field"
+    assert step.parse_tick(step.tick_message(as_of, "t1"), NOW) == as_of
+    for value, code in [(b'{"as_of": 5}', "missing_field"), (None, "no_value"),
+                        (b"", "bad_json"), (b'{"as_of": "2026-11-24T00:05:01Z"}',
+                                            "future_timestamp")]:
+        rejected = step.parse_tick(value, NOW)
+        assert isinstance(rejected, step.Rejection) and rejected.code == code
 
 
 def stored(store: MemoryTableStore, key: bytes) -> step.Record:
@@ -247,7 +293,7 @@ def test_processor_tick_reaches_only_its_partition() -> None:
     asyncio.run(proc.on_tick(tick))
     moved = {k for k in keys if stored(customers, k).state.as_of == as_of}
     assert moved == {k for k in keys if partition_of(k, PARTITIONS) == 1}
-    assert proc.clock(1) == as_of and proc.clock(0) == 0
+    assert proc.clock(1) == as_of and proc.clock(0) == NEVER
 
 
 class AckRecorder:
@@ -419,3 +465,65 @@ def test_messages_of_partitions_no_longer_owned_are_skipped_unacknowledged() -> 
         for n in graded:
             expected += n == expected
         assert progress.committable(tp) == expected
+
+
+SECRET = "amount 98765.43"  # what an exception's message might say; never logged
+
+
+def poisoned(real: Any, bad_id: str) -> Any:
+    """``real`` (apply_event), except that event ``bad_id`` half-changes the state, then raises."""
+    def apply(state: Any, event: Any, *args: Any) -> Any:
+        if event.event_id == bad_id:
+            state.lifetime_sales += 123
+            state.seen[bad_id] = event.ts
+            raise RuntimeError(SECRET)
+        return real(state, event, *args)
+    return apply
+
+
+def test_a_message_that_makes_grading_raise_is_dead_lettered(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    g = grading("stars")
+    msgs = [message(sale(c, eid, f"2026-10-0{n}T10:00:00+08:00", "1000"), c.encode(), offset=n)
+            for n, (c, eid) in enumerate([("C1", "e1"), ("C2", "x1"), ("C1", "e2"),
+                                          ("C1", "boom"), ("C1", "e3")], start=1)]
+    clean_store = MemoryTableStore()
+    asyncio.run(processor(g, RecordingSink(), clean_store).on_batch(
+        [m for m in msgs if m.offset != 4]))
+    monkeypatch.setattr(step, "apply_event", poisoned(step.apply_event, "boom"))
+    sink, store = RecordingSink(), MemoryTableStore()
+    asyncio.run(processor(g, sink, store).on_batch(msgs))
+    [dead] = [orjson.loads(o.value) for o in sink.published if o.topic == "dead-letters"]
+    assert (dead["code"], dead["offset"]) == ("internal_error", 4)
+    assert {k: dump_state(stored(store, k).state) for k in store.data} == \
+        {k: dump_state(stored(clean_store, k).state) for k in clean_store.data}
+    assert "RuntimeError" in caplog.text and "98765" not in caplog.text
+
+
+def test_a_customer_whose_tick_raises_keeps_its_stored_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    g = grading("stars")
+    part = partition_of(b"C1", PARTITIONS)
+    keys = [k for k in (f"C{n}".encode() for n in range(1, 40))
+            if partition_of(k, PARTITIONS) == part][:3]
+    store = MemoryTableStore()
+    proc = processor(g, RecordingSink(), store)
+    asyncio.run(proc.on_batch([message(sale(k.decode(), f"e{n}", "2026-01-10T10:00:00+08:00",
+                                            "1000"), k, offset=n)
+                               for n, k in enumerate(keys)]))
+    before = dump_state(stored(store, keys[0]).state)
+    real = step.apply_tick
+
+    def apply_tick(state: Any, *args: Any) -> Any:
+        if state.customer_id == keys[0].decode():
+            state.lifetime_sales += 1
+            raise RuntimeError("a defect")
+        return real(state, *args)
+
+    monkeypatch.setattr(step, "apply_tick", apply_tick)
+    as_of = parse_instant("2026-11-22T00:00:00+08:00")
+    asyncio.run(proc.on_batch([Incoming("g.ticks", part, 9, None,
+                                        step.tick_message(as_of, "t"))]))
+    assert dump_state(stored(store, keys[0]).state) == before
+    assert [stored(store, k).state.as_of == as_of for k in keys] == [False, True, True]
+    assert proc.clock(part) == as_of
