@@ -47,7 +47,8 @@ def route(raw: bytes) -> tuple[str, bytes] | Rejection:
     except orjson.JSONDecodeError:
         obj = None
     if isinstance(obj, dict):
-        topic = TOPIC_OF_TYPE.get(obj.get("type"))  # type: ignore[arg-type]
+        etype = obj.get("type")
+        topic = TOPIC_OF_TYPE.get(etype) if isinstance(etype, str) else None  # [] is unhashable
         customer = obj.get("customer_id")
         if topic and isinstance(customer, str) and customer:
             return topic, customer.encode()
