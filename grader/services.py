@@ -9,8 +9,11 @@ Two servers, each run as a child process on a free loopback port:
 
 A start function returns only once the server really answers its protocol
 (Kafka ApiVersions, Redis PING); otherwise it stops the child and raises
-:class:`ServiceError` with the tail of the server's output. Both server
-objects are context managers whose exit calls ``stop()``.
+:class:`ServiceError` with the tail of the server's output (if interrupted
+while waiting, it stops the child too). Both server objects are context
+managers whose exit calls ``stop()``. Each child runs in a process group of
+its own: a terminal's Ctrl-C reaches only the parent, which stops its
+servers after what depends on them (``grader dev``: the worker first).
 """
 
 from __future__ import annotations
@@ -267,6 +270,9 @@ def _spawn(kind: type[_S], binary: Path, args: Sequence[str], port: int, env: di
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # Its own process group: a terminal's Ctrl-C reaches only its
+                # parent, which stops the servers after what depends on them.
+                process_group=0,
             )
     except OSError as error:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -280,15 +286,20 @@ def _wait_ready(
     """Poll *answers* until it is true; on exit or timeout stop *server* and raise."""
     started = time.monotonic()
     deadline = started + timeout
-    while time.monotonic() < deadline:
-        if not server.running:
-            code = server.process.returncode
-            raise _start_failure(server, f"exited with code {code} while starting")
-        if answers(server.host, server.port) and server.running:
-            elapsed = time.monotonic() - started
-            log.info("%s ready on %s:%d in %.2fs", server.name, server.host, server.port, elapsed)
-            return
-        time.sleep(0.02)
+    try:
+        while time.monotonic() < deadline:
+            if not server.running:
+                code = server.process.returncode
+                raise _start_failure(server, f"exited with code {code} while starting")
+            if answers(server.host, server.port) and server.running:
+                elapsed = time.monotonic() - started
+                log.info("%s ready on %s:%d in %.2fs", server.name, server.host, server.port,
+                         elapsed)
+                return
+            time.sleep(0.02)
+    except BaseException:  # e.g. Ctrl-C while starting: no caller holds the server yet
+        server.stop()
+        raise
     raise _start_failure(server, f"did not answer {what} within {timeout:g}s")
 
 
