@@ -35,7 +35,9 @@ class StreamOptions:
                 "broker_session_timeout": 6.0,
                 "broker_heartbeat_interval": 1.0,
             }
-        return {}
+        # A worker killed without leaving its group holds its partitions until its session
+        # times out: Faust's 60 s default kept a restarted worker waiting that long on Kafka.
+        return {"broker_session_timeout": 10.0, "broker_heartbeat_interval": 3.0}
 
     @property
     def fetch_max_wait_ms(self) -> int | None:
