@@ -31,6 +31,13 @@ from grader.services import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Broker]:
+    """tansu alone: these tests are about its launcher (the suite's ``broker`` is either)."""
+    with start_broker() as running:
+        yield running
+
+
 @pytest.fixture
 def admin(broker: Broker) -> Iterator[KafkaAdminClient]:
     client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
