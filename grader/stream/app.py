@@ -307,6 +307,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     async def report_loop() -> None:
         loop = type(asyncio.get_running_loop())
         log.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
+        log.info("epoch %s (in the records this process stores)", processor.epoch)
 
     if store != "memory://":
         @app.task  # type: ignore[untyped-decorator]

@@ -105,10 +105,10 @@ def changelog_history(stream: Stream, missing: dict[str, list[str]]) -> str:
     for record in stream.read("worker-customers-changelog", idle=0.3):
         customer = record.key.decode()
         if customer in missing:
-            state = decode_record(record.value).state
-            has = [e for e in missing[customer] if e in state.seen]
+            stored = decode_record(record.value)
+            has = [e for e in missing[customer] if e in stored.state.seen]
             rows.append(f"{customer} p{record.partition}@{record.offset} ts={record.timestamp} "
-                        f"events={len(state.seen)} has {has}")
+                        f"epoch={stored.epoch[:8]} events={len(stored.state.seen)} has {has}")
     return "\n".join(rows)
 
 
