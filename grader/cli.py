@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--customers", type=_positive, default=12, help="sample customers")
     dev.add_argument("--duration", type=_positive, default=None,
                      help="stop after this many seconds (default: until Ctrl-C)")
+    dev.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                     help="the local broker: tansu (default) or Apache Kafka (needs Java)")
     dev.add_argument("--plain", action="store_true",
                      help="print tier changes as lines (default when not a terminal)")
     pol = sub.add_parser("policy", help="policy tools")
@@ -123,7 +125,8 @@ def _dev(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     plain = args.plain or not sys.stdout.isatty()
-    return run_dev(args.customers, args.duration, plain, ",".join(settings.policies))
+    return run_dev(args.customers, args.duration, plain, ",".join(settings.policies),
+                   args.broker)
 
 
 def _policy_check(args: argparse.Namespace) -> int:

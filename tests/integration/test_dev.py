@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from grader.kafkabroker import kafka_available
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -21,9 +23,15 @@ def port_open(url: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
-def test_dev_shows_tiers_changing_and_stops_everything() -> None:
+@pytest.mark.parametrize("broker", ["tansu", "kafka"])
+def test_dev_shows_tiers_changing_and_stops_everything(broker: str) -> None:
+    if broker == "kafka" and (why := kafka_available()) is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Apache Kafka is needed in CI: {why}")
+        pytest.skip(f"Apache Kafka cannot run here: {why}")
     result = subprocess.run(
-        [sys.executable, "-m", "grader", "dev", "--duration", "35", "--plain", "--customers", "6"],
+        [sys.executable, "-m", "grader", "dev", "--duration", "35", "--plain", "--customers", "6",
+         "--broker", broker],
         cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     changes = [line for line in result.stdout.splitlines() if " -> " in line]
