@@ -105,8 +105,9 @@ class WorkerProcess:
             assert time.monotonic() < deadline, f"worker not ready:\n{self.log()[-3000:]}"
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, and the exit code (killed after ``timeout``)."""
+    def stop(self, timeout: float = 5) -> int:
+        """SIGTERM, and the exit code; a worker must be gone within ``timeout`` seconds
+        (grader.stream.worker.SHUTDOWN_GRACE), else it is killed and the test fails."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
