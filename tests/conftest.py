@@ -21,6 +21,19 @@ from grader.policy import Policy, load_policy, parse_policy
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "config" / "policies"
 _ids = itertools.count(1)
+#: The common fields of a valid event, and the other fields of a valid event of each type
+#: (under abc-100, currency CNY), for tests that change one field at a time.
+BASE = {"event_id": "e1", "customer_id": "C1", "occurred_at": "2026-03-01T09:30:00+08:00"}
+VALID = {
+    "sale": {"amount": "100.50", "currency": "CNY", "invoice_id": "I1", "gross_profit": "10"},
+    "refund": {"amount": 5, "currency": "CNY", "invoice_id": "I1"},
+    "payment": {"amount": "100.50", "currency": "CNY", "invoice_id": "I1"},
+    "interaction": {"kind": "referral", "value": 2},
+    "assessment": {"indicator": "C1", "score": 7.5, "assessor": "kam"},
+    "override": {"action": "pin", "policy": "abc-100", "tier": "A", "reason": "r", "actor": "a"},
+    "ticket_opened": {"ticket_id": "T1", "queue": "vip", "subject": "s"},
+    "ticket_closed": {"ticket_id": "T1"},
+}
 
 
 def core_files(env: dict[str, str]) -> list[str]:

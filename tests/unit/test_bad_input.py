@@ -24,22 +24,11 @@ from grader.events import Event, Rejection, parse_event
 from grader.money import MoneyError, parse_minor
 from grader.replay import replay
 from grader.stream import step
-from tests.conftest import PRESETS, at, event, grading, policy_text
+from tests.conftest import BASE, PRESETS, VALID, at, event, grading, policy_text
 
 G = grading("abc-100", "sabcd-weighted", "stars")
 PRESET_STARS = (PRESETS / "stars.toml").read_text(encoding="utf-8")
 NOW = at("2026-11-24T00:00:00Z")
-BASE = {"event_id": "e1", "customer_id": "C1", "occurred_at": "2026-03-01T09:30:00+08:00"}
-VALID = {
-    "sale": {"amount": "100.50", "currency": "CNY", "invoice_id": "I1", "gross_profit": "10"},
-    "refund": {"amount": 5, "currency": "CNY", "invoice_id": "I1"},
-    "payment": {"amount": "100.50", "currency": "CNY", "invoice_id": "I1"},
-    "interaction": {"kind": "referral", "value": 2},
-    "assessment": {"indicator": "C1", "score": 7.5, "assessor": "kam"},
-    "override": {"action": "pin", "policy": "abc-100", "tier": "A", "reason": "r", "actor": "a"},
-    "ticket_opened": {"ticket_id": "T1", "queue": "vip", "subject": "s"},
-    "ticket_closed": {"ticket_id": "T1"},
-}
 
 # Values that come close to valid ones, and the JSON values of every kind.
 NEAR = st.sampled_from([

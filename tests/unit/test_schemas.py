@@ -21,20 +21,9 @@ from jsonschema import Draft202012Validator
 
 from grader.events import Event, Rejection, parse_event
 from grader.stream.topology import TOPICS_DIR, load_topics
-from tests.conftest import grading
+from tests.conftest import BASE, VALID, grading
 
 CTX = grading("abc-100").parse_context()
-BASE = {"event_id": "e1", "customer_id": "C1", "occurred_at": "2026-03-01T09:30:00+08:00"}
-VALID = {
-    "sale": {"amount": "100.50", "currency": "CNY", "invoice_id": "I1", "gross_profit": "10"},
-    "refund": {"amount": 5, "currency": "CNY", "invoice_id": "I1"},
-    "payment": {"amount": "100.50", "currency": "CNY", "invoice_id": "I1"},
-    "interaction": {"kind": "referral", "value": 2},
-    "assessment": {"indicator": "C1", "score": 7.5, "assessor": "kam"},
-    "override": {"action": "pin", "policy": "abc-100", "tier": "A", "reason": "r", "actor": "a"},
-    "ticket_opened": {"ticket_id": "T1", "queue": "vip", "subject": "s"},
-    "ticket_closed": {"ticket_id": "T1"},
-}
 ABSENT = object()
 ANY_FIELD = [ABSENT, None, "", "x", 0, 1, -1, 2.5, True, [], {}, ["x"], {"x": 1}]
 STRINGS = ["x" * n for n in (63, 64, 65, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025)]
