@@ -21,6 +21,11 @@ already has the jars, 0.04 s once cached), so a first ``start_kafka()`` takes
 ~5.7 s; later ones 2.2-2.7 s, median 2.4 s (storage format ~0.7 s, then the
 broker; up to ~3.8 s with other tests on the CPU); ``stop()`` 0.2-0.6 s (a
 controlled shutdown on SIGTERM). The JVM's RSS is ~280 MiB.
+
+With a :class:`SaslSslListener`, the broker also listens for SASL_SSL
+(SCRAM, TLS with a keystore the caller made) on a third loopback port; the
+SCRAM users are created when the storage is formatted. Inter-broker and
+controller traffic stays on the PLAINTEXT listeners.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,7 @@ from grader.services import (
 __all__ = [
     "JVM_OPTIONS",
     "KafkaBroker",
+    "SaslSslListener",
     "kafka_available",
     "kafka_jars",
     "kafka_jars_dir",
@@ -105,6 +112,23 @@ logger.config.level = warn
 _LOG_ERROR = re.compile(r"^\[[^]]*\] (ERROR|FATAL) ")
 
 
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener to add: the server's TLS keystore and the SCRAM users.
+
+    ``keystore`` is a PKCS12 file holding the server's key and certificate
+    (for ``127.0.0.1``); ``users`` maps SCRAM user names to passwords, created
+    at storage-format time (StorageTool ``--add-scram``). ``port`` defaults to
+    a free port.
+    """
+
+    keystore: Path
+    keystore_password: str = field(repr=False)
+    users: Mapping[str, str] = field(repr=False)
+    mechanism: str = "SCRAM-SHA-512"
+    port: int | None = None
+
+
 class KafkaBroker(_Server):
     """A running Kafka broker+controller JVM; ``.bootstrap`` is for Kafka clients."""
 
@@ -112,10 +136,23 @@ class KafkaBroker(_Server):
     stop_signal = signal.SIGTERM
 
     def __init__(
-        self, process: subprocess.Popen[bytes], port: int, workdir: Path, controller_port: int
+        self,
+        process: subprocess.Popen[bytes],
+        port: int,
+        workdir: Path,
+        controller_port: int,
+        sasl_ssl_port: int | None = None,
     ) -> None:
         super().__init__(process, port, workdir)
         self.controller_port = controller_port
+        self.sasl_ssl_port = sasl_ssl_port
+
+    @property
+    def sasl_ssl_url(self) -> str:
+        """The SASL_SSL listener as a ``kafka://host:port`` URL (only with a SaslSslListener)."""
+        if self.sasl_ssl_port is None:
+            raise ValueError("this broker has no SASL_SSL listener")
+        return f"kafka://{self.host}:{self.sasl_ssl_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -221,21 +258,24 @@ def start_kafka(
     *,
     timeout: float = START_TIMEOUT,
     properties: Mapping[str, str] | None = None,
+    sasl_ssl: SaslSslListener | None = None,
 ) -> KafkaBroker:
     """Start Kafka on ``127.0.0.1:port`` and wait until it serves Metadata.
 
     *port* defaults to a free port; the controller listens on another free
     port (``.controller_port``). *properties* are added to, or replace, the
     broker's ``server.properties`` (see :func:`server_properties`), e.g. to
-    add a listener. Topics and offsets live in a temporary directory that
-    ``stop()`` removes. A failed start stops the JVM and raises ServiceError;
-    one that lost a port to another process (between choosing the port and
-    Kafka binding it) is retried, up to 3 tries.
+    add a listener. *sasl_ssl* adds a SASL_SSL listener
+    (``.sasl_ssl_port``, ``.sasl_ssl_url``) and its SCRAM users. Topics and
+    offsets live in a temporary directory that ``stop()`` removes. A failed
+    start stops the JVM and raises ServiceError; one that lost a port to
+    another process (between choosing the port and Kafka binding it) is
+    retried, up to 3 tries.
     """
     jars, java = kafka_jars(), _find_java()
     for attempt in range(1, BIND_TRIES + 1):
         try:
-            return _start_once(java, jars, port, timeout, properties)
+            return _start_once(java, jars, port, timeout, properties, sasl_ssl)
         except ServiceError as error:
             if attempt == BIND_TRIES or "Address already in use" not in str(error):
                 raise
@@ -244,13 +284,28 @@ def start_kafka(
 
 
 def _start_once(
-    java: Path, jars: Path, port: int | None, timeout: float, extra: Mapping[str, str] | None
+    java: Path,
+    jars: Path,
+    port: int | None,
+    timeout: float,
+    extra: Mapping[str, str] | None,
+    sasl_ssl: SaslSslListener | None,
 ) -> KafkaBroker:
     """One try of :func:`start_kafka`: format, launch, wait for Metadata."""
     started = time.monotonic()
     port = _usable_port(port)
     controller_port = _other_free_port(port)
-    broker = _spawn_kafka(java, jars, port, controller_port, extra, timeout)
+    props = dict(extra or {})
+    format_args: list[str] = []
+    sasl_port = None
+    if sasl_ssl is not None:
+        sasl_port = _usable_port(sasl_ssl.port)
+        while sasl_ssl.port is None and sasl_port in (port, controller_port):
+            sasl_port = free_port()
+        props = {**sasl_ssl_properties(sasl_ssl, port, controller_port, sasl_port), **props}
+        format_args = scram_format_args(sasl_ssl)
+    broker = _spawn_kafka(java, jars, port, controller_port, props, timeout, format_args)
+    broker.sasl_ssl_port = sasl_port
     try:
         remaining = max(timeout - (time.monotonic() - started), 1.0)
         _wait_ready(broker, _kafka_answers, "Kafka ApiVersions", remaining)
@@ -270,13 +325,14 @@ def _spawn_kafka(
     controller_port: int,
     extra: Mapping[str, str] | None,
     timeout: float,
+    format_args: list[str] | None = None,
 ) -> KafkaBroker:
     """Format a new data dir in a temporary work dir and start the JVM there."""
     workdir = Path(tempfile.mkdtemp(prefix="grader-kafka-"))
     try:
         props = server_properties(port, controller_port, workdir / "data", extra)
         _write_config(workdir, props)
-        _format_storage(java, jars, workdir, timeout)
+        _format_storage(java, jars, workdir, timeout, format_args or [])
         process = _launch(java, jars, workdir, [str(workdir / "server.properties")])
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -308,6 +364,43 @@ def server_properties(
     }
     props.update(extra or {})
     return props
+
+
+def sasl_ssl_properties(
+    listener: SaslSslListener, port: int, controller_port: int, sasl_port: int
+) -> dict[str, str]:
+    """The ``server.properties`` entries that add *listener* on *sasl_port*.
+
+    Inter-broker and controller traffic stays on the PLAINTEXT listeners.
+    """
+    listeners = (
+        f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port},"
+        f"SASL_SSL://{HOST}:{sasl_port}"
+    )
+    mechanism = listener.mechanism.lower()
+    return {
+        "listeners": listeners,
+        "advertised.listeners": listeners,
+        "listener.security.protocol.map": (
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL"
+        ),
+        "sasl.enabled.mechanisms": listener.mechanism,
+        f"listener.name.sasl_ssl.{mechanism}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(listener.keystore),
+        "ssl.keystore.password": listener.keystore_password,
+        "ssl.key.password": listener.keystore_password,
+    }
+
+
+def scram_format_args(listener: SaslSslListener) -> list[str]:
+    """StorageTool ``format`` arguments that create *listener*'s SCRAM users."""
+    args = []
+    for name, password in listener.users.items():
+        args += ["--add-scram", f"{listener.mechanism}=[name={name},password={password}]"]
+    return args
 
 
 def _log_reason(text: str) -> list[str]:
@@ -348,11 +441,14 @@ def _java_command(java: Path, jars: Path, workdir: Path, main: str) -> list[str]
     return [str(java), *JVM_OPTIONS, logging_config, "-cp", f"{jars}/*", main]
 
 
-def _format_storage(java: Path, jars: Path, workdir: Path, timeout: float) -> None:
+def _format_storage(
+    java: Path, jars: Path, workdir: Path, timeout: float, extra_args: list[str]
+) -> None:
     """Run Kafka's StorageTool: a new cluster id, this node as the only voter."""
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     config = str(workdir / "server.properties")
     args = ["format", "--cluster-id", cluster_id, "--config", config, "--standalone"]
+    args += extra_args
     command = [*_java_command(java, jars, workdir, "kafka.tools.StorageTool"), *args]
     log_path = workdir / "format.log"
     with log_path.open("wb") as out:

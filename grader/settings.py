@@ -1,19 +1,30 @@
 """Settings: config/grader.toml, each overridable by a GRADER_* variable.
 
 Validated once into a frozen Settings; a bad value raises SettingsError with
-one line naming the setting. The environment wins over the file.
+one line naming the setting. The environment wins over the file, and the
+Kafka password comes only from the environment (``GRADER_KAFKA_PASSWORD``).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 from grader.errors import PolicyError, SettingsError
+from grader.kafkaauth import (
+    MECHANISMS,
+    PLAINTEXT,
+    PROTOCOLS,
+    KafkaSecurity,
+    KafkaTarget,
+    Secret,
+    ssl_context,
+)
 from grader.policy import Policy, load_policy
 
 SOURCE_CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -32,7 +43,17 @@ DEFAULTS: dict[str, str] = {
     "broker_quirks": "none",
     "live_ticks": "1",
     "log_level": "info",
+    "kafka_security_protocol": "PLAINTEXT",
+    "kafka_sasl_mechanism": "",
+    "kafka_username": "",
+    "kafka_ca_file": "",
+    "kafka_cert_file": "",
+    "kafka_key_file": "",
+    "kafka_ssl_check_hostname": "true",
 }
+#: Read from the environment only, never from a file.
+PASSWORD_VARIABLE = "GRADER_KAFKA_PASSWORD"
+KAFKA_FILES = ("kafka_ca_file", "kafka_cert_file", "kafka_key_file")
 BROKER_QUIRKS = ("none", "tansu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -56,6 +77,12 @@ class Settings:
     broker_quirks: str = "none"  # "tansu": workarounds for the local broker (docs/streaming.md)
     live_ticks: bool = True  # tick every customer at each local midnight
     log_level: str = "info"
+    kafka_security: KafkaSecurity = PLAINTEXT  # repr shows no password
+
+    @property
+    def kafka(self) -> KafkaTarget:
+        """The Kafka cluster with the security settings, for every client of grader."""
+        return KafkaTarget(self.kafka_url, self.kafka_security)
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -73,7 +100,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for key in DEFAULTS:
         if f"GRADER_{key.upper()}" in env:
             raw[key] = env[f"GRADER_{key.upper()}"]
-    return _validate(raw, cdir)
+    return _validate(raw, cdir, env.get(PASSWORD_VARIABLE) or None)
 
 
 def _read_file(path: Path) -> dict[str, str]:
@@ -85,13 +112,16 @@ def _read_file(path: Path) -> dict[str, str]:
         raise SettingsError(f"{path}: cannot read settings: {exc}") from None
     out: dict[str, str] = {}
     for key, value in doc.items():
+        if key == "kafka_password":  # the value is not shown
+            raise SettingsError(f"{path}: kafka_password is not read from a file: set "
+                                f"{PASSWORD_VARIABLE} in the environment")
         if key not in DEFAULTS:
             raise SettingsError(f"{path}: unknown setting {key!r}")
         out[key] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     return out
 
 
-def _validate(raw: dict[str, str], cdir: Path) -> Settings:
+def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings:
     policies = tuple(p.strip() for p in raw["policies"].split(",") if p.strip())
     if not policies:
         raise SettingsError("setting policies (GRADER_POLICIES): names at least one policy")
@@ -101,6 +131,9 @@ def _validate(raw: dict[str, str], cdir: Path) -> Settings:
             f"setting support_policy (GRADER_SUPPORT_POLICY): {support!r} "
             "is not one of the active policies"
         )
+    if "@" in raw["kafka_url"]:  # checked first: the value is not shown
+        raise SettingsError("setting kafka_url (GRADER_KAFKA_URL): holds a user name or "
+                            "password; use GRADER_KAFKA_USERNAME and GRADER_KAFKA_PASSWORD")
     _url(raw, "kafka_url", ("kafka", "aiokafka"))
     _url(raw, "redis_url", ("redis", "rediss", "unix"))
     for key in ("topic_prefix", "redis_prefix", "web_host"):
@@ -127,11 +160,69 @@ def _validate(raw: dict[str, str], cdir: Path) -> Settings:
         broker_quirks=raw["broker_quirks"],
         live_ticks=raw["live_ticks"] in ("1", "true"),
         log_level=raw["log_level"],
+        kafka_security=_kafka_security(raw, password),
     )
 
 
-def _choice(raw: dict[str, str], key: str, options: tuple[str, ...]) -> None:
-    raw[key] = raw[key].strip().lower()
+def _kafka_security(raw: dict[str, str], password: str | None) -> KafkaSecurity:
+    """The Kafka security settings: each one used by the protocol, and only those."""
+    _choice(raw, "kafka_security_protocol", PROTOCOLS, fold=str.upper)
+    protocol = raw["kafka_security_protocol"]
+    mechanism = raw["kafka_sasl_mechanism"].strip().upper() or None
+    username = raw["kafka_username"].strip() or None
+    given = {"kafka_sasl_mechanism": mechanism, "kafka_username": username,
+             "kafka_password": password}
+    if protocol.startswith("SASL_"):
+        for key, value in given.items():
+            if value is None:
+                _refuse(key, f"required with kafka_security_protocol {protocol}")
+        _choice(raw, "kafka_sasl_mechanism", MECHANISMS, fold=str.upper)
+    _unused(given, protocol, ("SASL_PLAINTEXT", "SASL_SSL"))
+    files = {key: Path(raw[key].strip()) if raw[key].strip() else None for key in KAFKA_FILES}
+    _unused(files, protocol, ("SSL", "SASL_SSL"))
+    if files["kafka_key_file"] and not files["kafka_cert_file"]:
+        _refuse("kafka_key_file", "needs kafka_cert_file (GRADER_KAFKA_CERT_FILE)")
+    for key, path in files.items():
+        if path is not None:
+            _readable(key, path)
+    _choice(raw, "kafka_ssl_check_hostname", ("1", "0", "true", "false"))
+    security = KafkaSecurity(
+        protocol=protocol, sasl_mechanism=mechanism, username=username,
+        password=Secret(password) if password else None, ca_file=files["kafka_ca_file"],
+        cert_file=files["kafka_cert_file"], key_file=files["kafka_key_file"],
+        check_hostname=raw["kafka_ssl_check_hostname"] in ("1", "true"))
+    try:
+        ssl_context(security)  # the files hold certificates and a matching key
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return security
+
+
+def _unused(given: Mapping[str, object], protocol: str, users: tuple[str, ...]) -> None:
+    """Refuse a setting the protocol would ignore (credentials meant for TLS or SASL)."""
+    if protocol in users:
+        return
+    for key, value in given.items():
+        if value is not None:
+            _refuse(key, f"only {' and '.join(users)} use it, but kafka_security_protocol "
+                         f"(GRADER_KAFKA_SECURITY_PROTOCOL) is {protocol}")
+
+
+def _readable(key: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        _refuse(key, f"{path}: {exc.strerror}")
+
+
+def _refuse(key: str, why: str) -> NoReturn:
+    raise SettingsError(f"setting {key} (GRADER_{key.upper()}): {why}")
+
+
+def _choice(raw: dict[str, str], key: str, options: tuple[str, ...],
+            fold: Callable[[str], str] = str.lower) -> None:
+    raw[key] = fold(raw[key].strip())
     if raw[key] not in options:
         raise SettingsError(
             f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not one of {', '.join(options)}"

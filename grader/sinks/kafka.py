@@ -15,7 +15,7 @@ half of the worker's time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from grader.stream.step import Output
@@ -33,10 +33,16 @@ class OutputSink(Protocol):
 
 
 class BatchSender:
-    """An aiokafka producer (acks=all) that sends lists of records as record batches."""
+    """An aiokafka producer (acks=all) that sends lists of records as record batches.
 
-    def __init__(self, bootstrap_servers: list[str]) -> None:
+    ``auth`` holds the producer's security keyword arguments
+    (:func:`grader.kafkaauth.client_auth`; none: PLAINTEXT).
+    """
+
+    def __init__(self, bootstrap_servers: list[str],
+                 auth: Mapping[str, Any] | None = None) -> None:
         self._servers = bootstrap_servers
+        self._auth = dict(auth or {})
         self._producer: Any = None
         self._lock = asyncio.Lock()
 
@@ -47,7 +53,8 @@ class BatchSender:
 
                 producer = aiokafka.AIOKafkaProducer(
                     bootstrap_servers=self._servers, acks="all",
-                    max_batch_size=MAX_BATCH_BYTES, max_request_size=4 * MAX_BATCH_BYTES)
+                    max_batch_size=MAX_BATCH_BYTES, max_request_size=4 * MAX_BATCH_BYTES,
+                    **self._auth)
                 await producer.start()
                 self._producer = producer
         return self._producer

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import faust
 
+from grader import kafkaauth
 from grader.clock import NEVER, format_instant
 from grader.core import Grading
 from grader.events import Rejection
@@ -261,8 +262,11 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     prefix, partitions = settings.topic_prefix, settings.partitions
     store = table_store()
     servers = bootstrap_servers(settings.kafka_url)
+    security = settings.kafka_security  # the same TLS context for Faust and the sender
+    tls = kafkaauth.ssl_context(security)
     app = faust.App(
         f"{prefix}worker", broker=settings.kafka_url, store=store,
+        broker_credentials=kafkaauth.faust_credentials(security, tls),
         datadir=str(settings.data_dir), web_bind=settings.web_host, web_host=settings.web_host,
         web_port=settings.web_port, topic_partitions=partitions, autodiscover=False,
         table_cleanup_interval=3600.0, consumer_auto_offset_reset="earliest",
@@ -276,11 +280,12 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     clocks = app.Table("clocks", partitions=partitions, key_type=bytes, value_type=bytes)
     source_names = [prefix + t for t in (*INPUTS, REPARTITION, TICKS)]
     progress = SourceProgress(stall_after=STALL_AFTER)
-    app.transport = transport_for(app, source_names, servers, options.true_end_offsets,
+    auth = kafkaauth.client_auth(security, tls)
+    app.transport = transport_for(app, source_names, servers, auth, options.true_end_offsets,
                                   options.fetch_max_wait_ms, progress)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    sender = BatchSender(servers)
+    sender = BatchSender(servers, auth)
     processor = Processor(grading, FaustTableStore(customers, sender, partitions),
                           FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
@@ -313,7 +318,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         @app.task  # type: ignore[untyped-decorator]
         async def record_changelog_ids() -> None:
             await record_when_created(Path(app.conf.tabledir), changelogs_of(app),
-                                      settings.kafka_url)
+                                      settings.kafka)
 
     if options.live_ticks:
         for tz in grading.timezones:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grader import terminal
 from grader.errors import GraderError
+
+if TYPE_CHECKING:
+    from grader.settings import Settings
 
 COMMANDS = ("worker", "produce", "tick")
 
@@ -44,7 +47,22 @@ def _worker() -> int:
     settings = load_settings()
     options = load_options(settings)
     grading = load_grading(settings)
+    _reach(settings)
     return run_worker(settings, grading, options)
+
+
+def _reach(settings: Settings) -> None:
+    """Say where we connect, then check at once that Kafka takes the settings' credentials.
+
+    A broker that is down, a wrong password or an untrusted certificate is then
+    one line within seconds, not a client's retries for 30 s.
+    """
+    from grader.stream.admin import reach_kafka
+
+    target = settings.kafka
+    print(f"grader: connecting to Kafka at {', '.join(target.servers)} "
+          f"({target.security.describe()}) ...", file=sys.stderr, flush=True)
+    reach_kafka(target)
 
 
 def _produce(path: Path) -> int:
@@ -57,10 +75,10 @@ def _produce(path: Path) -> int:
     settings = load_settings()
     if not path.is_file():
         raise GraderError(f"events file {path} not found")
-    ensure_topics(settings.kafka_url,
-                  load_topics(settings.topic_prefix, settings.partitions).values())
+    _reach(settings)
+    ensure_topics(settings.kafka, load_topics(settings.topic_prefix, settings.partitions).values())
     progress = terminal.progress("produce: sent")
-    summary = produce(settings.kafka_url, settings.topic_prefix, read_lines(path), str(path),
+    summary = produce(settings.kafka, settings.topic_prefix, read_lines(path), str(path),
                       progress)
     if progress is not None:
         terminal.clear_progress()
@@ -78,6 +96,7 @@ def _tick(text: str) -> int:
     except TimestampError as exc:
         raise GraderError(f"--as-of {text!r}: {exc}") from None
     settings = load_settings()
-    count = send_tick(settings.kafka_url, settings.topic_prefix, as_of)
+    _reach(settings)
+    count = send_tick(settings.kafka, settings.topic_prefix, as_of)
     print(f"tick as of {format_instant(as_of)} sent to {count} partitions", file=sys.stderr)
     return 0

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from grader.kafkaauth import KafkaTarget
 from grader.stream.admin import topic_ids
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,12 @@ def changelogs_of(app: Any) -> dict[str, str]:
     return {table.name: table.changelog_topic.get_topic_name() for table in app.tables.values()}
 
 
-def check_local_tables(tabledir: Path, changelogs: dict[str, str], kafka_url: str) -> None:
+def check_local_tables(tabledir: Path, changelogs: dict[str, str],
+                       kafka: str | KafkaTarget) -> None:
     """Drop the local files of each table not built from its changelog topic as it is now."""
     if not tabledir.is_dir():
         return
-    ids = topic_ids(kafka_url, changelogs.values())
+    ids = topic_ids(kafka, changelogs.values())
     for name, topic in sorted(changelogs.items()):
         files = sorted(tabledir.glob(f"{name}-*.db"))  # one RocksDB per partition
         if not files:
@@ -62,9 +64,10 @@ def check_local_tables(tabledir: Path, changelogs: dict[str, str], kafka_url: st
                 path.unlink()
 
 
-def record_changelog_ids(tabledir: Path, changelogs: dict[str, str], kafka_url: str) -> bool:
+def record_changelog_ids(tabledir: Path, changelogs: dict[str, str],
+                         kafka: str | KafkaTarget) -> bool:
     """Write each existing changelog's topic id next to its table; True once all exist."""
-    ids = topic_ids(kafka_url, changelogs.values())
+    ids = topic_ids(kafka, changelogs.values())
     tabledir.mkdir(parents=True, exist_ok=True)
     for name, topic in changelogs.items():
         if topic in ids:
@@ -72,14 +75,15 @@ def record_changelog_ids(tabledir: Path, changelogs: dict[str, str], kafka_url: 
     return all(topic in ids for topic in changelogs.values())
 
 
-async def record_when_created(tabledir: Path, changelogs: dict[str, str], kafka_url: str,
-                              every: float = 1.0, attempts: int = 120) -> None:
+async def record_when_created(tabledir: Path, changelogs: dict[str, str],
+                              kafka: str | KafkaTarget, every: float = 1.0,
+                              attempts: int = 120) -> None:
     """Record the changelog ids as soon as Faust has created the topics (a start-up task)."""
     loop = asyncio.get_running_loop()
     for _ in range(attempts):
         try:
             if await loop.run_in_executor(None, record_changelog_ids, tabledir, changelogs,
-                                          kafka_url):
+                                          kafka):
                 return
         except Exception as exc:  # the broker may be busy at start-up: try again
             log.info("recording the changelog topic ids failed, trying again: %r", exc)

@@ -9,11 +9,13 @@ from typing import Any
 
 import orjson
 
+from grader import kafkaauth
 from grader.events import TOPIC_OF_TYPE, ParseContext, Rejection, parse_event
+from grader.kafkaauth import KafkaTarget, target_of
 from grader.stream import step
 from grader.stream.admin import (
+    CLIENT_TIMEOUT_MS,
     KafkaError,
-    bootstrap_servers,
     connected,
     described_topics,
     kafka_module,
@@ -58,16 +60,16 @@ def route(raw: bytes) -> tuple[str, bytes] | Rejection:
     return Rejection("unroutable", None, "no topic for this line")  # pragma: no cover
 
 
-def produce(kafka_url: str, prefix: str, lines: Iterable[bytes], source: str,
+def produce(kafka: str | KafkaTarget, prefix: str, lines: Iterable[bytes], source: str,
             progress: Callable[[int], None] | None = None) -> ProduceSummary:
     """Send each line to its topic keyed by customer_id; unroutable lines to dead-letters.
 
     ``progress`` is called with the number of lines sent so far, every
     PROGRESS_EVERY lines.
     """
-    kafka = kafka_module()
+    module = kafka_module()
     summary = ProduceSummary()
-    producer = _producer(kafka_url)
+    producer = _producer(kafka)
     try:
         for number, raw in enumerate(lines, 1):
             if not raw.strip():
@@ -85,40 +87,44 @@ def produce(kafka_url: str, prefix: str, lines: Iterable[bytes], source: str,
             if progress is not None and summary.lines % PROGRESS_EVERY == 0:
                 progress(summary.lines)
         producer.flush()
-    except kafka.errors.KafkaError as exc:
-        raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
+    except module.errors.KafkaError as exc:
+        raise KafkaError(f"Kafka at {target_of(kafka).url}: {exc}") from None
     finally:
         producer.close()
     return summary
 
 
-def send_tick(kafka_url: str, prefix: str, as_of: int) -> int:
+def send_tick(kafka: str | KafkaTarget, prefix: str, as_of: int) -> int:
     """Send one tick message to every partition of the ticks topic; return how many."""
-    kafka = kafka_module()
+    module = kafka_module()
     topic = prefix + TICKS
-    with connected(kafka_url) as admin:
+    with connected(kafka) as admin:
         described = described_topics(admin, [topic]).get(topic)
     if described is None:
         raise KafkaError(f"topic {topic} does not exist: start `grader worker` first")
     partitions = sorted(p["partition_index"] for p in described["partitions"])
     value = step.tick_message(as_of, str(uuid.uuid4()))
-    producer = _producer(kafka_url)
+    producer = _producer(kafka)
     try:
         for partition in partitions:
             producer.send(topic, key=b"tick", value=value, partition=partition)
         producer.flush()
-    except kafka.errors.KafkaError as exc:
-        raise KafkaError(f"Kafka at {kafka_url}: {exc}") from None
+    except module.errors.KafkaError as exc:
+        raise KafkaError(f"Kafka at {target_of(kafka).url}: {exc}") from None
     finally:
         producer.close()
     return len(partitions)
 
 
-def _producer(kafka_url: str) -> Any:
-    kafka = kafka_module()
+def _producer(kafka: str | KafkaTarget) -> Any:
+    target = target_of(kafka)
+    module = kafka_module()
+    auth = kafkaauth.client_auth(target.security, kafkaauth.ssl_context(target.security))
     try:
         # acks=all and kafka-python's default idempotence: a retried send is not duplicated.
-        return kafka.KafkaProducer(bootstrap_servers=bootstrap_servers(kafka_url), acks="all",
-                                   linger_ms=5, allow_auto_create_topics=False)
-    except kafka.errors.KafkaError as exc:
-        raise KafkaError(f"cannot reach Kafka at {kafka_url}: {exc}") from None
+        return module.KafkaProducer(bootstrap_servers=target.servers, acks="all", linger_ms=5,
+                                    allow_auto_create_topics=False,
+                                    bootstrap_timeout_ms=CLIENT_TIMEOUT_MS, **auth)
+    except module.errors.KafkaError as exc:
+        raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}"
+                         ) from None

@@ -146,6 +146,7 @@ class ResumingConsumer(driver.Consumer):
 
     source_topics: frozenset[str] = frozenset()
     servers: tuple[str, ...] = ()  # bootstrap servers, for the end-offset check
+    auth: Mapping[str, Any] = {}  # their security settings (grader.kafkaauth.client_auth)
     true_end_offsets: bool = False
     fetch_max_wait_ms: int | None = None
     progress: SourceProgress  # set per app by transport_for
@@ -163,7 +164,7 @@ class ResumingConsumer(driver.Consumer):
         ends: Mapping[Any, int] = await super().highwaters(*partitions)
         if not self.true_end_offsets:
             return ends
-        return await fetched_ends(list(self.servers), ends)
+        return await fetched_ends(list(self.servers), ends, self.auth)
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit: an input partition's from SourceProgress, else Faust's."""
@@ -203,7 +204,7 @@ class ResumingConsumer(driver.Consumer):
                  if tp in assigned}
         if not stuck:
             return
-        firsts = await fetch_first(list(self.servers), stuck, timeout=5.0)
+        firsts = await fetch_first(list(self.servers), stuck, self.auth, timeout=5.0)
         if self.app.rebalancing:
             return  # the next assignment starts every partition afresh
         now = time.monotonic()
@@ -227,31 +228,31 @@ class ResumingConsumer(driver.Consumer):
 
 
 async def fetch_first(servers: list[str], starts: Mapping[Any, int],
-                      timeout: float = 10.0) -> dict[Any, int]:
+                      auth: Mapping[str, Any], timeout: float = 10.0) -> dict[Any, int]:
     """The offset of the first record at or after each start (absent: none before ``timeout``)."""
-    batches = await _fetch_from(servers, starts, timeout)
+    batches = await _fetch_from(servers, starts, auth, timeout)
     return {tp: records[0].offset for tp, records in batches.items()}
 
 
 async def fetched_ends(servers: list[str], ends: Mapping[Any, int],
-                       timeout: float = 10.0) -> dict[Any, int]:
+                       auth: Mapping[str, Any], timeout: float = 10.0) -> dict[Any, int]:
     """``ends`` raised to one past the last offset a fetch from ``end - 1`` returns."""
     checked = {tp: end - 1 for tp, end in ends.items() if end}
-    batches = await _fetch_from(servers, checked, timeout)
+    batches = await _fetch_from(servers, checked, auth, timeout)
     if missing := set(checked) - set(batches):
         raise RuntimeError(f"no record at end offset - 1 of {sorted(map(str, missing))}")
     return {tp: max(end, batches[tp][-1].offset + 1) if tp in batches else end
             for tp, end in ends.items()}
 
 
-async def _fetch_from(servers: list[str], starts: Mapping[Any, int],
+async def _fetch_from(servers: list[str], starts: Mapping[Any, int], auth: Mapping[str, Any],
                       timeout: float) -> dict[Any, list[Any]]:
     """The first records fetched from each start offset (a partition without any is left out)."""
     if not starts:
         return {}
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
                                          enable_auto_commit=False,
-                                         auto_offset_reset="earliest")
+                                         auto_offset_reset="earliest", **auth)
     try:
         await consumer.start()
         consumer.assign(list(starts))
@@ -269,11 +270,12 @@ async def _fetch_from(servers: list[str], starts: Mapping[Any, int],
 
 
 def transport_for(app: Any, source_topics: Iterable[str], servers: Iterable[str],
-                  true_end_offsets: bool, fetch_max_wait_ms: int | None,
-                  progress: SourceProgress) -> Any:
+                  auth: Mapping[str, Any], true_end_offsets: bool,
+                  fetch_max_wait_ms: int | None, progress: SourceProgress) -> Any:
     """A Kafka transport for ``app`` whose consumer is a ResumingConsumer."""
     consumer = type("GraderConsumer", (ResumingConsumer,),
                     {"source_topics": frozenset(source_topics), "servers": tuple(servers),
+                     "auth": dict(auth),
                      "true_end_offsets": true_end_offsets,
                      "fetch_max_wait_ms": fetch_max_wait_ms, "progress": progress})
     transport = type("GraderTransport", (driver.Transport,), {"Consumer": consumer})

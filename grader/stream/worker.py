@@ -92,7 +92,7 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
     from grader.stream.admin import ensure_topics
     from grader.stream.topology import load_topics
 
-    ensure_topics(settings.kafka_url,
+    ensure_topics(settings.kafka,
                   load_topics(settings.topic_prefix, settings.partitions).values())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -103,7 +103,7 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
     from grader.stream.localstate import changelogs_of, check_local_tables
 
     app = create_app(settings, grading, options)
-    check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka_url)
+    check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 
     class Worker(faust.Worker):

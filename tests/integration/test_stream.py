@@ -392,7 +392,7 @@ def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:
     reported = consumer.end_offsets([tp])[tp]
     consumer.close()
     # Apache Kafka would say 12; tansu says 4 (the batch starts at offset 3).
-    true = asyncio.run(fetched_ends([broker.bootstrap], {tp: reported}))
+    true = asyncio.run(fetched_ends([broker.bootstrap], {tp: reported}, {}))
     assert true == {tp: 12}, f"ListOffsets said {reported}"
 
 

@@ -131,7 +131,7 @@ def test_the_worker_consumer_commits_inputs_from_progress_not_from_faust_gaps() 
 
     app = faust.App("t", broker="kafka://127.0.0.1:9")
     progress = SourceProgress(stall_after=2.0)
-    app.transport = transport_for(app, ["g.transactions"], ["127.0.0.1:9"], False, None,
+    app.transport = transport_for(app, ["g.transactions"], ["127.0.0.1:9"], {}, False, None,
                                   progress)
     consumer = app.consumer
     source = FaustTP("g.transactions", 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from grader.errors import SettingsError
+from grader.kafkaauth import PLAINTEXT, KafkaSecurity, KafkaTarget, Secret
 from grader.settings import load_settings
 
 
@@ -22,6 +23,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.topic_prefix, s.redis_prefix, s.partitions) == ("grader.", "grader:", 8)
     assert (s.web_host, s.web_port, s.api_token) == ("127.0.0.1", 6066, None)
     assert (s.broker_quirks, s.live_ticks, s.log_level) == ("none", True, "info")
+    assert s.kafka_security == PLAINTEXT and s.kafka_security.check_hostname
+    assert s.kafka == KafkaTarget("kafka://127.0.0.1:9092", PLAINTEXT)
 
 
 def test_file_then_environment_wins(tmp_path: Path) -> None:
@@ -53,3 +56,87 @@ def test_bad_settings_name_the_setting(
     with pytest.raises(SettingsError, match=None) as info:
         settings_in(tmp_path, toml, **env)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+PASSWORD = "s3cret-Pa55word"
+SASL_SSL_ENV = {
+    "GRADER_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+    "GRADER_KAFKA_SASL_MECHANISM": "scram-sha-512",
+    "GRADER_KAFKA_USERNAME": "grader",
+    "GRADER_KAFKA_PASSWORD": PASSWORD,
+}
+
+
+def test_kafka_security_from_file_and_environment(tmp_path: Path) -> None:
+    toml = ('kafka_security_protocol = "SASL_PLAINTEXT"\nkafka_sasl_mechanism = "PLAIN"\n'
+            'kafka_username = "from-file"\nkafka_ssl_check_hostname = false\n')
+    s = settings_in(tmp_path, toml, GRADER_KAFKA_USERNAME="grader",
+                    GRADER_KAFKA_PASSWORD=PASSWORD)
+    assert s.kafka_security == KafkaSecurity("SASL_PLAINTEXT", "PLAIN", "grader",
+                                             Secret(PASSWORD), check_hostname=False)
+    s = settings_in(tmp_path, **SASL_SSL_ENV)
+    assert s.kafka_security == KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "grader",
+                                             Secret(PASSWORD))
+    assert s.kafka.security is s.kafka_security and s.kafka.url == s.kafka_url
+
+
+def test_the_password_is_not_in_the_settings_repr(tmp_path: Path) -> None:
+    s = settings_in(tmp_path, **SASL_SSL_ENV)
+    assert s.kafka_security.password is not None
+    assert s.kafka_security.password.reveal() == PASSWORD
+    assert PASSWORD not in repr(s) and PASSWORD not in str(s) and "***" in repr(s)
+
+
+def test_a_password_in_the_file_is_refused_without_showing_it(tmp_path: Path) -> None:
+    toml = f'kafka_password = "{PASSWORD}"\n'
+    with pytest.raises(SettingsError) as info:
+        settings_in(tmp_path, toml, **SASL_SSL_ENV)
+    message = str(info.value)
+    assert "GRADER_KAFKA_PASSWORD" in message and "grader.toml" in message
+    assert PASSWORD not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "TLS"},
+         "kafka_security_protocol (GRADER_KAFKA_SECURITY_PROTOCOL): 'TLS' is not one of"),
+        ({**SASL_SSL_ENV, "GRADER_KAFKA_SASL_MECHANISM": ""},
+         "kafka_sasl_mechanism (GRADER_KAFKA_SASL_MECHANISM): required with"),
+        ({**SASL_SSL_ENV, "GRADER_KAFKA_SASL_MECHANISM": "GSSAPI"},
+         "kafka_sasl_mechanism (GRADER_KAFKA_SASL_MECHANISM): 'GSSAPI' is not one of PLAIN"),
+        ({**SASL_SSL_ENV, "GRADER_KAFKA_USERNAME": " "},
+         "kafka_username (GRADER_KAFKA_USERNAME): required with kafka_security_protocol"),
+        ({**SASL_SSL_ENV, "GRADER_KAFKA_PASSWORD": ""},
+         "kafka_password (GRADER_KAFKA_PASSWORD): required with kafka_security_protocol"),
+        ({"GRADER_KAFKA_PASSWORD": PASSWORD},
+         "kafka_password (GRADER_KAFKA_PASSWORD): only SASL_PLAINTEXT and SASL_SSL use it"),
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "SSL", "GRADER_KAFKA_USERNAME": "grader"},
+         "kafka_username (GRADER_KAFKA_USERNAME): only SASL_PLAINTEXT and SASL_SSL use it"),
+        ({**SASL_SSL_ENV, "GRADER_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+          "GRADER_KAFKA_CA_FILE": "/etc/hosts"},
+         "kafka_ca_file (GRADER_KAFKA_CA_FILE): only SSL and SASL_SSL use it"),
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "SSL", "GRADER_KAFKA_CA_FILE": "/no/such/ca.pem"},
+         "kafka_ca_file (GRADER_KAFKA_CA_FILE): /no/such/ca.pem: No such file or directory"),
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "SSL", "GRADER_KAFKA_CA_FILE": "/etc/hosts"},
+         "kafka_ca_file (GRADER_KAFKA_CA_FILE): /etc/hosts: not a usable PEM file"),
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "SSL", "GRADER_KAFKA_CERT_FILE": "/etc/hosts"},
+         "kafka_cert_file (GRADER_KAFKA_CERT_FILE): /etc/hosts: not a usable PEM file"),
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "SSL", "GRADER_KAFKA_KEY_FILE": "/etc/hosts"},
+         "kafka_key_file (GRADER_KAFKA_KEY_FILE): needs kafka_cert_file"),
+        ({"GRADER_KAFKA_SECURITY_PROTOCOL": "SSL", "GRADER_KAFKA_SSL_CHECK_HOSTNAME": "maybe"},
+         "kafka_ssl_check_hostname (GRADER_KAFKA_SSL_CHECK_HOSTNAME): 'maybe' is not one of"),
+        ({"GRADER_KAFKA_URL": f"kafka://grader:{PASSWORD}@broker:9093"},
+         "kafka_url (GRADER_KAFKA_URL): holds a user name or password"),
+        ({"GRADER_KAFKA_URL": f"grader:{PASSWORD}@broker:9093"},
+         "kafka_url (GRADER_KAFKA_URL): holds a user name or password"),
+    ],
+)
+def test_bad_kafka_security_settings_name_the_setting(
+    tmp_path: Path, env: dict[str, str], needle: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_in(tmp_path, **env)
+    message = str(info.value)
+    assert message.startswith("setting ") and needle in message, message
+    assert "\n" not in message and PASSWORD not in message
