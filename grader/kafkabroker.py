@@ -49,9 +49,9 @@ from typing import Any
 
 from grader.services import (
     HOST,
+    KafkaProtocolServer,
     ServiceError,
     _kafka_answers,
-    _Server,
     _start_failure,
     _usable_port,
     _wait_ready,
@@ -129,7 +129,7 @@ class SaslSslListener:
     port: int | None = None
 
 
-class KafkaBroker(_Server):
+class KafkaBroker(KafkaProtocolServer):
     """A running Kafka broker+controller JVM; ``.bootstrap`` is for Kafka clients."""
 
     name = "kafka"
@@ -153,16 +153,6 @@ class KafkaBroker(_Server):
         if self.sasl_ssl_port is None:
             raise ValueError("this broker has no SASL_SSL listener")
         return f"kafka://{self.host}:{self.sasl_ssl_port}"
-
-    @property
-    def bootstrap(self) -> str:
-        """``host:port`` for Kafka clients' ``bootstrap_servers``."""
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """The broker as a ``kafka://host:port`` URL (Faust's ``broker`` setting)."""
-        return f"kafka://{self.bootstrap}"
 
     def output_tail(self, lines: int = 8) -> str:
         """Kafka's first ERROR line and its cause (the reason), then the last *lines* lines."""

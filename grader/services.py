@@ -151,12 +151,8 @@ class _Server:
 _S = TypeVar("_S", bound=_Server)
 
 
-class Broker(_Server):
-    """A running tansu broker; ``.bootstrap`` is what Kafka clients connect to."""
-
-    name = "tansu"
-    #: tansu exits at once on SIGINT; on SIGTERM it waits ~5 s for open client connections.
-    stop_signal = signal.SIGINT
+class KafkaProtocolServer(_Server):
+    """A server Kafka clients talk to: tansu here, Apache Kafka in grader.kafkabroker."""
 
     @property
     def bootstrap(self) -> str:
@@ -167,6 +163,14 @@ class Broker(_Server):
     def url(self) -> str:
         """The broker as a ``kafka://host:port`` URL (Faust's ``broker`` setting)."""
         return f"kafka://{self.bootstrap}"
+
+
+class Broker(KafkaProtocolServer):
+    """A running tansu broker; ``.bootstrap`` is what Kafka clients connect to."""
+
+    name = "tansu"
+    #: tansu exits at once on SIGINT; on SIGTERM it waits ~5 s for open client connections.
+    stop_signal = signal.SIGINT
 
 
 class RedisServer(_Server):

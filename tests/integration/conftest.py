@@ -177,6 +177,12 @@ class Stream:
 def read_topic(broker: Server, topic: str, idle: float = 1.0) -> list[Any]:
     """All records of ``topic``, read until ``idle`` seconds pass without a new one."""
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    return read_all(consumer, topic, idle)
+
+
+def read_all(consumer: KafkaConsumer, topic: str, idle: float) -> list[Any]:
+    """Every record of ``topic`` with ``consumer`` (closed afterwards), read from the
+    beginning until ``idle`` seconds pass without a new one."""
     try:
         parts = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from grader.kafkabroker import KafkaBroker, SaslSslListener, kafka_available, start_kafka
 from grader.services import free_port
-from tests.integration.conftest import ROOT, Stream
+from tests.integration.conftest import ROOT, Stream, read_all
 from tests.integration.test_stream import AS_OF, events_file, expected, wait_applied, wait_for_tiers
 from tests.pki import Pki, make_pki, openssl_or_skip
 
@@ -107,22 +107,7 @@ def read_over_sasl_ssl(secure: SecureKafka, topic: str, idle: float) -> list[Any
         security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
         sasl_plain_username=USER, sasl_plain_password=secure.password,
         ssl_cafile=str(secure.pki.ca), enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
-                                                          or ())]
-        if not parts:
-            return []
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        records: list[Any] = []
-        last = time.monotonic()
-        while time.monotonic() - last < idle:
-            for batch in consumer.poll(timeout_ms=100).values():
-                records += batch
-                last = time.monotonic()
-        return records
-    finally:
-        consumer.close()
+    return read_all(consumer, topic, idle)
 
 
 def timed(stream: Stream, *args: str, **extra: str) -> tuple[Any, float]:
