@@ -34,6 +34,7 @@ from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.state import CustomerState
 from grader.stream import step
 from grader.stream.admin import bootstrap_servers
+from grader.stream.flowfix import keep_records_on_repeated_resume
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.notices import Notices
 from grader.stream.options import StreamOptions
@@ -272,6 +273,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         table_cleanup_interval=3600.0, consumer_auto_offset_reset="earliest",
         **options.faust_settings,
     )
+    keep_records_on_repeated_resume(app.flow_control)  # grader/stream/flowfix.py
     if store == "memory://":
         log.warning("rocksdict is not installed: tables use the memory store and are "
                     "rebuilt from their changelog topics at every start")
