@@ -425,3 +425,49 @@ def test_produce_shows_progress_on_a_terminal_only(stream: Stream, tmp_path: Pat
     connecting, produced = piped.stderr.splitlines()
     assert connecting.startswith("grader: connecting to Kafka at ")
     assert produced.startswith("produced 12000 lines")
+
+
+def test_churn_workers_join_leave_and_crash_while_events_arrive(stream: Stream,
+                                                               tmp_path: Path) -> None:
+    """Three workers (each with its own data dir) join, leave (SIGTERM) and crash (kill -9)
+    over and over while the events are being produced; at the end the tiers equal the
+    replay's and every valid event is applied exactly once."""
+    lines = events_file(tmp_path / "events.jsonl", customers=120, events=6000, seed=17)
+    want, dead = expected(lines)
+    parts = 8
+    for n in range(parts):
+        write_lines(tmp_path / f"part{n}.jsonl", lines[n * len(lines) // parts:
+                                                     (n + 1) * len(lines) // parts])
+    running: dict[int, Any] = {}
+
+    def start(n: int) -> Any:
+        running[n] = stream.start_worker(data_dir=f"data-{n}")
+        return running[n]
+
+    def leave(n: int) -> None:
+        assert running.pop(n).stop() == 0
+
+    def crash(n: int) -> None:
+        running.pop(n).kill()
+
+    start(0).wait_ready()
+    actions = [  # each while one part is being produced
+        lambda: start(1),
+        lambda: crash(0),
+        lambda: (start(2), start(0)),
+        lambda: leave(1),
+        lambda: crash(2),
+        lambda: start(1),
+        lambda: leave(0),
+        lambda: None,
+    ]
+    for n, action in enumerate(actions):
+        producing = stream.grader_process("produce", str(tmp_path / f"part{n}.jsonl"))
+        action()
+        assert producing.wait(60) == 0, f"producing part {n}"
+        time.sleep(1.0)
+    assert list(running) == [1]
+    running[1].wait_ready(60)
+    final_tick_equals_replay(stream, lines, want)
+    assert set(dead_letter_codes(stream)) == {(d["raw"], d["code"]) for d in dead}
+    leave(1)
