@@ -1,23 +1,39 @@
-"""Benchmark `grader worker` on the local tansu broker: throughput, then latency.
+"""Benchmark `grader worker` against a plain Faust baseline, on tansu or Apache Kafka.
 
-    python bench/worker_bench.py [--events 60000] [--customers 6000] [--partitions 4]
-                                 [--policies abc-100,sabcd-weighted,stars] [--fraction 0.5]
-                                 [--seconds 20]
+    python bench/worker_bench.py [--broker tansu|kafka] [--events 60000] [--customers 6000]
+                                 [--partitions 4] [--policies abc-100,sabcd-weighted,stars]
+                                 [--fraction 0.5] [--rate R] [--seconds 20] [--rounds 1]
+                                 [--skip-baseline] [--skip-latency] [--keep DIR]
 
-1. **Sustained throughput.** The input topics are filled first (a generated
-   file: payments, refunds, duplicates, bad lines), then one worker starts.
-   The figure is the rate between the worker's first and last "graded N
+One broker is started (tansu in memory, or a single-node Apache Kafka in
+KRaft mode, grader.kafkabroker), and on it, with the same generated input,
+two systems are measured one after the other: ``grader`` (one `grader
+worker`, ``GRADER_BROKER_QUIRKS=tansu`` on tansu, ``none`` on Kafka) and
+``baseline`` (bench/faust_baseline.py: a plain Faust agent that parses each
+message, updates one table entry and sends one record).
+
+1. **Sustained throughput.** Fresh input topics are filled first (a generated
+   file: payments, refunds, duplicates, bad lines), then one process starts.
+   The figure is the rate between its first and last "graded / processed N
    messages since start" log lines (every 10,000 messages), so neither its
-   start-up nor Faust's commit interval counts. The run ends when the group
+   start-up nor Faust's commit interval counts. The run ends when its group
    has committed every input offset.
-2. **Latency at a fraction of that rate** (default half). A fresh topic
-   prefix and worker; events are produced at a steady rate for ``--seconds``;
-   a consumer reads tier-changes. The latency of a tier change is the time
-   it reached that consumer minus the producer's timestamp of the event that
-   caused it (``cause.event_id``), both on this machine's clock.
+2. **Latency at one offered rate for both** (``--rate``, else ``--fraction``,
+   default half, of the slower system's throughput in the first round, so
+   that neither runs at its limit). A fresh topic
+   prefix and process; events are produced at a steady rate for
+   ``--seconds``; a consumer reads the outputs. For grader the latency of a
+   tier change is the time it reached that consumer minus the producer's
+   timestamp of the event that caused it (``cause.event_id``); for the
+   baseline, every event gives one record naming its ``event_id``. Both on
+   this machine's clock.
+
+With ``--rounds N`` this is repeated N times, the order of the two systems
+alternating (grader first in odd rounds), and the medians are printed too.
 
 Everything runs on this machine (broker, worker, producer, consumer), so the
-figures are for the whole pipeline on 2 cores. Report them with the machine.
+figures are for the whole pipeline on the machine's cores: compare grader
+with the baseline of the same run. Report them with the machine line.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -32,7 +49,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,62 +61,96 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.faust_baseline import OUTPUT as BASELINE_OUTPUT  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
 from grader import nativecore  # noqa: E402
-from grader.services import Broker, free_port, start_broker  # noqa: E402
+from grader.services import KafkaProtocolServer, free_port, start_broker  # noqa: E402
 from grader.stream.admin import kafka_module  # noqa: E402
 from grader.stream.produce import route  # noqa: E402
 
 AS_OF = "2026-11-22T00:00:00+08:00"
+SYSTEMS = ("grader", "baseline")
 
 
-class Worker:
-    """One `grader worker` process under a topic prefix; its log goes to a file."""
+class Process:
+    """One worker process (grader or the baseline) under a topic prefix; its log goes to a file."""
 
-    def __init__(self, broker: Broker, prefix: str, partitions: int, policies: str,
-                 workdir: Path) -> None:
-        self.prefix = prefix
-        self.log_path = workdir / f"{prefix}log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
-        env.update({
-            "GRADER_KAFKA_URL": broker.url, "GRADER_TOPIC_PREFIX": prefix,
-            "GRADER_PARTITIONS": str(partitions), "GRADER_POLICIES": policies,
-            "GRADER_CONFIG_DIR": str(ROOT / "config"),
-            "GRADER_DATA_DIR": str(workdir / f"{prefix}data"),
-            "GRADER_WEB_PORT": str(free_port()), "GRADER_BROKER_QUIRKS": "tansu",
-            "GRADER_LIVE_TICKS": "0", "GRADER_LOG_LEVEL": "info",
-        })
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
         with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "grader", "worker"], env=env,
-                                            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Until the worker logs that it is ready (partitions assigned, tables recovered)."""
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until the process logs that it is ready (partitions assigned, tables recovered)."""
         deadline = time.monotonic() + timeout
-        while "Worker ready" not in self.log_path.read_text(errors="replace"):
-            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+        while "Worker ready" not in self.log():
+            assert self.process.poll() is None, self.log()[-3000:]
             if time.monotonic() > deadline:
-                raise SystemExit(f"worker not ready:\n{self.log_path.read_text()[-3000:]}")
+                raise SystemExit(f"{self.log_path.name} not ready:\n{self.log()[-3000:]}")
             time.sleep(0.1)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the worker process has used so far."""
+        """User + system CPU time the process has used so far."""
         return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
         try:
-            self.process.wait(30)
+            self.process.wait(20)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def quirks(broker_name: str) -> str:
+    """GRADER_BROKER_QUIRKS for the broker: tansu's workarounds on tansu only."""
+    return "tansu" if broker_name == "tansu" else "none"
+
+
+def start_grader(broker: KafkaProtocolServer, args: Any, prefix: str, workdir: Path) -> Process:
+    """One `grader worker` on ``prefix``; its consumer group is ``prefix`` + "worker"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
+    env.update({
+        "GRADER_KAFKA_URL": broker.url, "GRADER_TOPIC_PREFIX": prefix,
+        "GRADER_PARTITIONS": str(args.partitions), "GRADER_POLICIES": args.policies,
+        "GRADER_CONFIG_DIR": str(ROOT / "config"),
+        "GRADER_DATA_DIR": str(workdir / f"{prefix}data"),
+        "GRADER_WEB_PORT": str(free_port()), "GRADER_BROKER_QUIRKS": quirks(args.broker),
+        "GRADER_LIVE_TICKS": "0", "GRADER_LOG_LEVEL": "info",
+        "GRADER_REDIS_URL": "",  # no support queues: the figures are for Kafka outputs
+    })
+    return Process([sys.executable, "-m", "grader", "worker"], env, workdir / f"{prefix}log")
+
+
+def start_baseline(broker: KafkaProtocolServer, args: Any, prefix: str,
+                   workdir: Path) -> Process:
+    """bench/faust_baseline.py on ``prefix``; its consumer group is ``prefix`` + "baseline"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
+    command = [sys.executable, str(ROOT / "bench" / "faust_baseline.py"), "--url", broker.url,
+               "--prefix", prefix, "--partitions", str(args.partitions),
+               "--data-dir", str(workdir / f"{prefix}data"), "--web-port", str(free_port()),
+               "--quirks", quirks(args.broker)]
+    return Process(command, env, workdir / f"{prefix}log")
+
+
+STARTERS: dict[str, Callable[[KafkaProtocolServer, Any, str, Path], Process]] = {
+    "grader": start_grader, "baseline": start_baseline}
+GROUPS = {"grader": "worker", "baseline": "baseline"}
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    """The 1-minute load average, for the record."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def routed(lines: list[bytes]) -> Iterator[tuple[str, bytes, bytes]]:
@@ -107,14 +161,19 @@ def routed(lines: list[bytes]) -> Iterator[tuple[str, bytes, bytes]]:
             yield where[0], where[1], line
 
 
-def create_topics(broker: Broker, prefix: str, partitions: int) -> None:
+def create_topics(broker: KafkaProtocolServer, prefix: str, partitions: int) -> None:
+    """grader's topics under ``prefix``, and the baseline's output topic."""
     from grader.stream.admin import ensure_topics
-    from grader.stream.topology import load_topics
+    from grader.stream.topology import TopicSpec, load_topics
 
-    ensure_topics(broker.url, load_topics(prefix, partitions).values())
+    specs = list(load_topics(prefix, partitions).values())
+    specs.append(TopicSpec(BASELINE_OUTPUT, prefix + BASELINE_OUTPUT, "output", partitions,
+                           "delete", {}))
+    ensure_topics(broker.url, specs)
 
 
-def fill(broker: Broker, prefix: str, lines: list[bytes]) -> dict[tuple[str, int], int]:
+def fill(broker: KafkaProtocolServer, prefix: str,
+         lines: list[bytes]) -> dict[tuple[str, int], int]:
     """Send every routable line; the end offset of each partition written to."""
     kafka = kafka_module()
     producer = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
@@ -145,77 +204,104 @@ def committed(admin: Any, group: str, ends: dict[tuple[str, int], int]) -> int:
 
 
 def progress_marks(log: str) -> list[tuple[float, int]]:
-    """(seconds, messages) of each "graded N messages since start" line of a worker log."""
-    import re
-    from datetime import datetime
-
+    """(seconds, messages) of each progress line of a worker or baseline log:
+    "graded N messages since start" (grader) or "processed N messages since start"."""
     marks = []
-    for match in re.finditer(r"^\[(\S+ \S+)\].*graded (\d+) messages since start", log, re.M):
+    for match in re.finditer(r"^\[(\S+ \S+)\].*(?:graded|processed) (\d+) messages since start",
+                             log, re.M):
         when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         marks.append((when, int(match.group(2))))
     return marks
 
 
-def throughput(broker: Broker, args: Any, lines: list[bytes], workdir: Path) -> float:
-    """Sustained events/s of one worker draining pre-filled input topics."""
+def throughput(system: str, broker: KafkaProtocolServer, args: Any, lines: list[bytes],
+               workdir: Path) -> float:
+    """Sustained events/s of one process of ``system`` draining pre-filled input topics."""
     kafka = kafka_module()
     prefix = f"wb{uuid.uuid4().hex[:6]}."
     create_topics(broker, prefix, args.partitions)
     ends = fill(broker, prefix, lines)
     total = sum(ends.values())
     admin = kafka.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    worker = Worker(broker, prefix, args.partitions, args.policies, workdir)
+    worker = STARTERS[system](broker, args, prefix, workdir)
     samples: list[tuple[float, int]] = []
     broker_cpu = cpu_seconds(broker.process.pid)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            done = committed(admin, f"{prefix}worker", ends)
+            done = committed(admin, prefix + GROUPS[system], ends)
             samples.append((time.monotonic(), done))
             if done >= total:
                 worker_cpu = worker.cpu_seconds()
                 broker_cpu = cpu_seconds(broker.process.pid) - broker_cpu
                 break
-            assert worker.process.poll() is None, worker.log_path.read_text()[-3000:]
+            assert worker.process.poll() is None, worker.log()[-3000:]
             time.sleep(0.1)
         else:
-            raise SystemExit(f"worker did not finish: {samples[-1][1]} of {total} committed")
+            raise SystemExit(f"{system} did not finish: {samples[-1][1]} of {total} committed")
     finally:
         worker.stop()
         admin.close()
 
-    marks = progress_marks(worker.log_path.read_text(errors="replace"))
+    marks = progress_marks(worker.log())
     if len(marks) < 2:
-        raise SystemExit("too few progress lines in the worker log: use more --events")
+        raise SystemExit(f"too few progress lines in the {system} log: use more --events")
     (t_first, n_first), (t_last, n_last) = marks[0], marks[-1]
     rate = (n_last - n_first) / (t_last - t_first)
-    print(f"throughput: {total} input messages, {rate:,.0f} events/s sustained (from the "
-          f"worker's progress lines at {n_first:,} and {n_last:,} messages), all committed "
-          f"{samples[-1][0] - samples[0][0]:.1f} s after the worker started")
-    print(f"CPU per input message: worker {worker_cpu / total * 1e6:.0f} us (including its "
-          f"start-up), broker {broker_cpu / total * 1e6:.0f} us")
+    print(f"  {system} throughput: {total} input messages, {rate:,.0f} events/s sustained "
+          f"(progress lines at {n_first:,} and {n_last:,} messages), all committed "
+          f"{samples[-1][0] - samples[0][0]:.1f} s after the process started; load {load()}")
+    print(f"    CPU per input message: {system} {worker_cpu / total * 1e6:.0f} us (including "
+          f"its start-up), broker {broker_cpu / total * 1e6:.0f} us")
     return rate
 
 
-def latency(broker: Broker, args: Any, lines: list[bytes], rate: float, workdir: Path) -> None:
-    """p50/p99 from an event's production to its tier change, at ``rate`` events/s."""
+@dataclass(frozen=True)
+class Latency:
+    """One latency run: the achieved offered rate and percentiles in ms."""
+
+    rate: float
+    count: int
+    p50: float
+    p99: float
+    worst: float
+    sent_p50: float
+    sent_p99: float
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The value at quantile ``q`` of an ascending list (nearest rank, as before)."""
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def output_causes(system: str, value: bytes) -> str | None:
+    """The event_id behind one output record of ``system``."""
+    doc = orjson.loads(value)
+    cause = doc["cause"].get("event_id") if system == "grader" else doc.get("event_id")
+    return cause if isinstance(cause, str) else None
+
+
+def latency(system: str, broker: KafkaProtocolServer, args: Any, lines: list[bytes],
+            rate: float, workdir: Path) -> Latency:
+    """p50/p99 from an event's production to its output being read, at ``rate`` events/s."""
     kafka = kafka_module()
     prefix = f"wl{uuid.uuid4().hex[:6]}."
     create_topics(broker, prefix, args.partitions)
-    worker = Worker(broker, prefix, args.partitions, args.policies, workdir)
+    worker = STARTERS[system](broker, args, prefix, workdir)
     worker.wait_ready()
-    seen: dict[str, float] = {}  # cause event_id -> first arrival of a tier change (s)
-    stamped: dict[str, float] = {}  # cause event_id -> the tier change's record timestamp (s)
+    seen: dict[str, float] = {}  # cause event_id -> first arrival of an output record (s)
+    stamped: dict[str, float] = {}  # cause event_id -> that record's timestamp (s)
     stop = threading.Event()
+    topic = prefix + ("tier-changes" if system == "grader" else BASELINE_OUTPUT)
 
     def consume() -> None:
-        consumer = kafka.KafkaConsumer(prefix + "tier-changes", bootstrap_servers=broker.bootstrap,
+        consumer = kafka.KafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
                                        auto_offset_reset="earliest", fetch_max_wait_ms=10)
         while not stop.is_set():
             for batch in consumer.poll(timeout_ms=50).values():
                 arrived = time.time()
                 for record in batch:
-                    cause = orjson.loads(record.value)["cause"].get("event_id")
+                    cause = output_causes(system, record.value)
                     if cause:
                         seen.setdefault(cause, arrived)
                         stamped.setdefault(cause, record.timestamp / 1000)
@@ -228,13 +314,13 @@ def latency(broker: Broker, args: Any, lines: list[bytes], rate: float, workdir:
     todo = list(routed(lines))
     count = min(len(todo), int(rate * args.seconds))
     start = time.monotonic()
-    for n, (topic, key, line) in enumerate(todo[:count]):
+    for n, (suffix, key, line) in enumerate(todo[:count]):
         due = start + n / rate
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         stamp = time.time()
-        producer.send(prefix + topic, key=key, value=line, timestamp_ms=int(stamp * 1000))
+        producer.send(prefix + suffix, key=key, value=line, timestamp_ms=int(stamp * 1000))
         event_id = orjson.loads(line).get("event_id")
         if isinstance(event_id, str):
             sent.setdefault(event_id, stamp)
@@ -247,44 +333,128 @@ def latency(broker: Broker, args: Any, lines: list[bytes], rate: float, workdir:
     worker.stop()
     waits = sorted((seen[e] - sent[e]) * 1000 for e in seen if e in sent)
     if not waits:
-        raise SystemExit("no tier change was seen")
-    p50 = statistics.median(waits)
-    p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))]
-    print(f"latency at {achieved:,.0f} events/s for {args.seconds} s: {len(waits)} tier changes, "
-          f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {waits[-1]:.0f} ms (produced -> consumed)")
+        raise SystemExit(f"no output of {system} was seen")
     made = sorted((stamped[e] - sent[e]) * 1000 for e in stamped if e in sent)
-    print(f"  of which produced -> the worker's send of the tier change: "
-          f"p50 {statistics.median(made):.0f} ms, "
-          f"p99 {made[min(len(made) - 1, int(0.99 * len(made)))]:.0f} ms")
+    result = Latency(achieved, len(waits), statistics.median(waits), percentile(waits, 0.99),
+                     waits[-1], statistics.median(made), percentile(made, 0.99))
+    what = "tier changes" if system == "grader" else "output records"
+    print(f"  {system} latency at {achieved:,.0f} events/s for {args.seconds:g} s: "
+          f"{result.count} {what}, p50 {result.p50:.0f} ms, p99 {result.p99:.0f} ms, "
+          f"max {result.worst:.0f} ms (produced -> consumed); load {load()}")
+    print(f"    of which produced -> the {system}'s send: p50 {result.sent_p50:.0f} ms, "
+          f"p99 {result.sent_p99:.0f} ms")
+    return result
+
+
+def start_server(name: str) -> AbstractContextManager[KafkaProtocolServer]:
+    """The broker to measure on: tansu in memory, or Apache Kafka (single node, KRaft)."""
+    if name == "tansu":
+        return start_broker()
+    from grader.kafkabroker import kafka_available, start_kafka
+
+    why = kafka_available()
+    if why is not None:
+        raise SystemExit(f"Apache Kafka cannot run here: {why}")
+    return start_kafka()
+
+
+def describe_broker(name: str) -> str:
+    if name == "tansu":
+        return "tansu in memory"
+    from grader.kafkabroker import kafka_version
+
+    return f"Apache Kafka {kafka_version()} (single node, KRaft)"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Benchmark grader worker on tansu.")
+    parser = argparse.ArgumentParser(
+        description="Benchmark grader worker against a plain Faust baseline.")
+    parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu")
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=6_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--policies", default="abc-100,sabcd-weighted,stars")
     parser.add_argument("--fraction", type=float, default=0.5,
-                        help="latency run at this fraction of the measured throughput")
+                        help="latency runs at this fraction of the slower system's "
+                             "throughput (first round)")
     parser.add_argument("--rate", type=float, default=None,
-                        help="latency run at this rate instead (events/s)")
+                        help="latency runs at this rate instead (events/s)")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat both systems this many times, alternating their order")
+    parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the worker logs in this directory")
     args = parser.parse_args()
+    systems = ("grader",) if args.skip_baseline else SYSTEMS
     lines = list(generate(args.customers, args.events, seed=7, as_of=AS_OF, months=11))
+    fresh = [] if args.skip_latency else list(
+        generate(args.customers, args.events, seed=8, as_of=AS_OF, months=11))
     cpus = len(os.sched_getaffinity(0))
-    print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}; "
-          f"tansu in memory; {args.partitions} partitions; policies {args.policies}; "
-          f"core {nativecore.status()}")
-    with tempfile.TemporaryDirectory() as tmp, start_broker() as broker:
+    print(f"machine: {platform.platform()}, {platform.machine()}, {cpu_model()}, "
+          f"{cpus} CPUs (os.cpu_count {os.cpu_count()}), Python {platform.python_version()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
+    print(f"broker: {describe_broker(args.broker)}, GRADER_BROKER_QUIRKS="
+          f"{quirks(args.broker)}; {args.partitions} partitions; policies {args.policies}; "
+          f"core {nativecore.status()}; {args.events} events, {args.customers} customers")
+    rates: dict[str, list[float]] = {s: [] for s in systems}
+    lats: dict[str, list[Latency]] = {s: [] for s in systems}
+    with tempfile.TemporaryDirectory() as tmp, start_server(args.broker) as broker:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        rate = throughput(broker, args, lines, workdir)
-        if not args.skip_latency:
-            fresh = list(generate(args.customers, args.events, seed=8, as_of=AS_OF, months=11))
-            latency(broker, args, fresh, args.rate or rate * args.fraction, workdir)
+        offered = args.rate
+        for round_no in range(1, args.rounds + 1):
+            order = systems if round_no % 2 else tuple(reversed(systems))
+            print(f"round {round_no}: {', '.join(order)}")
+            for system in order:
+                rates[system].append(throughput(system, broker, args, lines, workdir))
+            if args.skip_latency:
+                continue
+            if offered is None:
+                offered = min(rates[s][0] for s in systems) * args.fraction
+            for system in order:
+                lats[system].append(latency(system, broker, args, fresh, offered, workdir))
+    summary(args, systems, rates, lats)
+
+
+def summary(args: Any, systems: tuple[str, ...], rates: dict[str, list[float]],
+            lats: dict[str, list[Latency]]) -> None:
+    """The figures of the run side by side (medians over rounds when there are several)."""
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    how = "median of " + str(args.rounds) + " rounds" if args.rounds > 1 else "one round"
+    print(f"summary on {args.broker} ({how}; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}):")
+    parts = [f"events/s {s} {med(rates[s]):,.0f} ({' / '.join(f'{r:,.0f}' for r in rates[s])})"
+             for s in systems]
+    print("  " + "; ".join(parts))
+    if "baseline" in systems:
+        ratios = [g / b for g, b in zip(rates["grader"], rates["baseline"], strict=True)]
+        print(f"  ratio grader/baseline events/s: {med(ratios):.2f} "
+              f"({' / '.join(f'{r:.2f}' for r in ratios)})")
+    for system in systems:
+        if lats[system]:
+            runs = lats[system]
+            print(f"  latency {system} at {med([r.rate for r in runs]):,.0f} events/s offered: "
+                  f"p50 {med([r.p50 for r in runs]):.0f} ms, p99 {med([r.p99 for r in runs]):.0f}"
+                  f" ms (p99 per round: {' / '.join(f'{r.p99:.0f}' for r in runs)} ms)")
+    if "baseline" in systems and lats["grader"] and lats["baseline"]:
+        g, b = lats["grader"], lats["baseline"]
+        print(f"  ratio grader/baseline latency: p50 "
+              f"{med([x.p50 for x in g]) / med([x.p50 for x in b]):.2f}, p99 "
+              f"{med([x.p99 for x in g]) / med([x.p99 for x in b]):.2f}")
 
 
 if __name__ == "__main__":
