@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 
-from grader.state import CustomerState, Invoice, TierState
+from grader.state import CustomerState, Invoice, Ticket, TierState
 
-VERSION = 2  # 2 added "digests"; a version 1 state loads with none (no conflict is seen)
+VERSION = 3  # 2 added "digests" (a version 1 state loads with none: no conflict is seen);
+# 3 added "tickets" (an older state loads with none: tickets were not kept before)
 
 
 def dump_state(state: CustomerState) -> bytes:
@@ -44,6 +45,10 @@ def dump_state(state: CustomerState) -> bytes:
                 p: [t.tier, *t.score, t.sequence, t.changed_at, t.pinned]
                 for p, t in state.tiers.items()
             },
+            "tickets": {
+                i: [t.opened_at, t.last_open, t.last_open_id, t.queue, t.subject, t.closed_at]
+                for i, t in state.tickets.items()
+            },
         }
     )
 
@@ -51,7 +56,7 @@ def dump_state(state: CustomerState) -> bytes:
 def load_state(data: bytes) -> CustomerState:
     """Rebuild a customer's state from ``dump_state`` output."""
     raw: dict[str, Any] = orjson.loads(data)
-    if raw.get("v") not in (1, VERSION):
+    if raw.get("v") not in (1, 2, VERSION):
         raise ValueError(f"unsupported state version {raw.get('v')!r}")
     state = CustomerState(
         raw["id"],
@@ -82,4 +87,5 @@ def load_state(data: bytes) -> CustomerState:
     state.tiers = {
         p: TierState(t[0], (t[1], t[2]), t[3], t[4], t[5]) for p, t in raw["tiers"].items()
     }
+    state.tickets = {i: Ticket(*t) for i, t in raw.get("tickets", {}).items()}
     return state

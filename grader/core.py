@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from grader.clock import format_instant, local_month, month_start
-from grader.events import ACTIVITY_TYPES, Event, ParseContext, content_digest
+from grader.events import TICKET_TYPES, Event, ParseContext, content_digest
 from grader.metrics import MetricView
 from grader.policy import Policy
 from grader.rational import Ratio, display
@@ -87,6 +87,7 @@ class StepResult:
     changes: list[dict[str, Any]] = field(default_factory=list)
     snapshot_changed: bool = False
     conflict: bool = False  # a duplicate whose content differs from the event applied
+    support_changed: bool = False  # write the customer's support-queue keys (Redis) again
 
 
 def new_state(customer_id: str) -> CustomerState:
@@ -96,27 +97,31 @@ def new_state(customer_id: str) -> CustomerState:
 
 def apply_event(state: CustomerState, event: Event, grading: Grading, now_us: int) -> StepResult:
     """Apply one valid event (``now_us`` is the wall clock, for ``emitted_at``)."""
-    if event.type not in ACTIVITY_TYPES and event.type != "override":
-        return StepResult(state, "ignored")  # tickets order support queues, not grades
     if event.event_id in state.seen:
         known = state.digests.get(event.event_id)
         conflict = known is not None and known != content_digest(event)
         return StepResult(state, "duplicate", conflict=conflict)
     if event.ts < state.horizon:
         return StepResult(state, "expired")
+    if event.type in TICKET_TYPES:  # tickets order support queues: no grade, no as_of
+        record(state, event, grading.timezones)
+        return StepResult(state, "applied", support_changed=True)
     blacklisted = state.blacklisted
     record(state, event, grading.timezones)
     _advance(state, event.ts, grading)
     kind = "override" if event.type == "override" else "event"
     changes, changed = regrade(state, grading, {"kind": kind, "event_id": event.event_id}, now_us)
-    return StepResult(state, "applied", changes, changed or blacklisted != state.blacklisted)
+    # Every customer with a state has its Redis keys (as redis-sync writes them): so any
+    # applied event writes its customer, not only one that changed a tier.
+    changed = changed or blacklisted != state.blacklisted
+    return StepResult(state, "applied", changes, changed, support_changed=True)
 
 
 def apply_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) -> StepResult:
     """Re-grade as of ``as_of`` (a clock tick); as_of never moves backwards."""
     _advance(state, as_of, grading)
     changes, changed = regrade(state, grading, {"kind": "clock"}, now_us)
-    return StepResult(state, "applied", changes, changed)
+    return StepResult(state, "applied", changes, changed, support_changed=changed)
 
 
 def _advance(state: CustomerState, ts: int, grading: Grading) -> None:

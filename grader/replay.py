@@ -65,7 +65,6 @@ class ReplayStats:
     duplicate: int = 0
     conflicting: int = 0  # duplicates whose content differs from the event applied
     expired: int = 0
-    ignored: int = 0
     customers: int = 0
     tier_changes: int = 0
 

@@ -72,6 +72,29 @@ class Invoice:
 
 
 @dataclass(slots=True)
+class Ticket:
+    """One support ticket of a customer, from its ``ticket_opened``/``ticket_closed`` events.
+
+    Any arrival order gives the same ticket: ``opened_at`` is the earliest
+    open; queue and subject come from the latest open (by occurred_at, then
+    event_id), so a second open moves the ticket; any close closes it for good
+    (a close that arrives before its open leaves nothing open).
+    """
+
+    opened_at: int | None = None  # the earliest ticket_opened; None: no open seen yet
+    last_open: int = NEVER  # the latest ticket_opened (queue and subject are its)
+    last_open_id: str = ""
+    queue: str = ""
+    subject: str = ""
+    closed_at: int | None = None  # the latest ticket_closed; None: not closed
+
+    @property
+    def is_open(self) -> bool:
+        """Opened and never closed: it waits in its queue."""
+        return self.opened_at is not None and self.closed_at is None
+
+
+@dataclass(slots=True)
 class TierState:
     """A customer's tier under one policy."""
 
@@ -103,6 +126,7 @@ class CustomerState:
     blacklist: tuple[int, str, bool] | None = None
     audit: list[dict[str, Any]] = field(default_factory=list)
     tiers: dict[str, TierState] = field(default_factory=dict)
+    tickets: dict[str, Ticket] = field(default_factory=dict)
     # Not persisted (codec): revisions of the details metrics read, bumped by record()
     # and prune() on every change, and the scoring memo keyed by them (grader.scoring).
     # A state loaded from bytes starts with an empty memo, so its revisions restart at 0.
@@ -242,6 +266,25 @@ def _override(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
     state.audit.sort(key=lambda a: (a["ts"], a["event_id"]))
 
 
+def _ticket_opened(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
+    ticket = state.tickets.get(event.ticket_id or "")
+    if ticket is None:
+        ticket = state.tickets[event.ticket_id or ""] = Ticket()
+    if ticket.opened_at is None or event.ts < ticket.opened_at:
+        ticket.opened_at = event.ts
+    if (event.ts, event.event_id) > (ticket.last_open, ticket.last_open_id):
+        ticket.last_open, ticket.last_open_id = event.ts, event.event_id
+        ticket.queue, ticket.subject = event.queue or "default", event.subject or ""
+
+
+def _ticket_closed(state: CustomerState, event: Event, tzs: tuple[str, ...]) -> None:
+    ticket = state.tickets.get(event.ticket_id or "")
+    if ticket is None:
+        ticket = state.tickets[event.ticket_id or ""] = Ticket()
+    if ticket.closed_at is None or event.ts > ticket.closed_at:
+        ticket.closed_at = event.ts
+
+
 _RECORDERS = {
     "sale": _sale,
     "refund": _refund,
@@ -249,6 +292,8 @@ _RECORDERS = {
     "interaction": _interaction,
     "assessment": _assessment,
     "override": _override,
+    "ticket_opened": _ticket_opened,
+    "ticket_closed": _ticket_closed,
 }
 
 
@@ -274,3 +319,6 @@ def prune(state: CustomerState, horizon: int) -> None:
                 del counts[month]
     for invoice_id in [i for i, inv in state.invoices.items() if inv.latest_ts() < horizon]:
         del state.invoices[invoice_id]
+    for ticket_id in [t for t, ticket in state.tickets.items() if ticket.closed_at is not None
+                      and ticket.closed_at < horizon and ticket.last_open < horizon]:
+        del state.tickets[ticket_id]  # closed before the horizon: a late open of it is expired

@@ -57,7 +57,7 @@ def test_replay_small_fixture(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "rejected=3" in result.stderr and "duplicate=1" in result.stderr
-    assert "after-as-of=1" in result.stderr and "ignored=1" in result.stderr
+    assert "after-as-of=1" in result.stderr and "ignored=" not in result.stderr
     rows = list(csv.reader((tmp_path / "tiers.csv").read_text().splitlines()))
     assert rows == [
         ["customer_id", "policy", "tier", "score"],

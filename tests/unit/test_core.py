@@ -149,7 +149,9 @@ def test_no_grade_before_first_activity_and_tickets_are_not_activity() -> None:
     state: CustomerState = new_state("C1")
     assert apply_event(state, override("2026-05-01", "blacklist"), G, NOW).changes == []
     ticket = event("ticket_opened", "2026-05-02", grading_=G, ticket_id="T1")
-    assert apply_event(state, ticket, G, NOW).status == "ignored"
+    step = apply_event(state, ticket, G, NOW)
+    assert (step.status, step.changes, step.support_changed) == ("applied", [], True)
+    assert state.as_of < at("2026-05-02") and "T1" in state.tickets  # kept, as_of not moved
     assert apply_tick(state, at("2026-06-01"), G, NOW).changes == [] and not state.tiers
     step = apply_event(state, event("interaction", "2026-06-02", grading_=G, kind="visit"), G, NOW)
     assert [c["to_tier"] for c in step.changes] == ["C"]
