@@ -225,11 +225,13 @@ def start_broker(
     return broker
 
 
-def start_redis(port: int | None = None, timeout: float = START_TIMEOUT) -> RedisServer:
+def start_redis(port: int | None = None, timeout: float = START_TIMEOUT,
+                extra_args: Sequence[str] = ()) -> RedisServer:
     """Start redis-server on ``127.0.0.1:port`` without persistence; wait for PING.
 
     *port* defaults to a free port. The server's working directory (where it
     would write dumps) is a temporary directory, removed by ``stop()``.
+    *extra_args* are more ``--option value`` arguments (a password, ACL users).
     """
     port = _usable_port(port)
     args = [
@@ -238,6 +240,7 @@ def start_redis(port: int | None = None, timeout: float = START_TIMEOUT) -> Redi
         "--save", "",
         "--appendonly", "no",
         "--daemonize", "no",
+        *extra_args,
     ]  # fmt: skip
     redis = _spawn(RedisServer, find_redis_server(), args, port, dict(os.environ))
     _wait_ready(redis, _redis_answers, "PING", timeout)
@@ -254,6 +257,9 @@ def _usable_port(port: int | None) -> int:
         return free_port()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # as the servers do: a port whose old connections wait (TIME_WAIT) can be
+            # listened on again; one that something listens on cannot
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((HOST, port))
     except OSError as error:
         raise ServiceError(f"port {HOST}:{port} is not free: {error.strerror}") from error
@@ -329,8 +335,8 @@ def _kafka_answers(host: str, port: int) -> bool:
 
 
 def _redis_answers(host: str, port: int) -> bool:
-    """True if a Redis PING on ``host:port`` gets ``+PONG``."""
-    return _exchange(host, port, b"PING\r\n", 7) == b"+PONG\r\n"
+    """True if a Redis PING on ``host:port`` gets ``+PONG`` (or asks for a password)."""
+    return _exchange(host, port, b"PING\r\n", 7) in (b"+PONG\r\n", b"-NOAUTH")
 
 
 def _exchange(host: str, port: int, request: bytes, size: int) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlparse
@@ -50,10 +50,14 @@ DEFAULTS: dict[str, str] = {
     "kafka_cert_file": "",
     "kafka_key_file": "",
     "kafka_ssl_check_hostname": "true",
+    "redis_ca_file": "",
+    "redis_cert_file": "",
+    "redis_key_file": "",
 }
 #: Read from the environment only, never from a file.
 PASSWORD_VARIABLE = "GRADER_KAFKA_PASSWORD"
 KAFKA_FILES = ("kafka_ca_file", "kafka_cert_file", "kafka_key_file")
+REDIS_FILES = ("redis_ca_file", "redis_cert_file", "redis_key_file")
 BROKER_QUIRKS = ("none", "tansu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -63,7 +67,7 @@ class Settings:
     """Validated settings of a grader process."""
 
     kafka_url: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password (from the environment only)
     policies: tuple[str, ...]
     support_policy: str
     topic_prefix: str
@@ -78,6 +82,7 @@ class Settings:
     live_ticks: bool = True  # tick every customer at each local midnight
     log_level: str = "info"
     kafka_security: KafkaSecurity = PLAINTEXT  # repr shows no password
+    redis_files: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, cert, key
 
     @property
     def kafka(self) -> KafkaTarget:
@@ -117,6 +122,9 @@ def _read_file(path: Path) -> dict[str, str]:
                                 f"{PASSWORD_VARIABLE} in the environment")
         if key not in DEFAULTS:
             raise SettingsError(f"{path}: unknown setting {key!r}")
+        if key == "redis_url" and "@" in str(value):  # the value is not shown
+            raise SettingsError(f"{path}: redis_url holds a user name or password, which is "
+                                "not read from a file: set GRADER_REDIS_URL in the environment")
         out[key] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
     return out
 
@@ -135,7 +143,16 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         raise SettingsError("setting kafka_url (GRADER_KAFKA_URL): holds a user name or "
                             "password; use GRADER_KAFKA_USERNAME and GRADER_KAFKA_PASSWORD")
     _url(raw, "kafka_url", ("kafka", "aiokafka"))
-    _url(raw, "redis_url", ("redis", "rediss", "unix"))
+    if raw["redis_url"].strip():  # empty: no support queues
+        _url(raw, "redis_url", ("redis", "rediss", "unix"))
+    redis_files = tuple(raw[key].strip() or None for key in REDIS_FILES)
+    for key, value in zip(REDIS_FILES, redis_files, strict=True):
+        if value is not None and not Path(value).is_file():
+            _refuse(key, f"no such file: {value}")
+    if redis_files[0] and not raw["redis_url"].startswith("rediss://"):
+        _refuse("redis_ca_file", "needs a rediss:// redis_url (TLS)")
+    if (redis_files[1] is None) != (redis_files[2] is None):
+        _refuse("redis_cert_file", "a client certificate needs redis_key_file too, and back")
     for key in ("topic_prefix", "redis_prefix", "web_host"):
         if not raw[key] or any(c.isspace() for c in raw[key]):
             raise SettingsError(
@@ -146,7 +163,7 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
     _choice(raw, "log_level", LOG_LEVELS)
     return Settings(
         kafka_url=raw["kafka_url"],
-        redis_url=raw["redis_url"],
+        redis_url=raw["redis_url"].strip(),
         policies=policies,
         support_policy=support,
         topic_prefix=raw["topic_prefix"],
@@ -161,6 +178,7 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         live_ticks=raw["live_ticks"] in ("1", "true"),
         log_level=raw["log_level"],
         kafka_security=_kafka_security(raw, password),
+        redis_files=redis_files,  # type: ignore[arg-type]
     )
 
 
@@ -232,8 +250,9 @@ def _choice(raw: dict[str, str], key: str, options: tuple[str, ...],
 def _url(raw: dict[str, str], key: str, schemes: tuple[str, ...]) -> None:
     parsed = urlparse(raw[key])
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+        shown = "the value" if "@" in raw[key] else repr(raw[key])  # may hold a password
         raise SettingsError(
-            f"setting {key} (GRADER_{key.upper()}): {raw[key]!r} is not a {schemes[0]}:// URL"
+            f"setting {key} (GRADER_{key.upper()}): {shown} is not a {schemes[0]}:// URL"
         )
 
 

@@ -31,6 +31,7 @@ from grader.core import Grading
 from grader.events import Rejection
 from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
+from grader.sinks.redis import SupportQueues
 from grader.state import CustomerState
 from grader.stream import step
 from grader.stream.admin import bootstrap_servers
@@ -41,7 +42,8 @@ from grader.stream.options import StreamOptions
 from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
-from grader.stream.topology import INPUTS, REPARTITION, TICKS
+from grader.stream.topology import INPUTS, REPARTITION, SUPPORT, TICKS
+from grader.stream.worker import support_policy
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -52,6 +54,7 @@ DECODED_MAX = 200_000  # decoded customer states kept between batches
 LOG_EVERY = 10_000  # messages between two progress lines in the log
 STALL_AFTER = 2.0  # seconds an input partition may lag a known record before it is read again
 REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
+REDIS_CHECK_EVERY = 2.0  # seconds between two checks that Redis did not restart empty
 
 
 def now_us() -> int:
@@ -96,8 +99,11 @@ class Processor:
     """Grades batches of messages: step each, store (acknowledged), then publish."""
 
     def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
-                 sink: OutputSink, ticks_topic: str, partitions: int) -> None:
+                 sink: OutputSink, ticks_topic: str, partitions: int,
+                 support: SupportQueues | None = None) -> None:
         self.grading = grading
+        self.support = support  # Redis support queues, written after the Kafka outputs
+        self.lock = asyncio.Lock()  # one batch (or rewrite of the support queues) at a time
         self.customers = customers  # customer_id bytes -> step.encode_record bytes
         self.clocks = clocks  # b"p<partition>" -> latest tick as_of (decimal µs)
         self.sink = sink
@@ -111,19 +117,20 @@ class Processor:
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
-        try:
-            batch = Batch()
-            for msg in messages:
-                if msg.topic == self.ticks_topic:
-                    await self.settle(batch)
-                    batch = Batch()
-                    await self.on_tick(msg)
-                else:
-                    self.grade(msg, batch)
-            await self.settle(batch)
-        except BaseException:
-            self.decoded.clear()  # states may have changed in place without being stored
-            raise
+        async with self.lock:
+            try:
+                batch = Batch()
+                for msg in messages:
+                    if msg.topic == self.ticks_topic:
+                        await self.settle(batch)
+                        batch = Batch()
+                        await self.on_tick(msg)
+                    else:
+                        self.grade(msg, batch)
+                await self.settle(batch)
+            except BaseException:
+                self.decoded.clear()  # states may have changed in place without being stored
+                raise
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -209,6 +216,26 @@ class Processor:
             self.decoded[key] = (value, batch.store[key][1])
         await self.sink.publish([*batch.unstored,
                                  *(out for outs in batch.outputs.values() for out in outs)])
+        if self.support is not None:
+            await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
+                                      if key in batch.store
+                                      and any(out.topic == SUPPORT for out in outs)])
+
+    async def rewrite_support(self, partitions: Iterable[int]) -> int:
+        """Write every customer of these partitions to Redis again (it restarted empty)."""
+        if self.support is None:
+            return 0
+        written = 0
+        async with self.lock:
+            for partition in partitions:
+                states = []
+                for key in self.customers.keys(partition):
+                    stored = self.customers.get(key, partition)
+                    if stored is not None:
+                        states.append(step.decode_record(stored).state)
+                await self.support.write(states)
+                written += len(states)
+        return written
 
     async def on_tick(self, msg: step.Incoming) -> None:
         """Re-grade every customer of the tick's partition, then raise its clock."""
@@ -288,10 +315,14 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
     sender = BatchSender(servers, auth)
+    support = None
+    if settings.redis_url:
+        support = SupportQueues(settings.redis_url, settings.redis_prefix,
+                                support_policy(settings, grading), settings.redis_files)
     processor = Processor(grading, FaustTableStore(customers, sender, partitions),
                           FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
-                          partitions)
+                          partitions, support)
 
     @app.on_before_shutdown.connect
     async def stop_sender(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
@@ -309,6 +340,18 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
             await consumer.repair_stalled()
         except Exception as exc:  # a timer's error would crash the worker; retried next time
             log.warning("checking for stalled input partitions failed: %r", exc)
+
+    if support is not None:
+        @app.timer(REDIS_CHECK_EVERY)  # type: ignore[untyped-decorator]
+        async def check_redis() -> None:
+            if not await support.restarted():
+                return
+            owned = {tp.partition for tp in app.consumer.assignment()
+                     if tp.topic in source_names}
+            log.warning("Redis at %s restarted: writing the support queues of partitions "
+                        "%s again", support.where, sorted(owned))
+            written = await processor.rewrite_support(sorted(owned))
+            log.info("support queues written again: %d customers", written)
 
     @app.task  # type: ignore[untyped-decorator]
     async def report_loop() -> None:

@@ -1,4 +1,4 @@
-"""The `grader worker`, `grader produce` and `grader tick` subcommands.
+"""The `grader worker`, `grader produce`, `grader tick` and `grader redis-sync` subcommands.
 
 Importing this module imports neither faust nor kafka: the heavy modules are
 imported inside ``run`` after settings and policies have been validated, so
@@ -18,7 +18,7 @@ from grader.errors import GraderError
 if TYPE_CHECKING:
     from grader.settings import Settings
 
-COMMANDS = ("worker", "produce", "tick")
+COMMANDS = ("worker", "produce", "tick", "redis-sync")
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +28,8 @@ def register(subparsers: Any) -> None:
     produce.add_argument("events", type=Path, help="events file (JSON lines)")
     tick = subparsers.add_parser("tick", help="ask the workers to re-grade everyone as of T")
     tick.add_argument("--as-of", required=True, help="RFC 3339 instant T")
+    subparsers.add_parser("redis-sync", help="rewrite the support queues in Redis from the "
+                          "workers' state")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,19 +38,44 @@ def run(args: argparse.Namespace) -> int:
         return _worker()
     if args.command == "produce":
         return _produce(args.events)
+    if args.command == "redis-sync":
+        return _redis_sync()
     return _tick(args.as_of)
 
 
 def _worker() -> int:
     from grader.settings import load_settings
     from grader.stream.options import load_options
-    from grader.stream.worker import load_grading, run_worker
+    from grader.stream.worker import load_grading, reach_redis, run_worker
 
     settings = load_settings()
     options = load_options(settings)
     grading = load_grading(settings)
     _reach(settings)
+    reach_redis(settings, grading)
     return run_worker(settings, grading, options)
+
+
+def _redis_sync() -> int:
+    from grader.settings import load_settings
+    from grader.sinks.redis import SupportQueues, shown
+    from grader.stream.redissync import main
+    from grader.stream.worker import load_grading, support_policy
+
+    settings = load_settings()
+    grading = load_grading(settings)
+    if not settings.redis_url:
+        raise GraderError("setting redis_url (GRADER_REDIS_URL): empty, so there are no "
+                          "support queues to write")
+    try:
+        queues = SupportQueues(settings.redis_url, settings.redis_prefix,
+                               support_policy(settings, grading), settings.redis_files)
+    except ValueError as exc:
+        raise GraderError(f"setting support_policy (GRADER_SUPPORT_POLICY): {exc}") from None
+    _reach(settings)
+    print(f"grader: support queues in Redis at {shown(settings.redis_url)} ...",
+          file=sys.stderr, flush=True)
+    return main(settings, queues)
 
 
 def _reach(settings: Settings) -> None:

@@ -32,6 +32,7 @@ from grader.stream.topology import (
     CUSTOMER_TIERS,
     DEAD_LETTERS,
     REPARTITION,
+    SUPPORT,
     TIER_CHANGES,
     partition_of,
 )
@@ -152,6 +153,8 @@ def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
                for step in steps for change in step.changes]
     if any(step.snapshot_changed for step in steps):
         outputs.append(Output(CUSTOMER_TIERS, key, orjson.dumps(snapshot(steps[-1].state))))
+    if any(step.support_changed for step in steps):
+        outputs.append(Output(SUPPORT, key, b""))  # Redis is written from the stored state
     return outputs
 
 

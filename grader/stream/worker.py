@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
 from grader.core import Grading
 from grader.errors import GraderError
+from grader.policy import Policy
 from grader.settings import Settings, resolve_policy
 from grader.stream.options import StreamOptions
 
@@ -24,6 +26,42 @@ def load_grading(settings: Settings) -> Grading:
         return Grading(policies)
     except ValueError as exc:
         raise GraderError(f"setting policies (GRADER_POLICIES): {exc}") from None
+
+
+def support_policy(settings: Settings, grading: Grading) -> Policy:
+    """The active policy named by the support_policy setting (a name or a file's stem)."""
+    stems = [Path(name).stem for name in settings.policies]
+    return grading.policies[stems.index(settings.support_policy)]
+
+
+def reach_redis(settings: Settings, grading: Grading) -> None:
+    """Say where the support queues go, and check at once that Redis answers (one line if
+    not); an empty redis_url means no support queues."""
+    import asyncio
+
+    from grader.sinks.redis import RedisSetupError, SupportQueues, shown
+
+    if not settings.redis_url:
+        print("grader: no support queues (redis_url is empty)", file=sys.stderr, flush=True)
+        return
+    print(f"grader: support queues in Redis at {shown(settings.redis_url)} ...",
+          file=sys.stderr, flush=True)
+    try:
+        queues = SupportQueues(settings.redis_url, settings.redis_prefix,
+                               support_policy(settings, grading), settings.redis_files)
+    except ValueError as exc:
+        raise GraderError(f"setting support_policy (GRADER_SUPPORT_POLICY): {exc}") from None
+
+    async def reach() -> None:
+        try:
+            await queues.connect()
+        finally:
+            await queues.close()
+
+    try:
+        asyncio.run(reach())
+    except RedisSetupError as exc:
+        raise GraderError(str(exc)) from None
 
 
 GC_THRESHOLDS = (50_000, 20, 20)  # Python's defaults: (700, 10, 10) in 3.11

@@ -1,0 +1,197 @@
+"""Support queues in Redis: each changed customer's keys, rewritten atomically.
+
+The worker writes a customer here after its record is stored and its Kafka
+outputs are acknowledged (docs/support-queues.md). One Lua script per
+customer replaces, in one atomic step, the customer's hash and the place of
+every ticket it knows (grader/support.py, ``view``): no reader sees a
+customer with some tickets moved and others not. The writes are absolute,
+so writing a view again (a redelivery, a restart) gives the same keys.
+
+Redis down: the worker holds its stream. ``write`` retries until Redis
+answers (the batch is not acknowledged meanwhile, so a worker killed during
+the outage leaves it to the next owner, which writes it again). A Redis that
+came back empty is noticed by its new ``run_id``: the worker then rewrites
+every customer it owns (``SupportQueues.restarted``).
+
+The scripts name keys built from the prefix inside Lua, so this is for one
+Redis server (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, RedisError
+
+from grader.policy import Policy
+from grader.state import CustomerState
+from grader.support import check_support_policy, view
+
+log = logging.getLogger(__name__)
+CHUNK = 500  # customers per pipeline round trip
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while Redis is down
+
+# KEYS: none (one server). ARGV: prefix, customer_id, number of hash fields, the fields
+# and values, then 6 per ticket: id, open ("1"/"0"), queue, subject, opened_at, score.
+WRITE_CUSTOMER = """
+local prefix, customer = ARGV[1], ARGV[2]
+local ckey = prefix .. 'customer:' .. customer
+local n = tonumber(ARGV[3])
+redis.call('DEL', ckey)
+if n > 0 then
+  redis.call('HSET', ckey, unpack(ARGV, 4, 3 + 2 * n))
+end
+local i = 4 + 2 * n
+while i <= #ARGV do
+  local id, open, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local tkey = prefix .. 'ticket:' .. id
+  local old = redis.call('HGET', tkey, 'queue')
+  if old and (open == '0' or old ~= queue) then
+    redis.call('ZREM', prefix .. 'queue:' .. old, id)
+  end
+  if open == '1' then
+    redis.call('HSET', tkey, 'customer_id', customer, 'queue', queue,
+               'subject', ARGV[i + 3], 'opened_at', ARGV[i + 4])
+    redis.call('ZADD', prefix .. 'queue:' .. queue, ARGV[i + 5], id)
+  else
+    redis.call('DEL', tkey)
+  end
+  i = i + 6
+end
+return 1
+"""
+
+
+class RedisSetupError(Exception):
+    """Redis cannot be used as configured; the message names the setting."""
+
+
+def shown(url: str) -> str:
+    """``host:port`` (or the socket path) of a Redis URL: never its user or password."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return parsed.path
+    return f"{parsed.hostname}:{parsed.port or 6379}"
+
+
+def client(url: str, files: tuple[str | None, str | None, str | None]) -> Any:
+    """A redis-py asyncio client for ``url`` (user and password in it), with TLS files."""
+    ca, cert, key = files
+    kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
+    if url.startswith("rediss://"):
+        kwargs.update(ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=ca,
+                      ssl_certfile=cert, ssl_keyfile=key)
+    return aioredis.Redis.from_url(url, **kwargs)
+
+
+def script_args(prefix: str, customer: dict[str, Any]) -> list[str]:
+    """WRITE_CUSTOMER's ARGV for one ``grader.support.view``."""
+    args = [prefix, customer["customer_id"], str(len(customer["fields"]))]
+    for name, value in customer["fields"].items():
+        args += [name, value]
+    for ticket_id, is_open, queue, subject, opened_at, score in customer["tickets"]:
+        args += [ticket_id, "1" if is_open else "0", queue, subject, opened_at, str(score)]
+    return args
+
+
+class SupportQueues:
+    """Writes customers' support-queue keys to one Redis."""
+
+    def __init__(self, url: str, prefix: str, support: Policy,
+                 files: tuple[str | None, str | None, str | None] = (None, None, None)) -> None:
+        check_support_policy(support)
+        self.where = shown(url)
+        self.prefix = prefix
+        self.support = support
+        self._redis = client(url, files)
+        self._script = self._redis.register_script(WRITE_CUSTOMER)
+        self._run_id: str | None = None  # the server's, when first reached: a new one = restart
+        self._lost = False  # a restart seen by a write, not yet reported by restarted()
+        self._down_since: float | None = None
+
+    async def connect(self) -> None:
+        """Reach Redis once, or raise RedisSetupError naming the setting (start-up)."""
+        try:
+            self._run_id = await self._server_run_id()
+        except AuthenticationError:
+            raise RedisSetupError(f"setting redis_url (GRADER_REDIS_URL): Redis at "
+                                  f"{self.where} refused the user name or password") from None
+        except (RedisError, OSError) as exc:
+            raise RedisSetupError(f"setting redis_url (GRADER_REDIS_URL): cannot reach Redis "
+                                  f"at {self.where}: {type(exc).__name__}: "
+                                  f"{_without_secrets(exc)}") from None
+
+    async def _server_run_id(self) -> str:
+        info = await self._redis.info("server")
+        return str(info["run_id"])
+
+    async def write(self, states: Sequence[CustomerState]) -> None:
+        """Rewrite these customers' keys; while Redis is down, wait and try again."""
+        if not states:
+            return
+        if self._run_id is None:
+            await self._retrying(self._check_run_id)
+        calls = [script_args(self.prefix, view(state, self.support)) for state in states]
+        for start in range(0, len(calls), CHUNK):
+            await self._retrying(self._write_chunk, calls[start:start + CHUNK])
+
+    async def _write_chunk(self, calls: list[list[str]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for args in calls:
+                await self._script(keys=[], args=args, client=pipe)
+            await pipe.execute()
+
+    async def _retrying(self, call: Any, *args: Any) -> Any:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                result = await call(*args)
+            except (RedisError, OSError) as exc:
+                loop = asyncio.get_running_loop()
+                if self._down_since is None:
+                    self._down_since = loop.time()
+                    log.warning("Redis at %s failed (%s: %s): holding the stream until it "
+                                "answers", self.where, type(exc).__name__,
+                                _without_secrets(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self._down_since is not None:
+                log.warning("Redis at %s answers again after %.1f s", self.where,
+                            asyncio.get_running_loop().time() - self._down_since)
+                self._down_since = None
+                await self._retrying(self._check_run_id)
+            return result
+
+    async def _check_run_id(self) -> None:
+        """Learn the server's run_id; a different one than before means it restarted."""
+        run_id = await self._server_run_id()
+        if self._run_id is not None and run_id != self._run_id:
+            self._lost = True
+        self._run_id = run_id
+
+    async def restarted(self) -> bool:
+        """Whether Redis restarted (a new run_id) since last asked: its keys may be gone.
+
+        False while Redis does not answer (a write will wait for it anyway).
+        """
+        try:
+            await self._check_run_id()
+        except (RedisError, OSError):
+            return False
+        lost, self._lost = self._lost, False
+        return lost
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _without_secrets(exc: BaseException) -> str:
+    """An error's message, cut to one line; redis-py's name host and port only."""
+    return str(exc).splitlines()[0][:200] if str(exc) else ""
