@@ -122,11 +122,13 @@ def _replay(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from grader.dev import run_dev
     from grader.settings import load_settings
+    from grader.stream.worker import load_grading
 
     settings = load_settings()
+    grading = load_grading(settings)
     plain = args.plain or not sys.stdout.isatty()
-    return run_dev(args.customers, args.duration, plain, ",".join(settings.policies),
-                   args.broker)
+    return run_dev(args.customers, args.duration, plain, ",".join(settings.policies), args.broker,
+                   {p.name: p.tier_names for p in grading.policies})
 
 
 def _policy_check(args: argparse.Namespace) -> int:

