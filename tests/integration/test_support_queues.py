@@ -128,9 +128,35 @@ def with_redis(stream: Stream, url: str) -> dict[str, str]:
     return {"GRADER_REDIS_URL": url, "GRADER_REDIS_PREFIX": stream.prefix}
 
 
+def crafted() -> list[bytes]:
+    """One customer of each band under abc-100, two tickets each in the queue "crafted":
+    A (big buyer), B (small buyer paying on the spot), C (small buyer paying 90 days late),
+    never graded (tickets only) and blacklisted (a B customer)."""
+    def line(event_id: str, etype: str, customer: str, when: str, **fields: str) -> bytes:
+        return orjson.dumps({"event_id": event_id, "type": etype, "customer_id": customer,
+                             "occurred_at": f"{when}T10:00:00+08:00", **fields})
+
+    money = {"currency": "CNY"}
+    out = [line("q-a", "sale", "Q-A", "2026-06-01", amount="300000", **money),
+           line("q-b", "sale", "Q-B", "2026-06-01", amount="1000", **money),
+           line("q-bl", "sale", "Q-BL", "2026-06-01", amount="1000", **money),
+           line("q-bl-x", "override", "Q-BL", "2026-06-02", action="blacklist",
+                reason="fraud", actor="ops"),
+           line("q-c", "sale", "Q-C", "2026-06-01", amount="1000", invoice_id="I-C", **money),
+           line("q-c-pay", "payment", "Q-C", "2026-08-30", amount="1000", invoice_id="I-C",
+                **money)]
+    for n, customer in enumerate(("Q-BL", "Q-NG", "Q-C", "Q-B", "Q-A")):
+        for k, day in enumerate((f"2026-09-0{n + 1}", f"2026-10-0{5 - n}")):
+            out.append(line(f"open-{customer}-{k}", "ticket_opened", customer, day,
+                            ticket_id=f"{customer}-{k}", queue="crafted"))
+    return out
+
+
 def test_queues_after_a_final_tick_equal_the_events(stream: Stream, redis_server: Any,
                                                     tmp_path: Path) -> None:
     lines = events_file(tmp_path / "events.jsonl", customers=80, events=2500, seed=31)
+    lines += crafted()
+    write_lines(tmp_path / "events.jsonl", lines)
     want, _dead = expected(lines)
     worker = stream.start_worker(**with_redis(stream, redis_server.url))
     worker.wait_ready()
@@ -138,6 +164,10 @@ def test_queues_after_a_final_tick_equal_the_events(stream: Stream, redis_server
     final_tick_equals_replay(stream, lines, want)
     keys = expected_keys(lines, stream.prefix)
     assert sum(k.startswith(stream.prefix + "queue:") for k in keys) >= 2, "two queues or more"
+    # every band, in service order: A, B, C, never graded, blacklisted; oldest first
+    assert keys[f"{stream.prefix}queue:crafted"] == [
+        "Q-A-0", "Q-A-1", "Q-B-0", "Q-B-1", "Q-C-0", "Q-C-1", "Q-NG-0", "Q-NG-1",
+        "Q-BL-0", "Q-BL-1"]
     client = redis.Redis.from_url(redis_server.url)
     assert_keys_equal(client, keys, stream.prefix)
     # redis-sync after FLUSHALL rebuilds the same keys, key by key
