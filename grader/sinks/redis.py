@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -81,13 +81,92 @@ def shown(url: str) -> str:
 
 
 def client(url: str, files: tuple[str | None, str | None, str | None]) -> Any:
-    """A redis-py asyncio client for ``url`` (user and password in it), with TLS files."""
+    """A redis-py asyncio client for ``url`` (user and password in it), with TLS files.
+
+    With a ``rediss://`` URL the server's certificate must be signed by ``redis_ca_file``
+    (the system's CAs when empty) and name the URL's host; the client certificate and key,
+    if set, are shown to a server that asks for one.
+    """
     ca, cert, key = files
     kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
     if url.startswith("rediss://"):
-        kwargs.update(ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_ca_certs=ca,
-                      ssl_certfile=cert, ssl_keyfile=key)
+        kwargs.update(ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_check_hostname=True,
+                      ssl_ca_certs=ca, ssl_certfile=cert, ssl_keyfile=key)
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+def check_tls_files(files: tuple[str | None, str | None, str | None]) -> None:
+    """Load the CA, and the client certificate with its key, as the TLS connection will;
+    a file that is not what it should be raises RedisSetupError naming its setting."""
+    ca, cert, key = files
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise RedisSetupError(f"setting redis_ca_file (GRADER_REDIS_CA_FILE): cannot read CA "
+                              f"certificates from {ca}: {_ssl_reason(exc)}") from None
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise RedisSetupError(f"setting redis_cert_file (GRADER_REDIS_CERT_FILE): cannot "
+                                  f"use the client certificate {cert} with the key "
+                                  f"redis_key_file ({key}): {_ssl_reason(exc)}") from None
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """OpenSSL's reason for an ssl error (``KEY_VALUES_MISMATCH``), else its message."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message)
+    if reason:
+        return str(reason)
+    return _without_secrets(exc) or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+#: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH: the host is the URL's.
+HOST_MISMATCH = (62, 64)
+
+
+def tls_problem(exc: BaseException, where: str,
+                files: tuple[str | None, str | None, str | None]) -> str | None:
+    """One line naming the setting to check, if ``exc`` came from setting up TLS with
+    Redis at ``where``; None for any other error."""
+    ca, cert, _key = files
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            if cause.verify_code in HOST_MISMATCH:
+                return (f"setting redis_url (GRADER_REDIS_URL): the certificate of Redis at "
+                        f"{where} is not valid for that host: {cause.verify_message}")
+            trusted = f"redis_ca_file ({ca})" if ca else "the system's CAs (redis_ca_file is empty)"
+            return (f"setting redis_ca_file (GRADER_REDIS_CA_FILE): the certificate of Redis at "
+                    f"{where} is not trusted by {trusted}: {cause.verify_message}")
+        if isinstance(cause, ssl.SSLError):
+            reason = _ssl_reason(cause)
+            if "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason
+                                      or "ACCESS_DENIED" in reason):
+                refused = f"refused the client certificate {cert}" if cert else \
+                    "requires a client certificate, and redis_cert_file is empty"
+                return (f"setting redis_cert_file (GRADER_REDIS_CERT_FILE): Redis at {where} "
+                        f"{refused}: {reason}")
+            return (f"setting redis_url (GRADER_REDIS_URL): TLS with Redis at {where} failed "
+                    f"(does it listen for TLS there?): {reason}")
+        if isinstance(cause, ConnectionResetError) and not cert:
+            # TLS 1.3: a server that requires a client certificate closes the connection
+            # after the handshake, which the client sees at its first read.
+            return (f"setting redis_cert_file (GRADER_REDIS_CERT_FILE): Redis at {where} closed "
+                    f"the TLS connection: it may require a client certificate, and "
+                    f"redis_cert_file is empty")
+    return None
 
 
 def script_args(prefix: str, customer: dict[str, Any]) -> list[str]:
@@ -104,9 +183,13 @@ class SupportQueues:
     """Writes customers' support-queue keys to one Redis."""
 
     def __init__(self, url: str, prefix: str, support: Policy,
-                 files: tuple[str | None, str | None, str | None] = (None, None, None)) -> None:
+                 files: tuple[str | None, str | None, str | None] = (None, None, None),
+                 on_error: Callable[[], None] | None = None) -> None:
         check_support_policy(support)
+        self._on_error = on_error  # called at each failed try (the worker counts them)
         self.where = shown(url)
+        self.tls = url.startswith("rediss://")
+        self.files = files
         self.prefix = prefix
         self.support = support
         self._redis = client(url, files)
@@ -117,15 +200,18 @@ class SupportQueues:
 
     async def connect(self) -> None:
         """Reach Redis once, or raise RedisSetupError naming the setting (start-up)."""
+        if self.tls:
+            check_tls_files(self.files)
         try:
             self._run_id = await self._server_run_id()
         except AuthenticationError:
             raise RedisSetupError(f"setting redis_url (GRADER_REDIS_URL): Redis at "
                                   f"{self.where} refused the user name or password") from None
         except (RedisError, OSError) as exc:
-            raise RedisSetupError(f"setting redis_url (GRADER_REDIS_URL): cannot reach Redis "
-                                  f"at {self.where}: {type(exc).__name__}: "
-                                  f"{_without_secrets(exc)}") from None
+            problem = tls_problem(exc, self.where, self.files) if self.tls else None
+            raise RedisSetupError(problem or (
+                f"setting redis_url (GRADER_REDIS_URL): cannot reach Redis at {self.where}: "
+                f"{type(exc).__name__}: {_without_secrets(exc)}")) from None
 
     async def _server_run_id(self) -> str:
         info = await self._redis.info("server")
@@ -153,6 +239,8 @@ class SupportQueues:
             try:
                 result = await call(*args)
             except (RedisError, OSError) as exc:
+                if self._on_error is not None:
+                    self._on_error()
                 loop = asyncio.get_running_loop()
                 if self._down_since is None:
                     self._down_since = loop.time()

@@ -18,12 +18,13 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Container, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import faust
+import orjson
 
 from grader import kafkaauth
 from grader.clock import NEVER, format_instant
@@ -42,7 +43,8 @@ from grader.stream.options import StreamOptions
 from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
-from grader.stream.topology import INPUTS, REPARTITION, SUPPORT, TICKS
+from grader.stream.telemetry import CONTENT_TYPE, Telemetry, TierIndex
+from grader.stream.topology import INPUTS, REPARTITION, SUPPORT, TICKS, TIER_CHANGES
 from grader.stream.worker import support_policy
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,11 @@ class Processor:
 
     def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
                  sink: OutputSink, ticks_topic: str, partitions: int,
-                 support: SupportQueues | None = None) -> None:
+                 support: SupportQueues | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.grading = grading
+        self.telemetry = telemetry or Telemetry()
+        self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
         self.support = support  # Redis support queues, written after the Kafka outputs
         self.lock = asyncio.Lock()  # one batch (or rewrite of the support queues) at a time
         self.customers = customers  # customer_id bytes -> step.encode_record bytes
@@ -118,6 +123,7 @@ class Processor:
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
         async with self.lock:
+            started = time.monotonic()
             try:
                 batch = Batch()
                 for msg in messages:
@@ -131,6 +137,7 @@ class Processor:
             except BaseException:
                 self.decoded.clear()  # states may have changed in place without being stored
                 raise
+            self.telemetry.batch_seconds.observe(time.monotonic() - started)
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -173,8 +180,10 @@ class Processor:
         return step.Outcome("rejected", [step.dead_letter(msg, rejection)], code=rejection.code)
 
     def note(self, msg: step.Incoming, outcome: step.Outcome) -> None:
-        """Tell the log about a message that was not applied (rate-limited)."""
+        """Count the message's outcome; tell the log about one not applied (rate-limited)."""
+        self.telemetry.events.labels(msg.topic.removeprefix(self.prefix), outcome.status).inc()
         if outcome.status == "rejected":
+            self.telemetry.rejections.labels(outcome.code or "").inc()
             self.notices.rejected(msg.topic, msg.partition, msg.offset, outcome.code or "")
         elif outcome.status == "expired":
             self.notices.expired()
@@ -212,14 +221,32 @@ class Processor:
         await self.customers.put_many(writes)
         if len(self.decoded) > DECODED_MAX:
             self.decoded.clear()
-        for _partition, key, value in writes:
-            self.decoded[key] = (value, batch.store[key][1])
+        index = self.telemetry.index
+        for partition, key, value in writes:
+            state = batch.store[key][1]
+            self.decoded[key] = (value, state)
+            if index is not None:
+                index.stored(key, partition, state)
         await self.sink.publish([*batch.unstored,
                                  *(out for outs in batch.outputs.values() for out in outs)])
+        self.count_changes(batch)
         if self.support is not None:
             await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
                                       if key in batch.store
                                       and any(out.topic == SUPPORT for out in outs)])
+
+    def count_changes(self, batch: Batch) -> None:
+        """The tier changes just published, and how long after their message's timestamp."""
+        now = time.time()
+        for key, outs in batch.outputs.items():
+            for out in outs:
+                if out.topic != TIER_CHANGES:
+                    continue
+                change = orjson.loads(out.value)
+                self.telemetry.tier_changes.labels(change["policy"], change["direction"]).inc()
+                applied = batch.applied.get(key)
+                if applied and applied[-1].timestamp is not None:
+                    self.telemetry.latency.observe(max(0.0, now - applied[-1].timestamp))
 
     async def rewrite_support(self, partitions: Iterable[int]) -> int:
         """Write every customer of these partitions to Redis again (it restarted empty)."""
@@ -241,9 +268,10 @@ class Processor:
         """Re-grade every customer of the tick's partition, then raise its clock."""
         as_of = step.parse_tick(msg.value, now_us())
         if not isinstance(as_of, int):
-            self.notices.rejected(msg.topic, msg.partition, msg.offset, as_of.code)
+            self.note(msg, step.Outcome("rejected", code=as_of.code))
             await self.sink.publish([step.dead_letter(msg, as_of)])
             return
+        self.note(msg, step.Outcome("applied"))
         keys = list(self.customers.keys(msg.partition))
         for start in range(0, len(keys), TICK_BATCH):
             batch = Batch()
@@ -315,14 +343,46 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
     sender = BatchSender(servers, auth)
+    telemetry = Telemetry()
     support = None
     if settings.redis_url:
         support = SupportQueues(settings.redis_url, settings.redis_prefix,
-                                support_policy(settings, grading), settings.redis_files)
-    processor = Processor(grading, FaustTableStore(customers, sender, partitions),
-                          FaustTableStore(clocks, sender, partitions),
+                                support_policy(settings, grading), settings.redis_files,
+                                on_error=telemetry.redis_errors.inc)
+    customer_store = FaustTableStore(customers, sender, partitions)
+    processor = Processor(grading, customer_store, FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
-                          partitions, support)
+                          partitions, support, telemetry)
+
+    def stored_states(partition: int) -> Iterator[tuple[bytes, CustomerState]]:
+        for key in customer_store.keys(partition):
+            value = customer_store.get(key, partition)
+            if value is not None:
+                yield key, step.decode_record(value).state
+
+    def owned_and_lags() -> tuple[set[int], dict[tuple[str, int], int]]:
+        owned: set[int] = set()
+        lags: dict[tuple[str, int], int] = {}
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in source_names:
+                continue
+            owned.add(tp.partition)
+            end, next_offset = consumer.highwater(tp), progress.next.get((tp.topic, tp.partition))
+            if end is not None and next_offset is not None:
+                lags[tp.topic.removeprefix(prefix), tp.partition] = max(0, end - next_offset)
+        return owned, lags
+
+    telemetry.index = TierIndex(stored_states)
+    telemetry.source = owned_and_lags
+
+    @app.page("/metrics")
+    async def metrics(web: Any, _request: Any) -> Any:
+        return web.bytes(telemetry.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    @app.on_partitions_assigned.connect
+    async def count_rebalance(_app: Any, /, *_args: Any, **_kw: Any) -> None:
+        telemetry.rebalances.inc()
 
     @app.on_before_shutdown.connect
     async def stop_sender(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
@@ -403,7 +463,8 @@ async def grade_batches(stream: Any, processor: Processor,
         for event in events:
             m = event.message
             if (m.topic, m.partition) in owned:
-                mine.append(step.Incoming(m.topic, m.partition, m.offset, m.key, m.value))
+                mine.append(step.Incoming(m.topic, m.partition, m.offset, m.key, m.value,
+                                          m.timestamp))
             else:
                 m.acked = True  # never reaches the consumer: not committed here
         try:

@@ -47,6 +47,7 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None  # None: a message without a value (a tombstone)
+    timestamp: float | None = None  # the message's timestamp (seconds), for the metrics
 
 
 @dataclass(frozen=True, slots=True)
