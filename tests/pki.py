@@ -1,9 +1,11 @@
-"""A throwaway certificate authority for the Kafka security tests, made with the openssl CLI.
+"""A throwaway certificate authority for the Kafka and Redis security tests, made with the
+openssl CLI.
 
 `make_pki` writes, in a folder: a CA, a second CA that signed nothing here
 (the "unknown CA" a client must refuse), a server certificate for
-127.0.0.1 and localhost signed by the first CA (also as a PKCS12 keystore
-for Kafka), and a client certificate with its key. EC P-256 keys: a few
+127.0.0.1 and localhost signed by the first CA (PEM with its key, for
+redis-server, and as a PKCS12 keystore for Kafka), and a client
+certificate with its key. EC P-256 keys: a few
 tenths of a second in all.
 """
 
@@ -31,6 +33,8 @@ class Pki:
     keystore_password: str
     client_cert: Path
     client_key: Path
+    server_cert: Path  # PEM, the same certificate as in server_keystore (redis-server's)
+    server_key: Path  # PEM, unencrypted
 
 
 def openssl_or_skip() -> None:
@@ -42,7 +46,8 @@ def openssl_or_skip() -> None:
 
 
 def make_pki(folder: Path) -> Pki:
-    """Write a CA, another CA, a server keystore and a client certificate into ``folder``."""
+    """Write a CA, another CA, a server certificate (PEM and keystore) and a client
+    certificate into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("ca", "other-ca"):
         _openssl(folder, "req", "-x509", *EC_KEY, "-days", "2", "-subj", f"/CN=grader test {name}",
@@ -55,7 +60,8 @@ def make_pki(folder: Path) -> Pki:
              "-certfile", "ca.pem", "-name", "kafka", "-out", "server.p12",
              "-passout", f"pass:{password}")
     return Pki(folder / "ca.pem", folder / "other-ca.pem", folder / "server.p12", password,
-               folder / "client.pem", folder / "client.key")
+               folder / "client.pem", folder / "client.key", folder / "server.pem",
+               folder / "server.key")
 
 
 def _signed(folder: Path, name: str, subject: str, extensions: str | None) -> None:
