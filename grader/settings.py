@@ -122,6 +122,9 @@ def _read_file(path: Path) -> dict[str, str]:
                                 f"{PASSWORD_VARIABLE} in the environment")
         if key not in DEFAULTS:
             raise SettingsError(f"{path}: unknown setting {key!r}")
+        if key == "api_token":  # the value is not shown
+            raise SettingsError(f"{path}: api_token is not read from a file: set "
+                                "GRADER_API_TOKEN in the environment")
         if key == "redis_url" and "@" in str(value):  # the value is not shown
             raise SettingsError(f"{path}: redis_url holds a user name or password, which is "
                                 "not read from a file: set GRADER_REDIS_URL in the environment")

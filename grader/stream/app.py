@@ -34,7 +34,7 @@ from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.sinks.redis import SupportQueues
 from grader.state import CustomerState
-from grader.stream import step
+from grader.stream import step, web
 from grader.stream.admin import bootstrap_servers
 from grader.stream.flowfix import keep_records_on_repeated_resume
 from grader.stream.localstate import changelogs_of, record_when_created
@@ -375,6 +375,13 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
     telemetry.index = TierIndex(stored_states)
     telemetry.source = owned_and_lags
+
+    def owns(partition: int) -> bool:
+        return any(tp.partition == partition and tp.topic in source_names
+                   for tp in app.consumer.assignment())
+
+    web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
+                partitions, owns, settings.api_token)
 
     @app.page("/metrics")
     async def metrics(web: Any, _request: Any) -> Any:

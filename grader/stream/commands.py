@@ -51,9 +51,24 @@ def _worker() -> int:
     settings = load_settings()
     options = load_options(settings)
     grading = load_grading(settings)
+    _check_web_access(settings)
     _reach(settings)
     reach_redis(settings, grading)
     return run_worker(settings, grading, options)
+
+
+def _check_web_access(settings: Settings) -> None:
+    """GRADING.md section 7: the customer endpoint is open on loopback only."""
+    import ipaddress
+
+    host = settings.web_host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not settings.api_token:
+        raise GraderError(f"setting web_host (GRADER_WEB_HOST): {host} is not a loopback "
+                          "address, so the customer endpoint needs GRADER_API_TOKEN")
 
 
 def _redis_sync() -> int:

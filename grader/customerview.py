@@ -1,0 +1,64 @@
+"""The body of ``GET /customers/{customer_id}``: one customer's grades, from its state (pure).
+
+For each active policy: the tier, the exact score that decided it (a
+fraction string, ``"1703/20"``) and the same rounded to 2 decimals, the
+points per line and the metric values behind them as of the customer's
+``as_of``, whether the tier is pinned, and its sequence. Then the blacklist
+flag, the override audit trail and ``as_of``. Amounts and scores are
+confidential (GRADING.md section 7): they leave only through this endpoint,
+never through a log line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from grader.clock import NEVER, format_instant
+from grader.core import Grading
+from grader.metrics import MetricView
+from grader.rational import display, to_fraction
+from grader.scoring import ScoreMemo, rescore
+from grader.state import CustomerState
+
+#: GRADING.md section 1: 1..64 chars of [A-Za-z0-9._:-].
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
+
+
+def customer_document(state: CustomerState, grading: Grading) -> dict[str, Any]:
+    """The JSON object served for ``state``'s customer."""
+    policies: dict[str, Any] = {}
+    if state.graded:
+        views = {tz: MetricView(state, tz) for tz in grading.timezones}
+        for policy in grading.policies:
+            tier = state.tiers.get(policy.name)
+            if tier is None:
+                continue
+            memo = ScoreMemo(policy)
+            rescore(policy, views[policy.timezone], memo)
+            keys = policy.line_keys
+            policies[policy.name] = {
+                "policy_version": policy.version,
+                "tier": tier.tier,
+                "score": str(to_fraction(tier.score)),
+                "score_rounded": display(tier.score),
+                "breakdown": dict(zip(keys, map(display, memo.points), strict=True)),
+                "metrics": {k: None if v is None else display(v)
+                            for k, v in zip(keys, memo.values, strict=True)},
+                "pinned": tier.pinned,
+                "sequence": tier.sequence,
+                "changed_at": format_instant(tier.changed_at),
+            }
+    return {
+        "customer_id": state.customer_id,
+        "graded": state.graded,
+        "blacklisted": state.blacklisted,
+        "as_of": None if state.as_of == NEVER else format_instant(state.as_of),
+        "policies": policies,
+        "overrides": [
+            {"action": a["action"], "policy": a["policy"], "tier": a["tier"],
+             "actor": a["actor"], "reason": a["reason"], "occurred_at": a["occurred_at"],
+             "event_id": a["event_id"]}
+            for a in state.audit
+        ],
+    }

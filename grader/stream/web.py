@@ -1,0 +1,131 @@
+"""The worker's web side beyond ``/metrics``: ``GET /customers/{customer_id}`` and access.
+
+docs/api.md and docs/openapi.yaml describe the endpoint. Any worker answers
+any customer: the worker that owns the customer's partition answers from
+its local store; another forwards the request to that owner (found in
+Faust's assignment metadata, the table's changelog partitions per worker)
+and relays its answer. A forward that fails (the owner left, a rebalance
+is under way) is tried once more with fresh metadata, then answered 503;
+it never waits longer than FORWARD_TIMEOUT.
+
+With an API token (``GRADER_API_TOKEN``), every request but ``/metrics``
+needs ``Authorization: Bearer <token>`` (compared in constant time), else
+401. Every error is a JSON object ``{"error": ...}``: 400 for a malformed
+customer id, 401, 404 for an unknown customer or path, 405 for a method
+other than GET, 503 while the owner cannot be reached or is recovering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import faust
+from aiohttp import web
+
+from grader.core import Grading
+from grader.customerview import CUSTOMER_ID, customer_document
+from grader.stream import step
+from grader.stream.tables import TableStore
+from grader.stream.topology import partition_of
+
+log = logging.getLogger(__name__)
+FORWARD_TIMEOUT = 5.0  # seconds for one forwarded request
+FORWARDED = "X-Grader-Forwarded"  # set on a forwarded request: it is never forwarded again
+OPEN_PATHS = frozenset({"/metrics"})
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def access_middleware(token: str | None) -> Any:
+    """The token check, and JSON bodies for aiohttp's own errors (404, 405)."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if expected is not None and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return error(401, "a valid bearer token is needed (Authorization header)",
+                             **{"WWW-Authenticate": 'Bearer realm="grader"'})
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+            return error(exc.status, exc.reason, **headers)
+
+    return middleware
+
+
+def install(app: faust.App, grading: Grading, customers: TableStore, changelog: str,
+            partitions: int, owns: Callable[[int], bool], token: str | None) -> None:
+    """Add the access middleware and the customer endpoint to ``app``'s web server."""
+    server: Any = app.web  # Faust's aiohttp driver; its aiohttp Application is not started yet
+    server.web_app.middlewares.append(access_middleware(token))
+
+    def owner_url(partition: int) -> str | None:
+        """The web URL of the worker whose active changelog partitions hold ``partition``."""
+        for url, topics in app.assignor.table_metadata(changelog).items():
+            if partition in topics.get(changelog, ()):
+                return str(url)
+        return None
+
+    async def forward(request: Any, partition: int) -> web.Response:
+        session = app.http_client
+        for attempt in range(2):
+            url = owner_url(partition)
+            if url is not None and url.rstrip("/") != str(app.conf.canonical_url).rstrip("/"):
+                headers = {FORWARDED: "1"}
+                if "Authorization" in request.headers:
+                    headers["Authorization"] = request.headers["Authorization"]
+                try:
+                    async with session.get(
+                            f"{url.rstrip('/')}{request.path}", headers=headers,
+                            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)) as answer:
+                        body = await answer.read()
+                        return web.Response(body=body, status=answer.status,
+                                            content_type="application/json")
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    log.info("forwarding a customer request to %s failed (%s)", url,
+                             type(exc).__name__)
+            if attempt == 0:
+                await asyncio.sleep(0.5)  # a rebalance may be settling: look again
+        return error(503, "the worker that owns this customer cannot be reached; retry",
+                     **{"Retry-After": "1"})
+
+    class Customer(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            if not CUSTOMER_ID.fullmatch(customer_id):
+                return error(400, "customer_id must be 1..64 chars of [A-Za-z0-9._:-]")
+            key = customer_id.encode()
+            partition = partition_of(key, partitions)
+            if not owns(partition):
+                if request.headers.get(FORWARDED):
+                    return error(503, "this worker no longer owns the customer; retry",
+                                 **{"Retry-After": "1"})
+                return await forward(request, partition)
+            if app.in_recovery:
+                return error(503, "this worker is recovering its state; retry",
+                             **{"Retry-After": "1"})
+            stored = customers.get(key, partition)
+            if stored is None:
+                return error(404, f"no customer {customer_id}")
+            state = step.decode_record(stored).state
+            return web.json_response(customer_document(state, grading))
+
+        async def post(self, request: Any, **_kw: Any) -> Any:
+            return error(405, "only GET", Allow="GET")
+
+        put = patch = delete = options = search = post
+
+    app.page("/customers/{customer_id}")(Customer)
