@@ -149,20 +149,6 @@ def test_an_open_endpoint_off_loopback_is_refused(stream: Stream, host: str) -> 
                         "loopback address, so the customer endpoint needs GRADER_API_TOKEN")
 
 
-def test_the_api_token_is_not_read_from_a_file(tmp_path: Path) -> None:
-    config = tmp_path / "config"
-    (config / "policies").mkdir(parents=True)
-    for policy in (ROOT / "config" / "policies").iterdir():
-        (config / "policies" / policy.name).write_bytes(policy.read_bytes())
-    (config / "grader.toml").write_text('api_token = "in-a-file"\n')
-    done = subprocess.run([sys.executable, "-m", "grader", "worker"], cwd=ROOT,
-                          env={"GRADER_CONFIG_DIR": str(config), "PATH": "/usr/bin:/bin",
-                               "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "api_token is not read from a file" in done.stderr
-    assert "in-a-file" not in done.stderr
-
-
 def test_the_endpoint_keeps_its_openapi_document(stream: Stream, tmp_path: Path) -> None:
     """schemathesis against a running worker: every documented status, header and body
     shape, for generated ids and the document's example (a customer the test grades)."""

@@ -87,13 +87,24 @@ def test_the_password_is_not_in_the_settings_repr(tmp_path: Path) -> None:
     assert PASSWORD not in repr(s) and PASSWORD not in str(s) and "***" in repr(s)
 
 
-def test_a_password_in_the_file_is_refused_without_showing_it(tmp_path: Path) -> None:
-    toml = f'kafka_password = "{PASSWORD}"\n'
+@pytest.mark.parametrize(("toml", "variable"), [
+    (f'kafka_password = "{PASSWORD}"\n', "GRADER_KAFKA_PASSWORD"),
+    (f'redis_url = "redis://:{PASSWORD}@127.0.0.1:6379/0"\n', "GRADER_REDIS_URL"),
+    (f'redis_url = "redis://user:{PASSWORD}@127.0.0.1:6379/0"\n', "GRADER_REDIS_URL"),
+    (f'api_token = "{PASSWORD}"\n', "GRADER_API_TOKEN"),
+])
+def test_a_secret_in_the_file_is_refused_without_showing_it(tmp_path: Path, toml: str,
+                                                             variable: str) -> None:
     with pytest.raises(SettingsError) as info:
         settings_in(tmp_path, toml, **SASL_SSL_ENV)
     message = str(info.value)
-    assert "GRADER_KAFKA_PASSWORD" in message and "grader.toml" in message
+    assert variable in message and "grader.toml" in message
     assert PASSWORD not in message and "\n" not in message
+
+
+def test_the_redis_password_is_not_in_the_settings_repr(tmp_path: Path) -> None:
+    s = settings_in(tmp_path, GRADER_REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:6379/0")
+    assert s.redis_url.endswith("@127.0.0.1:6379/0") and PASSWORD not in repr(s)
 
 
 @pytest.mark.parametrize(
