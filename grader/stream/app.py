@@ -326,6 +326,9 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         datadir=str(settings.data_dir), web_bind=settings.web_host, web_host=settings.web_host,
         web_port=settings.web_port, topic_partitions=partitions, autodiscover=False,
         table_cleanup_interval=3600.0, consumer_auto_offset_reset="earliest",
+        # No standby replicas: Faust's standby path lost changelog records (docs/streaming.md,
+        # "Standby replicas"); a partition a worker takes over is read from its changelog.
+        table_standby_replicas=0,
         **options.faust_settings,
     )
     keep_records_on_repeated_resume(app.flow_control)  # grader/stream/flowfix.py
