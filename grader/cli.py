@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="processes to grade with (default: the CPUs this process may use)",
     )
+    wi = sub.add_parser("whatif", help="what a candidate policy would do to the population")
+    wi.add_argument("events", type=Path, help="events file (JSON lines)")
+    wi.add_argument("--as-of", required=True, help="RFC 3339 instant T to grade as of")
+    wi.add_argument("--current", required=True, help="the policy in use (preset name or file)")
+    wi.add_argument("--candidate", required=True, help="the policy to compare (name or file)")
+    wi.add_argument("--out", required=True, type=Path, help="output directory")
+    wi.add_argument("--workers", type=_positive, default=None,
+                    help="processes to grade with (default: the CPUs this process may use)")
     dev = sub.add_parser("dev", help="local broker, Redis, worker and live sample events")
     dev.add_argument("--customers", type=_positive, default=12, help="sample customers")
     dev.add_argument("--duration", type=_positive, default=None,
@@ -73,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "dev":
             return _dev(args)
+        if args.command == "whatif":
+            return _whatif(args)
         if args.command in stream_commands.COMMANDS:
             return stream_commands.run(args)
         return _policy_check(args)
@@ -116,6 +126,41 @@ def _replay(args: argparse.Namespace) -> int:
     if progress is not None:
         terminal.clear_progress()
     print(f"replay as of {format_instant(as_of)}: {result.stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def _whatif(args: argparse.Namespace) -> int:
+    from grader.replay import read_lines
+    from grader.settings import config_dir, resolve_policy
+    from grader.whatif import report, what_if, write
+
+    try:
+        as_of = parse_instant(args.as_of)
+    except TimestampError as exc:
+        raise GraderError(f"--as-of {args.as_of!r}: {exc}") from None
+    if not args.events.is_file():
+        raise GraderError(f"events file {args.events} not found")
+    current = resolve_policy(args.current, config_dir())
+    candidate = resolve_policy(args.candidate, config_dir())
+    if Path(current.source).resolve() == Path(candidate.source).resolve():
+        raise GraderError(f"--candidate {args.candidate}: the same policy file as --current")
+    if (current.name, current.version) == (candidate.name, candidate.version):
+        raise GraderError(f"--candidate {args.candidate}: same name and version as --current "
+                          f"({current.name} v{current.version}); give the candidate a new "
+                          "version")
+    if current.currency != candidate.currency:
+        raise GraderError(f"--candidate {args.candidate}: currency {candidate.currency} is "
+                          f"not --current's {current.currency}")
+    try:
+        lines = list(read_lines(args.events))
+        result = what_if(lines, as_of, current, candidate, time.time_ns() // 1000,
+                         args.workers)
+        write(result, args.out)
+    except OSError as exc:
+        raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise GraderError(f"events file {args.events}: {exc}") from None
+    print(report(result), end="")
     return 0
 
 

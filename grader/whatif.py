@@ -1,0 +1,137 @@
+"""`grader whatif`: what a candidate policy would do to the population, before it goes live.
+
+The events file is graded by `grader replay`'s own code under each policy
+separately (the candidate is typically the next version of the current
+policy, with the same name, so the two cannot be one Grading). From the
+two sets of tiers:
+
+- ``matrix.csv``: ``current_tier,candidate_tier,customers``, one row per pair
+  with at least one customer, in the current policy's tier order, then the
+  candidate's;
+- ``movers.csv``: ``customer_id,current_tier,candidate_tier,current_score,
+  candidate_score`` for every customer whose tier differs, by customer id;
+- on the terminal: the matrix, each tier's population under each policy,
+  and how many customers go up, down or stay. Where both policies have the
+  same tier names a move is judged by the candidate's tier order (best
+  first); otherwise by each tier's rank in its own policy's support
+  priority (docs/whatif.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from grader.core import Grading
+from grader.policy import Policy
+from grader.replay import ReplayResult, replay
+
+Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The two gradings side by side."""
+
+    current: Policy
+    candidate: Policy
+    tiers: dict[str, tuple[str, str, str, str]]  # customer -> cur tier, cand tier, scores
+    results: tuple[ReplayResult, ReplayResult]
+
+    def matrix(self) -> list[tuple[str, str, int]]:
+        counts = Counter((cur, cand) for cur, cand, _s, _t in self.tiers.values())
+        order_cur = {t: i for i, t in enumerate(self.current.tier_names)}
+        order_cand = {t: i for i, t in enumerate(self.candidate.tier_names)}
+        return [(cur, cand, n) for (cur, cand), n in
+                sorted(counts.items(), key=lambda kv: (order_cur.get(kv[0][0], 99),
+                                                       order_cand.get(kv[0][1], 99)))]
+
+    def movers(self) -> list[tuple[str, str, str, str, str]]:
+        return [(c, cur, cand, s_cur, s_cand)
+                for c, (cur, cand, s_cur, s_cand) in sorted(self.tiers.items()) if cur != cand]
+
+    def populations(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        cur = Counter(t[0] for t in self.tiers.values())
+        cand = Counter(t[1] for t in self.tiers.values())
+        return ([(t, cur.get(t, 0)) for t in self.current.tier_names],
+                [(t, cand.get(t, 0)) for t in self.candidate.tier_names])
+
+    def directions(self) -> dict[str, int]:
+        """How many customers go up, down or stay under the candidate."""
+        shared = set(self.current.tier_names) == set(self.candidate.tier_names)
+        if shared:
+            order = {t: i for i, t in enumerate(self.candidate.tier_names)}
+
+            def ranks(cur: str, cand: str) -> tuple[int, int]:
+                return order[cur], order[cand]
+        else:
+            cur_rank = {t: i for i, t in enumerate(self.current.support_priority)}
+            cand_rank = {t: i for i, t in enumerate(self.candidate.support_priority)}
+
+            def ranks(cur: str, cand: str) -> tuple[int, int]:
+                return cur_rank[cur], cand_rank[cand]
+        out = {"up": 0, "down": 0, "same": 0}
+        for cur, cand, _s, _t in self.tiers.values():
+            before, after = ranks(cur, cand)
+            out["up" if after < before else "down" if after > before else "same"] += 1
+        return out
+
+
+def what_if(lines: list[bytes], as_of: int, current: Policy, candidate: Policy,
+            now_us: int, workers: int | None = None) -> WhatIf:
+    """Grade ``lines`` under each policy, as `grader replay` does."""
+    results = (replay(lines, as_of, Grading((current,)), now_us, workers=workers),
+               replay(lines, as_of, Grading((candidate,)), now_us, workers=workers))
+    cur = {c: (t, s) for c, _p, t, s in results[0].tiers}
+    cand = {c: (t, s) for c, _p, t, s in results[1].tiers}
+    tiers = {c: (cur[c][0], cand[c][0], cur[c][1], cand[c][1]) for c in cur if c in cand}
+    return WhatIf(current, candidate, tiers, results)
+
+
+def write(result: WhatIf, out: Path) -> None:
+    """``matrix.csv`` and ``movers.csv`` in ``out`` (created if needed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.csv").write_text(_csv([("current_tier", "candidate_tier", "customers"),
+                                          *result.matrix()]))
+    (out / "movers.csv").write_text(_csv([("customer_id", "current_tier", "candidate_tier",
+                                           "current_score", "candidate_score"),
+                                          *result.movers()]))
+
+
+def _csv(rows: list[tuple[object, ...]]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def report(result: WhatIf) -> str:
+    """What the terminal shows: the matrix, the populations, the moves."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cur, cand = result.current, result.candidate
+    name_cur = f"{cur.name} v{cur.version}"
+    name_cand = f"{cand.name} v{cand.version}"
+    counts = {(a, b): n for a, b, n in result.matrix()}
+    table = Table(title=f"customers: {name_cur} (rows) -> {name_cand} (columns)",
+                  title_justify="left")
+    table.add_column(name_cur)
+    for tier in cand.tier_names:
+        table.add_column(tier, justify="right")
+    for tier in cur.tier_names:
+        table.add_row(tier, *(str(counts.get((tier, t), "")) for t in cand.tier_names))
+    populations = result.populations()
+    moves = result.directions()
+    console = Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
+    console.print(table)
+    console.print(f"population {name_cur}: " + ", ".join(f"{t} {n}" for t, n in populations[0]))
+    console.print(f"population {name_cand}: "
+                  + ", ".join(f"{t} {n}" for t, n in populations[1]))
+    console.print(f"up {moves['up']}, down {moves['down']}, same {moves['same']} "
+                  f"({len(result.tiers)} customers)")
+    output: io.StringIO = console.file  # type: ignore[assignment]
+    return output.getvalue()
