@@ -12,8 +12,9 @@ import orjson
 
 from grader.state import CustomerState, Invoice, Ticket, TierState
 
-VERSION = 3  # 2 added "digests" (a version 1 state loads with none: no conflict is seen);
-# 3 added "tickets" (an older state loads with none: tickets were not kept before)
+VERSION = 4  # 2 added "digests" (a version 1 state loads with none: no conflict is seen);
+# 3 added "tickets" (an older state loads with none: tickets were not kept before);
+# 4 added "under" (an older state loads with none: it is graded again once, as in a roll-out)
 
 
 def dump_state(state: CustomerState) -> bytes:
@@ -49,6 +50,7 @@ def dump_state(state: CustomerState) -> bytes:
                 i: [t.opened_at, t.last_open, t.last_open_id, t.queue, t.subject, t.closed_at]
                 for i, t in state.tickets.items()
             },
+            "under": state.graded_under,
         }
     )
 
@@ -56,7 +58,7 @@ def dump_state(state: CustomerState) -> bytes:
 def load_state(data: bytes) -> CustomerState:
     """Rebuild a customer's state from ``dump_state`` output."""
     raw: dict[str, Any] = orjson.loads(data)
-    if raw.get("v") not in (1, 2, VERSION):
+    if raw.get("v") not in (1, 2, 3, VERSION):
         raise ValueError(f"unsupported state version {raw.get('v')!r}")
     state = CustomerState(
         raw["id"],
@@ -88,4 +90,5 @@ def load_state(data: bytes) -> CustomerState:
         p: TierState(t[0], (t[1], t[2]), t[3], t[4], t[5]) for p, t in raw["tiers"].items()
     }
     state.tickets = {i: Ticket(*t) for i, t in raw.get("tickets", {}).items()}
+    state.graded_under = {p: (v[0], v[1]) for p, v in raw.get("under", {}).items()}
     return state

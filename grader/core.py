@@ -35,6 +35,7 @@ class Grading:
     timezones: tuple[str, ...] = field(init=False)
     longest_window_by_tz: tuple[tuple[str, int], ...] = field(init=False)
     tiers_by_policy: dict[str, tuple[str, ...]] = field(init=False, compare=False)
+    signature: dict[str, tuple[str, str]] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -49,6 +50,10 @@ class Grading:
             )
         object.__setattr__(self, "currency", currencies[0])
         object.__setattr__(self, "timezones", tuple(sorted({p.timezone for p in self.policies})))
+        # What a customer graded under these policies records (state.graded_under): a
+        # customer whose record differs is graded again (a roll-out, docs/policies.md).
+        object.__setattr__(self, "signature",
+                           {p.name: (p.version, p.digest) for p in self.policies})
         longest = {
             tz: max(p.longest_window for p in self.policies if p.timezone == tz)
             for tz in self.timezones
@@ -124,6 +129,25 @@ def apply_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) 
     return StepResult(state, "applied", changes, changed, support_changed=changed)
 
 
+def policy_stale(state: CustomerState, grading: Grading) -> bool:
+    """Whether the customer was graded under other policies (versions, contents) than these."""
+    return state.graded and state.graded_under != grading.signature
+
+
+def apply_policy(state: CustomerState, grading: Grading, now_us: int) -> StepResult:
+    """Grade again under the active policies after a roll-out; as_of does not move.
+
+    Tiers of policies no longer active leave the state (so the snapshot and
+    Redis); a tier that changes is a tier change with cause ``policy``.
+    """
+    removed = [name for name in state.tiers if name not in grading.signature]
+    for name in removed:
+        del state.tiers[name]
+    changes, changed = regrade(state, grading, {"kind": "policy"}, now_us)
+    changed = changed or bool(removed)
+    return StepResult(state, "applied", changes, changed, support_changed=changed)
+
+
 def _advance(state: CustomerState, ts: int, grading: Grading) -> None:
     if ts <= state.as_of:
         return
@@ -146,6 +170,8 @@ def regrade(
     """
     if not state.graded:
         return [], False
+    if state.graded_under != grading.signature:
+        state.graded_under = dict(grading.signature)
     views = {tz: MetricView(state, tz) for tz in grading.timezones}
     changes: list[dict[str, Any]] = []
     snapshot_changed = False

@@ -85,6 +85,9 @@ class Policy:
     downgrade_margin: Ratio
     min_days_in_tier: int
     source: str
+    # sha256 of the policy's meaning: its TOML document without comments, layout or
+    # `description` (docs/policies.md, "Versions"); a new meaning needs a new version
+    digest: str = ""
     tier_names: tuple[str, ...] = field(init=False)
     longest_window: int = field(init=False)
     _ranks: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -134,6 +137,17 @@ def load_policy(path: str | Path) -> Policy:
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{path}: cannot read policy file: {exc}") from None
     return parse_policy(text, source=str(path), default_name=path.stem)
+
+
+def meaning_digest(doc: dict[str, Any]) -> str:
+    """sha256 (hex) of a policy document, canonical: keys sorted, numbers as written."""
+    import hashlib
+    import json
+
+    meaning = {k: v for k, v in doc.items() if k != "description"}
+    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"), default=str,
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def parse_policy(text: str, *, source: str, default_name: str) -> Policy:
@@ -191,6 +205,7 @@ class _Builder:
             downgrade_margin=margin,
             min_days_in_tier=min_days,
             source=self.loc.source,
+            digest=meaning_digest(doc),
         )
 
     # -- scalar helpers ---------------------------------------------------

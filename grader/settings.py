@@ -136,7 +136,7 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
     policies = tuple(p.strip() for p in raw["policies"].split(",") if p.strip())
     if not policies:
         raise SettingsError("setting policies (GRADER_POLICIES): names at least one policy")
-    support = raw["support_policy"].strip() or policies[0]
+    support = raw["support_policy"].strip() or Path(policies[0]).stem  # a path: its name
     if support not in [Path(p).stem for p in policies]:
         raise SettingsError(
             f"setting support_policy (GRADER_SUPPORT_POLICY): {support!r} "

@@ -127,6 +127,8 @@ class CustomerState:
     audit: list[dict[str, Any]] = field(default_factory=list)
     tiers: dict[str, TierState] = field(default_factory=dict)
     tickets: dict[str, Ticket] = field(default_factory=dict)
+    # policy name -> (version, digest) of the policies it was last graded under
+    graded_under: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Not persisted (codec): revisions of the details metrics read, bumped by record()
     # and prune() on every change, and the scoring memo keyed by them (grader.scoring).
     # A state loaded from bytes starts with an empty memo, so its revisions restart at 0.

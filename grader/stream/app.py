@@ -28,7 +28,7 @@ import orjson
 
 from grader import kafkaauth
 from grader.clock import NEVER, format_instant
-from grader.core import Grading
+from grader.core import Grading, policy_stale
 from grader.events import Rejection
 from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
@@ -57,6 +57,8 @@ LOG_EVERY = 10_000  # messages between two progress lines in the log
 STALL_AFTER = 2.0  # seconds an input partition may lag a known record before it is read again
 REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
 REDIS_CHECK_EVERY = 2.0  # seconds between two checks that Redis did not restart empty
+SWEEP_EVERY = 2.0  # seconds between two looks for partitions to sweep after a roll-out
+SWEEP_PAUSE = 0.5  # seconds between two partitions of a sweep: the stream goes first
 
 
 def now_us() -> int:
@@ -234,6 +236,40 @@ class Processor:
             await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
                                       if key in batch.store
                                       and any(out.topic == SUPPORT for out in outs)])
+
+    async def sweep_policies(self, partitions: Iterable[int]) -> int:
+        """Grade again, under the active policies, every customer of these partitions that
+        was graded under other ones (a roll-out); a chunk at a time, between batches.
+        Returns how many were graded again."""
+        swept = 0
+        signature = orjson.dumps(sorted(self.grading.signature.items()))
+        for partition in partitions:
+            marker = b"s%d" % partition  # in the clocks table: swept under these policies
+            if self.clocks.get(marker, partition) == signature:
+                continue
+            keys = list(self.customers.keys(partition))
+            done = changes = 0
+            for start in range(0, len(keys), TICK_BATCH):
+                async with self.lock:
+                    batch = Batch()
+                    now = now_us()
+                    for key in keys[start:start + TICK_BATCH]:
+                        state = self.state_of(key, partition, batch)
+                        if state is None or not policy_stale(state, self.grading):
+                            continue
+                        outcome = step.handle_policy(state, self.grading, now)
+                        batch.add(key, partition, outcome)
+                        done += 1
+                        changes += sum(out.topic == TIER_CHANGES for out in outcome.outputs)
+                    await self.settle(batch)
+                await asyncio.sleep(0)  # let the stream's batches in between
+            if done:
+                log.info("policy roll-out: partition %d: %d customers graded again, "
+                         "%d tier changes", partition, done, changes)
+                self.telemetry.policy_regrades.inc(done)
+            await self.clocks.put_many([(partition, marker, signature)])
+            swept += done
+        return swept
 
     def count_changes(self, batch: Batch) -> None:
         """The tier changes just published, and how long after their message's timestamp."""
@@ -422,6 +458,30 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                         "%s again", support.where, sorted(owned))
             written = await processor.rewrite_support(sorted(owned))
             log.info("support queues written again: %d customers", written)
+
+    swept: set[int] = set()  # partitions swept for a roll-out since the last assignment
+
+    @app.on_partitions_assigned.connect
+    async def sweep_again(_app: Any, /, *_args: Any, **_kw: Any) -> None:
+        swept.clear()
+
+    @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
+    async def sweep_policies() -> None:
+        if app.in_recovery or app.rebalancing:
+            return
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in source_names}
+        todo = sorted(owned - swept)
+        telemetry.sweep_pending.set(len(todo))
+        for partition in todo:
+            try:
+                await processor.sweep_policies([partition])
+            except Exception as exc:  # a timer's error would crash the worker; retried
+                log.warning("policy roll-out of partition %d failed, retried: %r", partition,
+                            exc)
+                return
+            swept.add(partition)
+            telemetry.sweep_pending.set(len(owned - swept))
+            await asyncio.sleep(SWEEP_PAUSE)
 
     @app.task  # type: ignore[untyped-decorator]
     async def report_loop() -> None:

@@ -17,7 +17,16 @@ import orjson
 
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.codec import dump_state, load_state
-from grader.core import Grading, StepResult, apply_event, apply_tick, new_state, snapshot
+from grader.core import (
+    Grading,
+    StepResult,
+    apply_event,
+    apply_policy,
+    apply_tick,
+    new_state,
+    policy_stale,
+    snapshot,
+)
 from grader.events import (
     FUTURE_TOLERANCE_US,
     NO_VALUE,
@@ -96,20 +105,37 @@ def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], c
         return Outcome("forwarded", [Output(REPARTITION, key, msg.value or b"")])
     current = load(key)
     state = current if current is not None else new_state(parsed.customer_id)
+    # graded under other policies (a roll-out): that regrade first, with its own cause
+    steps = [apply_policy(state, grading, now_us)] if policy_stale(state, grading) else []
     step = apply_event(state, parsed, grading, now_us)
     if step.status != "applied":
+        if steps:  # not applied, but the roll-out's regrade is stored
+            return Outcome(step.status, graded_outputs(state.customer_id, steps), state,
+                           conflict=step.conflict)
         return Outcome(step.status, conflict=step.conflict)
-    steps = [step]
+    steps.append(step)
     if clock_us > state.as_of:
         steps.append(apply_tick(state, clock_us, grading, now_us))
     return Outcome("applied", graded_outputs(state.customer_id, steps), state)
 
 
 def handle_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) -> Outcome:
-    """Re-grade one customer as of a tick (in place); nothing to do if it is already there."""
-    if as_of <= state.as_of:
+    """Re-grade one customer as of a tick (in place); nothing to do if it is already there.
+
+    A customer graded under other policies is graded again first (a roll-out)."""
+    steps = [apply_policy(state, grading, now_us)] if policy_stale(state, grading) else []
+    if as_of > state.as_of:
+        steps.append(apply_tick(state, as_of, grading, now_us))
+    if not steps:
         return Outcome("unchanged")
-    step = apply_tick(state, as_of, grading, now_us)
+    return Outcome("applied", graded_outputs(state.customer_id, steps), state)
+
+
+def handle_policy(state: CustomerState, grading: Grading, now_us: int) -> Outcome:
+    """Grade one customer again under changed policies (the roll-out sweep)."""
+    if not policy_stale(state, grading):
+        return Outcome("unchanged")
+    step = apply_policy(state, grading, now_us)
     return Outcome("applied", graded_outputs(state.customer_id, [step]), state)
 
 

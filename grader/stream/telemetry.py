@@ -17,6 +17,8 @@ with the number of customers; topics are named without the topic prefix.
   end (the high watermark the consumer last saw, minus the next offset to
   commit);
 - ``grader_rebalances_total``, ``grader_redis_errors_total``;
+- ``grader_policy_regrades_total``, ``grader_policy_sweep_pending_partitions``: a
+  roll-out's progress (docs/policies.md, "Roll-out");
 - the process and Python collectors of prometheus-client.
 """
 
@@ -28,6 +30,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -133,6 +136,12 @@ class Telemetry:
                                   registry=registry)
         self.redis_errors = Counter("grader_redis_errors",
                                     "Failed writes to Redis (each retried)", registry=registry)
+        self.policy_regrades = Counter("grader_policy_regrades",
+                                       "Customers graded again after a policy roll-out",
+                                       registry=registry)
+        self.sweep_pending = Gauge("grader_policy_sweep_pending_partitions",
+                                   "Owned partitions not yet checked for a policy roll-out",
+                                   registry=registry)
         self.index: TierIndex | None = None
         # () -> (owned partitions, {(topic, partition): lag}); set by the app
         self.source: Callable[[], tuple[set[int], dict[tuple[str, int], int]]] | None = None

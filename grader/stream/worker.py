@@ -132,6 +132,9 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
 
     ensure_topics(settings.kafka,
                   load_topics(settings.topic_prefix, settings.partitions).values())
+    from grader.stream.policyregistry import check_and_record
+
+    check_and_record(settings.kafka, settings.topic_prefix, grading.policies)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     use_uvloop()

@@ -1,0 +1,114 @@
+"""A new policy version rolled out on a running stream, on both brokers (issue 14 part 2).
+
+v1 grades a stream; the workers stop; they start again with v2 of abc-100 (A
+from 70 points instead of 80): every customer whose tier differs under v2
+gets exactly one tier change with cause ``policy`` and v2's version, the
+others none, and the tiers end equal to `grader replay` under v2, also
+when the worker is killed mid-sweep. A v1 whose rules changed without a new
+version is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from grader.clock import parse_instant
+from grader.core import Grading
+from grader.replay import replay
+from grader.settings import resolve_policy
+from tests.integration.conftest import ROOT, Stream, wait_for
+from tests.integration.test_stream import (
+    AS_OF,
+    events_file,
+    expected,
+    final_tick_equals_replay,
+    wait_for_tiers,
+)
+
+pytestmark = pytest.mark.integration
+ABC = (ROOT / "config" / "policies" / "abc-100.toml").read_text()
+
+
+def v2_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "abc-100.toml"  # same name, new version, a lower bar for A
+    path.write_text(ABC.replace('version = "1"', 'version = "2"')
+                    .replace('min = ">= 80"', 'min = ">= 70"'))
+    return path
+
+
+def tiers_under(lines: list[bytes], policies: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    grading = Grading(tuple(resolve_policy(p, ROOT / "config") for p in policies))
+    result = replay(lines, parse_instant(AS_OF), grading, time.time_ns() // 1000, workers=1)
+    return {(c, p): t for c, p, t, _s in result.tiers}
+
+
+def policy_changes(stream: Stream) -> list[dict[str, Any]]:
+    return [c for c in (orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5))
+            if c["cause"]["kind"] == "policy"]
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["clean", "kill_9_mid_sweep"])
+def test_a_new_version_regrades_every_customer_once(stream: Stream, tmp_path: Path,
+                                                    crash: bool) -> None:
+    lines = events_file(tmp_path / "events.jsonl", customers=300, events=4000, seed=71)
+    want, _dead = expected(lines)  # v1 (abc-100) and stars
+    first = stream.start_worker()
+    first.wait_ready()
+    assert stream.grader("produce", str(tmp_path / "events.jsonl")).returncode == 0
+    final_tick_equals_replay(stream, lines, want)
+    assert first.stop() == 0
+    assert policy_changes(stream) == []
+
+    v2 = v2_file(tmp_path / "v2")
+    want2 = tiers_under(lines, (str(v2), "stars"))
+    moved = {c for (c, p), t in want2.items() if p == "abc-100" and want[c, p] != t}
+    assert moved and all(want2[c, "stars"] == want[c, "stars"] for c in moved)
+    policies = f"{v2},stars"
+    second = stream.start_worker(GRADER_POLICIES=policies)
+    if crash:  # killed once a partition is swept, before the others are
+        wait_for(lambda: "policy roll-out: partition" in second.log(), 60, "a partition swept")
+        second.kill()
+        swept_before = second.log().count("policy roll-out: partition")
+        assert swept_before < 4, "killed too late to test anything"
+        second = stream.start_worker(GRADER_POLICIES=policies)
+    second.wait_ready(45)
+    wait_for_tiers(stream, want2, timeout=60)
+
+    changes = policy_changes(stream)
+    by_customer = Counter(c["customer_id"] for c in {c["event_id"]: c for c in changes}.values())
+    assert set(by_customer) == moved, "a policy change for exactly the customers that move"
+    assert set(by_customer.values()) == {1}, "one each (a republished one has the same id)"
+    for change in changes:
+        assert change["policy"] == "abc-100" and change["policy_version"] == "2"
+        assert (change["from_tier"], change["to_tier"]) == ("B", "A")
+    assert "graded again" in second.log()
+    assert second.stop() == 0
+
+
+def test_changed_rules_without_a_new_version_are_refused(stream: Stream,
+                                                          tmp_path: Path) -> None:
+    first = stream.start_worker()
+    first.wait_ready()
+    assert first.stop() == 0
+    changed = tmp_path / "changed" / "abc-100.toml"
+    changed.parent.mkdir()
+    changed.write_text(ABC.replace('min = ">= 80"', 'min = ">= 75"'))  # still version 1
+    done = stream.grader("worker", GRADER_POLICIES=f"{changed},stars")
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"grader: error: policy abc-100 ({changed}): version 1 was first used "
+                    "with other rules; give the changed policy a new version")
+    # comments and the description are not rules
+    same = tmp_path / "same" / "abc-100.toml"
+    same.parent.mkdir()
+    same.write_text("# a comment\n" + ABC.replace('description = "', 'description = "Now: '))
+    worker = stream.start_worker(GRADER_POLICIES=f"{same},stars")
+    worker.wait_ready()
+    assert worker.stop() == 0
