@@ -7,13 +7,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from grader import terminal
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.errors import GraderError
 from grader.policy import Policy
 from grader.stream import commands as stream_commands
+
+if TYPE_CHECKING:
+    from grader.whatif import WhatIf
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes to grade with (default: the CPUs this process may use)",
     )
     wi = sub.add_parser("whatif", help="what a candidate policy would do to the population")
-    wi.add_argument("events", type=Path, help="events file (JSON lines)")
-    wi.add_argument("--as-of", required=True, help="RFC 3339 instant T to grade as of")
+    wi.add_argument("events", type=Path, nargs="?", help="events file (JSON lines)")
+    wi.add_argument("--as-of", help="RFC 3339 instant T to grade as of (with a file)")
+    wi.add_argument("--live", action="store_true",
+                    help="from the running workers' state instead of a file")
     wi.add_argument("--current", required=True, help="the policy in use (preset name or file)")
     wi.add_argument("--candidate", required=True, help="the policy to compare (name or file)")
     wi.add_argument("--out", required=True, type=Path, help="output directory")
@@ -134,12 +139,10 @@ def _whatif(args: argparse.Namespace) -> int:
     from grader.settings import config_dir, resolve_policy
     from grader.whatif import report, what_if, write
 
-    try:
-        as_of = parse_instant(args.as_of)
-    except TimestampError as exc:
-        raise GraderError(f"--as-of {args.as_of!r}: {exc}") from None
-    if not args.events.is_file():
-        raise GraderError(f"events file {args.events} not found")
+    if args.live and (args.events is not None or args.as_of is not None):
+        raise GraderError("--live reads the workers' state: no events file, no --as-of")
+    if not args.live and (args.events is None or args.as_of is None):
+        raise GraderError("an events file and --as-of are needed (or --live)")
     current = resolve_policy(args.current, config_dir())
     candidate = resolve_policy(args.candidate, config_dir())
     if Path(current.source).resolve() == Path(candidate.source).resolve():
@@ -151,6 +154,20 @@ def _whatif(args: argparse.Namespace) -> int:
     if current.currency != candidate.currency:
         raise GraderError(f"--candidate {args.candidate}: currency {candidate.currency} is "
                           f"not --current's {current.currency}")
+    if args.live:
+        result = _live_what_if(current, candidate)
+        try:
+            write(result, args.out)
+        except OSError as exc:
+            raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
+        print(report(result), end="")
+        return 0
+    try:
+        as_of = parse_instant(args.as_of)
+    except TimestampError as exc:
+        raise GraderError(f"--as-of {args.as_of!r}: {exc}") from None
+    if not args.events.is_file():
+        raise GraderError(f"events file {args.events} not found")
     try:
         lines = list(read_lines(args.events))
         result = what_if(lines, as_of, current, candidate, time.time_ns() // 1000,
@@ -162,6 +179,26 @@ def _whatif(args: argparse.Namespace) -> int:
         raise GraderError(f"events file {args.events}: {exc}") from None
     print(report(result), end="")
     return 0
+
+
+def _live_what_if(current: Policy, candidate: Policy) -> WhatIf:
+    """Both policies over the workers' current state (their customers changelog)."""
+    import asyncio
+
+    from grader.settings import load_settings
+    from grader.stream.commands import _reach
+    from grader.stream.redissync import read_states
+    from grader.stream.worker import load_grading
+    from grader.whatif import live_refusal, live_what_if
+
+    settings = load_settings()
+    active = load_grading(settings)
+    why = live_refusal(current, candidate, active)
+    if why is not None:
+        raise GraderError(why)
+    _reach(settings)
+    states = asyncio.run(read_states(settings, settings.broker_quirks == "tansu"))
+    return live_what_if(list(states.values()), current, candidate)
 
 
 def _dev(args: argparse.Namespace) -> int:

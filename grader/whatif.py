@@ -26,8 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.core import Grading
+from grader.metrics import MetricView
 from grader.policy import Policy
+from grader.rational import round2
 from grader.replay import ReplayResult, replay
+from grader.scoring import ScoreMemo, earned_tier, rescore
+from grader.state import CustomerState
 
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
 
@@ -39,7 +43,8 @@ class WhatIf:
     current: Policy
     candidate: Policy
     tiers: dict[str, tuple[str, str, str, str]]  # customer -> cur tier, cand tier, scores
-    results: tuple[ReplayResult, ReplayResult]
+    results: tuple[ReplayResult, ReplayResult] | None = None  # None: from live state
+    notes: tuple[str, ...] = ()  # what the terminal must say up front
 
     def matrix(self) -> list[tuple[str, str, int]]:
         counts = Counter((cur, cand) for cur, cand, _s, _t in self.tiers.values())
@@ -91,6 +96,45 @@ def what_if(lines: list[bytes], as_of: int, current: Policy, candidate: Policy,
     return WhatIf(current, candidate, tiers, results)
 
 
+def live_refusal(current: Policy, candidate: Policy, active: Grading) -> str | None:
+    """Why the live state cannot grade ``candidate`` exactly, if it cannot at all."""
+    kept = dict(active.longest_window_by_tz)
+    if current.name not in active.signature:
+        return f"--current {current.name} is not one of the workers' policies (policies setting)"
+    if candidate.timezone not in kept:
+        return (f"--candidate {candidate.name} counts months in {candidate.timezone}, which "
+                "the workers' state does not keep (their policies' time zones: "
+                f"{', '.join(kept)})")
+    if candidate.longest_window > kept[candidate.timezone]:
+        return (f"--candidate {candidate.name} looks back {candidate.longest_window} months; "
+                f"the workers' state keeps {kept[candidate.timezone]}: use a history file")
+    return None
+
+
+def live_what_if(states: list[CustomerState], current: Policy,
+                 candidate: Policy) -> WhatIf:
+    """The candidate's tiers from each customer's current state, as of its own ``as_of``:
+    the tier the score earns (or a pin), next to the live tier under ``current``."""
+    tiers = {}
+    for state in states:
+        live = state.tiers.get(current.name)
+        if live is None:
+            continue  # not graded
+        view = MetricView(state, candidate.timezone)
+        memo = ScoreMemo(candidate)
+        value = rescore(candidate, view, memo)
+        pinned = state.pinned_tier(candidate.name)
+        tier = pinned if pinned in candidate.tier_names else earned_tier(candidate, value)
+        tiers[state.customer_id] = (live.tier, tier or "", str(round2(live.score)),
+                                    str(round2(value)))
+    notes: tuple[str, ...] = ()
+    if candidate.downgrade_margin[0] != 0 or candidate.min_days_in_tier:
+        notes = (f"note: {candidate.name} v{candidate.version} has downgrade rules; from the "
+                 "state, each customer gets the tier its score earns, not the tier the rules' "
+                 "path would keep",)
+    return WhatIf(current, candidate, tiers, None, notes)
+
+
 def write(result: WhatIf, out: Path) -> None:
     """``matrix.csv`` and ``movers.csv`` in ``out`` (created if needed)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +171,8 @@ def report(result: WhatIf) -> str:
     populations = result.populations()
     moves = result.directions()
     console = Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
+    for note in result.notes:
+        console.print(note)
     console.print(table)
     console.print(f"population {name_cur}: " + ", ".join(f"{t} {n}" for t, n in populations[0]))
     console.print(f"population {name_cand}: "

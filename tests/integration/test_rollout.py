@@ -112,3 +112,44 @@ def test_changed_rules_without_a_new_version_are_refused(stream: Stream,
     worker = stream.start_worker(GRADER_POLICIES=f"{same},stars")
     worker.wait_ready()
     assert worker.stop() == 0
+
+
+def test_whatif_live_equals_whatif_on_the_file(stream: Stream, tmp_path: Path) -> None:
+    """`grader whatif --live` from the workers' state gives what the history file gives."""
+    lines = events_file(tmp_path / "events.jsonl", customers=200, events=3000, seed=72)
+    want, _dead = expected(lines)
+    worker = stream.start_worker()
+    worker.wait_ready()
+    assert stream.grader("produce", str(tmp_path / "events.jsonl")).returncode == 0
+    final_tick_equals_replay(stream, lines, want)
+    v2 = v2_file(tmp_path / "v2")
+    live = stream.grader("whatif", "--live", "--current", "abc-100", "--candidate", str(v2),
+                         "--out", str(tmp_path / "live"))
+    assert live.returncode == 0, live.stderr
+    offline = stream.grader("whatif", str(tmp_path / "events.jsonl"), "--as-of", AS_OF,
+                            "--current", "abc-100", "--candidate", str(v2),
+                            "--out", str(tmp_path / "file"))
+    assert offline.returncode == 0, offline.stderr
+    for name in ("matrix.csv", "movers.csv"):
+        assert (tmp_path / "live" / name).read_text() == (tmp_path / "file" / name).read_text()
+    assert len((tmp_path / "live" / "movers.csv").read_text().splitlines()) > 1
+    assert live.stdout == offline.stdout
+
+    # what the state cannot say: refused, or said up front
+    longer = tmp_path / "v3" / "abc-100.toml"
+    longer.parent.mkdir()
+    longer.write_text(ABC.replace('version = "1"', 'version = "3"')
+                      .replace("monthly_avg_sales(12)", "monthly_avg_sales(24)"))
+    done = stream.grader("whatif", "--live", "--current", "abc-100", "--candidate",
+                         str(longer), "--out", str(tmp_path / "no"))
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "looks back 24 months; the workers' state keeps 12" in done.stderr
+    sticky = tmp_path / "v4" / "abc-100.toml"
+    sticky.parent.mkdir()
+    sticky.write_text(ABC.replace('version = "1"', 'version = "4"')
+                      .replace("min_days_in_tier = 0", "min_days_in_tier = 30"))
+    done = stream.grader("whatif", "--live", "--current", "abc-100", "--candidate",
+                         str(sticky), "--out", str(tmp_path / "sticky"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("note: abc-100 v4 has downgrade rules")
+    assert worker.stop() == 0
