@@ -270,6 +270,27 @@ def test_redis_down_mid_stream_then_back_empty(stream: Stream, tmp_path: Path) -
         server.stop()
 
 
+def test_restarts_and_redeliveries_rewrite_the_same_keys(stream: Stream, redis_server: Any,
+                                                         tmp_path: Path) -> None:
+    """Killed (kill -9) mid-stream and restarted: what it grades again (duplicates, and the
+    outputs stored but maybe not written) rewrites the same keys."""
+    lines = events_file(tmp_path / "events.jsonl", customers=80, events=3000, seed=33)
+    want, _dead = expected(lines)
+    first = stream.start_worker(**with_redis(stream, redis_server.url))
+    first.wait_ready()
+    producing = stream.grader_process("produce", str(tmp_path / "events.jsonl"))
+    client = redis.Redis.from_url(redis_server.url)
+    wait_for(lambda: sum(1 for _ in client.scan_iter(match=stream.prefix + "*")) > 20, 30,
+             "the first keys")
+    first.kill()
+    assert producing.wait(60) == 0
+    second = stream.start_worker(**with_redis(stream, redis_server.url))
+    second.wait_ready(45)
+    final_tick_equals_replay(stream, lines, want)
+    assert_keys_equal(client, expected_keys(lines, stream.prefix), stream.prefix)
+    assert second.stop() == 0
+
+
 def test_a_wrong_redis_password_is_one_line(stream: Stream) -> None:
     server = start_redis(extra_args=["--requirepass", "right-one"])
     try:
