@@ -230,7 +230,8 @@ class Processor:
             if index is not None:
                 index.stored(key, partition, state)
         await self.sink.publish([*batch.unstored,
-                                 *(out for outs in batch.outputs.values() for out in outs)])
+                                 *(out for outs in batch.outputs.values() for out in outs
+                                   if out.topic != SUPPORT)])  # the marks are Redis's
         self.count_changes(batch)
         if self.support is not None:
             await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
