@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from grader.whatif import WhatIf
 
 
+DEV_POLICIES = "abc-100,stars"  # `grader dev` shows two policies side by side
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr and exit 2."""
 
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after this many seconds (default: until Ctrl-C)")
     dev.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
                      help="the local broker: tansu (default) or Apache Kafka (needs Java)")
+    dev.add_argument("--policies", default=None,
+                     help="policies to grade under (default: GRADER_POLICIES if set, else "
+                          "abc-100,stars)")
     dev.add_argument("--plain", action="store_true",
                      help="print tier changes as lines (default when not a terminal)")
     pol = sub.add_parser("policy", help="policy tools")
@@ -202,11 +208,20 @@ def _live_what_if(current: Policy, candidate: Policy) -> WhatIf:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+
     from grader.dev import run_dev
     from grader.settings import load_settings
     from grader.stream.worker import load_grading
 
     settings = load_settings()
+    names = args.policies or os.environ.get("GRADER_POLICIES") or DEV_POLICIES
+    policies = tuple(p.strip() for p in names.split(",") if p.strip())
+    if not policies:
+        raise GraderError("--policies: names at least one policy")
+    settings = dataclasses.replace(settings, policies=policies,
+                                   support_policy=Path(policies[0]).stem)
     grading = load_grading(settings)
     plain = args.plain or not sys.stdout.isatty()
     return run_dev(args.customers, args.duration, plain, ",".join(settings.policies), args.broker,
