@@ -120,23 +120,42 @@ def replay(
     now_us: int,
     progress: Progress | None = None,
     workers: int | None = None,
+    also: tuple[Grading, ...] = (),
 ) -> ReplayResult:
-    """Grade every customer in ``lines`` as of ``as_of`` (microseconds)."""
+    """Grade every customer in ``lines`` as of ``as_of`` (microseconds).
+
+    ``also``: more gradings of the same parsed events (grader whatif), each
+    customer's tiers.csv rows of each following those of ``grading``; the
+    events are validated against every grading's policies together, and the
+    counts, dead letters and tier changes are ``grading``'s.
+    """
     all_lines = list(lines)
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1 and len(all_lines) >= PARALLEL_MIN_EVENTS:
-        parts = _parallel(all_lines, workers, as_of, grading, now_us, progress)
+        parts = _parallel(all_lines, workers, as_of, grading, now_us, progress, also)
     else:
-        parts = [process(all_lines, as_of, grading, now_us)]
+        parts = [process(all_lines, as_of, grading, now_us, also)]
     return _merge(parts, len(all_lines))
 
 
-def process(lines: list[bytes], as_of: int, grading: Grading, now_us: int) -> Graded:
+def parse_context(grading: Grading, also: tuple[Grading, ...] = ()) -> ParseContext:
+    """What validates the events for ``grading`` and ``also`` together."""
+    ctx = grading.parse_context()
+    if not also:
+        return ctx
+    tiers = dict(ctx.tiers_by_policy)
+    for other in also:
+        tiers.update(other.tiers_by_policy)
+    return ParseContext(ctx.currency, tiers, ctx.now_us)
+
+
+def process(lines: list[bytes], as_of: int, grading: Grading, now_us: int,
+            also: tuple[Grading, ...] = ()) -> Graded:
     """Parse and grade every line in this process."""
     with _gc_paused():
-        ctx = grading.parse_context()
+        ctx = parse_context(grading, also)
         parsed = ((index, parse_event(raw, ctx)) for index, raw in enumerate(lines))
-        return _process(lines, parsed, as_of, grading, now_us)
+        return _process(lines, parsed, as_of, grading, now_us, also)
 
 
 def shard_pivots(lines: list[bytes], ranges: int) -> list[str]:
@@ -203,6 +222,7 @@ def _process(
     as_of: int,
     grading: Grading,
     now_us: int,
+    also: tuple[Grading, ...] = (),
 ) -> Graded:
     out = Graded()
     by_customer: dict[str, list[Event]] = {}
@@ -221,6 +241,9 @@ def _process(
                                  now_us, out.stats)
         tiers.append(rows)
         changes.append(lines_out)
+        for other in also:
+            tiers.append(_grade(customer_id, by_customer[customer_id], as_of, other, now_us,
+                                ReplayStats())[0])
     out.tiers_csv, out.changes = b"".join(tiers), b"".join(changes)
     return out
 
@@ -273,6 +296,7 @@ def _parallel(
     grading: Grading,
     now_us: int,
     progress: Progress | None,
+    also: tuple[Grading, ...] = (),
 ) -> list[Graded]:
     """Grade the customer ranges in this process and ``shards - 1`` forked ones.
 
@@ -286,6 +310,7 @@ def _parallel(
     pivots = shard_pivots(lines, ranges)
     context = multiprocessing.get_context("fork")
     _SHARED.update(lines=lines, pivots=pivots, as_of=as_of, grading=grading, now_us=now_us,
+                   also=also,
                    counter=context.Value("i", 0))
     try:
         with ProcessPoolExecutor(max_workers=shards - 1, mp_context=context) as pool:
@@ -325,7 +350,7 @@ def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
     s = _SHARED
     lines, counter = s["lines"], s["counter"]
     with _gc_paused():
-        ctx = s["grading"].parse_context()
+        ctx = parse_context(s["grading"], s["also"])
         routed = _route(lines, s["pivots"], progress)
         graded: dict[int, Graded] = {}
         while True:
@@ -335,7 +360,7 @@ def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
             if taken >= len(routed):
                 return graded
             graded[taken] = _process(lines, _parsed(lines, routed[taken], ctx), s["as_of"],
-                                     s["grading"], s["now_us"])
+                                     s["grading"], s["now_us"], s["also"])
 
 
 Sizes = dict[int, tuple[int, int]]  # range -> sizes of its tiers_csv and changes

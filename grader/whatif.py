@@ -43,7 +43,7 @@ class WhatIf:
     current: Policy
     candidate: Policy
     tiers: dict[str, tuple[str, str, str, str]]  # customer -> cur tier, cand tier, scores
-    results: tuple[ReplayResult, ReplayResult] | None = None  # None: from live state
+    results: tuple[ReplayResult, ...] | None = None  # None: from live state
     notes: tuple[str, ...] = ()  # what the terminal must say up front
 
     def matrix(self) -> list[tuple[str, str, int]]:
@@ -87,13 +87,27 @@ class WhatIf:
 
 def what_if(lines: list[bytes], as_of: int, current: Policy, candidate: Policy,
             now_us: int, workers: int | None = None) -> WhatIf:
-    """Grade ``lines`` under each policy, as `grader replay` does."""
-    results = (replay(lines, as_of, Grading((current,)), now_us, workers=workers),
-               replay(lines, as_of, Grading((candidate,)), now_us, workers=workers))
-    cur = {c: (t, s) for c, _p, t, s in results[0].tiers}
-    cand = {c: (t, s) for c, _p, t, s in results[1].tiers}
-    tiers = {c: (cur[c][0], cand[c][0], cur[c][1], cand[c][1]) for c in cur if c in cand}
-    return WhatIf(current, candidate, tiers, results)
+    """Grade ``lines`` under each policy, as `grader replay` does.
+
+    One pass (the lines parsed once, each customer graded under each policy)
+    unless both policies have one name and different tiers: an override's
+    tier is then valid under one only, so each gets a replay of its own.
+    """
+    grading, other = Grading((current,)), Grading((candidate,))
+    if current.name == candidate.name and current.tier_names != candidate.tier_names:
+        results = (replay(lines, as_of, grading, now_us, workers=workers),
+                   replay(lines, as_of, other, now_us, workers=workers))
+        cur = {c: (t, s) for c, _p, t, s in results[0].tiers}
+        cand = {c: (t, s) for c, _p, t, s in results[1].tiers}
+        tiers = {c: (cur[c][0], cand[c][0], cur[c][1], cand[c][1]) for c in cur if c in cand}
+        return WhatIf(current, candidate, tiers, results)
+    both = replay(lines, as_of, grading, now_us, workers=workers, also=(other,))
+    rows = both.tiers  # per customer: its row under current, then under candidate
+    tiers = {c: (t, t2, s, s2) for (c, _p, t, s), (c2, _p2, t2, s2) in zip(rows[::2], rows[1::2],
+                                                                          strict=True)
+             if c == c2}
+    assert len(tiers) * 2 == len(rows), "each graded customer has one row under each policy"
+    return WhatIf(current, candidate, tiers, (both,))
 
 
 def live_refusal(current: Policy, candidate: Policy, active: Grading) -> str | None:

@@ -41,13 +41,18 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
-@pytest.mark.parametrize("candidate", ["moved-threshold", "stars"])
+@pytest.mark.parametrize("candidate", ["moved-threshold", "stars", "renamed-tier"])
 def test_whatif_equals_two_replays(events: Path, tmp_path: Path, candidate: str) -> None:
     if candidate == "moved-threshold":  # the next version of abc-100: A from 70 points
         text = ABC.replace('version = "1"', 'version = "2"').replace('min = ">= 80"',
                                                                     'min = ">= 70"')
         assert text != ABC
         candidate_arg = str(policy_file(tmp_path, "abc-100-v2.toml", text))
+    elif candidate == "renamed-tier":  # same name, other tiers: graded in two passes
+        text = ABC.replace('version = "1"', 'version = "3"').replace('name = "A"', 'name = "AA"')
+        text = text.replace('support_priority = ["A", "B", "C"]',
+                            'support_priority = ["AA", "B", "C"]')
+        candidate_arg = str(policy_file(tmp_path, "abc-100-v3.toml", text))
     else:
         candidate_arg = "stars"
     done = grader("whatif", events, "--as-of", AS_OF, "--current", "abc-100",
