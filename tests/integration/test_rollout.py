@@ -54,9 +54,10 @@ def policy_changes(stream: Stream) -> list[dict[str, Any]]:
             if c["cause"]["kind"] == "policy"]
 
 
-@pytest.mark.parametrize("crash", [False, True], ids=["clean", "kill_9_mid_sweep"])
+@pytest.mark.parametrize("during", ["nothing", "kill_9", "rebalance"],
+                         ids=["clean", "kill_9_mid_sweep", "rebalance_mid_sweep"])
 def test_a_new_version_regrades_every_customer_once(stream: Stream, tmp_path: Path,
-                                                    crash: bool) -> None:
+                                                    during: str) -> None:
     lines = events_file(tmp_path / "events.jsonl", customers=300, events=4000, seed=71)
     want, _dead = expected(lines)  # v1 (abc-100) and stars
     first = stream.start_worker()
@@ -72,12 +73,17 @@ def test_a_new_version_regrades_every_customer_once(stream: Stream, tmp_path: Pa
     assert moved and all(want2[c, "stars"] == want[c, "stars"] for c in moved)
     policies = f"{v2},stars"
     second = stream.start_worker(GRADER_POLICIES=policies)
-    if crash:  # killed once a partition is swept, before the others are
+    third = None
+    if during != "nothing":  # once a partition is swept, before the others are
         wait_for(lambda: "policy roll-out: partition" in second.log(), 60, "a partition swept")
-        second.kill()
+        if during == "kill_9":
+            second.kill()
+        else:  # a second worker joins: the partitions not swept yet may move to it
+            third = stream.start_worker(data_dir="data-2", GRADER_POLICIES=policies)
         swept_before = second.log().count("policy roll-out: partition")
-        assert swept_before < 4, "killed too late to test anything"
-        second = stream.start_worker(GRADER_POLICIES=policies)
+        assert swept_before < 4, "too late to test anything"
+        if during == "kill_9":
+            second = stream.start_worker(GRADER_POLICIES=policies)
     second.wait_ready(45)
     wait_for_tiers(stream, want2, timeout=60)
 
@@ -89,6 +95,8 @@ def test_a_new_version_regrades_every_customer_once(stream: Stream, tmp_path: Pa
         assert change["policy"] == "abc-100" and change["policy_version"] == "2"
         assert (change["from_tier"], change["to_tier"]) == ("B", "A")
     assert "graded again" in second.log()
+    if third is not None:
+        assert third.stop() == 0
     assert second.stop() == 0
 
 
