@@ -164,3 +164,23 @@ def test_tier_change_id_is_the_rfc4122_uuid5() -> None:
         expected = uuid.uuid5(TIER_CHANGE_NAMESPACE, f"{customer}\x1f{policy}\x1f{seq}")
         assert tier_change_id(customer, policy, seq) == str(expected)
     assert tier_change_id("C1", "abc-100", 1) != tier_change_id("C1", "abc-100", 2)
+
+
+def test_a_roll_out_grades_again_with_cause_policy_and_drops_a_removed_policy() -> None:
+    from grader.core import apply_policy, policy_stale
+    from grader.support import view
+
+    both = grading("abc-100", "stars")
+    state: CustomerState = new_state("C1")
+    apply_event(state, event("sale", "2026-05-01", grading_=both, amount="300000",
+                             currency="CNY"), both, NOW)
+    assert set(state.tiers) == {"abc-100", "stars"} and not policy_stale(state, both)
+    only_abc = grading("abc-100")
+    assert policy_stale(state, only_abc)  # stars was removed
+    as_of = state.as_of
+    step = apply_policy(state, only_abc, NOW)
+    assert step.snapshot_changed and step.support_changed and step.changes == []
+    assert set(state.tiers) == {"abc-100"} and state.as_of == as_of
+    assert set(snapshot(state)["tiers"]) == {"abc-100"}
+    assert "tier:stars" not in view(state, only_abc.policies[0])["fields"]
+    assert not policy_stale(state, only_abc)
