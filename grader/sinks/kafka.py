@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from grader.stream.step import Output
-from grader.stream.topology import SUPPORT, partition_of
+from grader.stream.topology import partition_of
 
 Record = tuple[str, int, bytes | None, bytes]  # (topic, partition, key, value)
 MAX_BATCH_BYTES = 512 * 1024
@@ -109,14 +109,11 @@ class KafkaSink:
         self._partitions = partitions
 
     async def publish(self, outputs: Sequence[Output]) -> None:
-        """Send all, then wait for every acknowledgement (a send error raises).
-
-        Support-queue marks (topic ``@support``) are not Kafka's: the worker
-        writes those customers to Redis (grader/sinks/redis.py)."""
+        """Send all, then wait for every acknowledgement (a send error raises)."""
         await self._sender.send([
             (self._prefix + out.topic,
              partition_of(out.key, self._partitions) if out.key else 0, out.key, out.value)
-            for out in outputs if out.topic != SUPPORT])
+            for out in outputs])
 
 
 class RecordingSink:

@@ -285,6 +285,13 @@ class Processor:
                 if applied and applied[-1].timestamp is not None:
                     self.telemetry.latency.observe(max(0.0, now - applied[-1].timestamp))
 
+    def stored_states(self, partition: int) -> Iterator[tuple[bytes, CustomerState]]:
+        """Every customer of ``partition`` as the table holds it: (key, state)."""
+        for key in self.customers.keys(partition):
+            stored = self.customers.get(key, partition)
+            if stored is not None:
+                yield key, step.decode_record(stored).state
+
     async def rewrite_support(self, partitions: Iterable[int]) -> int:
         """Write every customer of these partitions to Redis again (it restarted empty)."""
         if self.support is None:
@@ -292,11 +299,7 @@ class Processor:
         written = 0
         async with self.lock:
             for partition in partitions:
-                states = []
-                for key in self.customers.keys(partition):
-                    stored = self.customers.get(key, partition)
-                    if stored is not None:
-                        states.append(step.decode_record(stored).state)
+                states = [state for _key, state in self.stored_states(partition)]
                 await self.support.write(states)
                 written += len(states)
         return written
@@ -394,42 +397,29 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
                           partitions, support, telemetry)
 
-    def stored_states(partition: int) -> Iterator[tuple[bytes, CustomerState]]:
-        for key in customer_store.keys(partition):
-            value = customer_store.get(key, partition)
-            if value is not None:
-                yield key, step.decode_record(value).state
+    def owned() -> set[int]:
+        """The partitions this worker owns now (every source topic is co-partitioned)."""
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic in source_names}
 
     def owned_and_lags() -> tuple[set[int], dict[tuple[str, int], int]]:
-        owned: set[int] = set()
         lags: dict[tuple[str, int], int] = {}
         consumer = app.consumer
         for tp in consumer.assignment():
             if tp.topic not in source_names:
                 continue
-            owned.add(tp.partition)
             end, next_offset = consumer.highwater(tp), progress.next.get((tp.topic, tp.partition))
             if end is not None and next_offset is not None:
                 lags[tp.topic.removeprefix(prefix), tp.partition] = max(0, end - next_offset)
-        return owned, lags
+        return owned(), lags
 
-    telemetry.index = TierIndex(stored_states)
+    telemetry.index = TierIndex(processor.stored_states)
     telemetry.source = owned_and_lags
-
-    def owns(partition: int) -> bool:
-        return any(tp.partition == partition and tp.topic in source_names
-                   for tp in app.consumer.assignment())
-
     web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
-                partitions, owns, settings.api_token)
+                partitions, lambda partition: partition in owned(), settings.api_token)
 
     @app.page("/metrics")
     async def metrics(web: Any, _request: Any) -> Any:
         return web.bytes(telemetry.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    @app.on_partitions_assigned.connect
-    async def count_rebalance(_app: Any, /, *_args: Any, **_kw: Any) -> None:
-        telemetry.rebalances.inc()
 
     @app.on_before_shutdown.connect
     async def stop_sender(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
@@ -453,25 +443,25 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         async def check_redis() -> None:
             if not await support.restarted():
                 return
-            owned = {tp.partition for tp in app.consumer.assignment()
-                     if tp.topic in source_names}
+            mine = sorted(owned())
             log.warning("Redis at %s restarted: writing the support queues of partitions "
-                        "%s again", support.where, sorted(owned))
-            written = await processor.rewrite_support(sorted(owned))
+                        "%s again", support.where, mine)
+            written = await processor.rewrite_support(mine)
             log.info("support queues written again: %d customers", written)
 
     swept: set[int] = set()  # partitions swept for a roll-out since the last assignment
 
     @app.on_partitions_assigned.connect
-    async def sweep_again(_app: Any, /, *_args: Any, **_kw: Any) -> None:
-        swept.clear()
+    async def on_assignment(_app: Any, /, *_args: Any, **_kw: Any) -> None:
+        telemetry.rebalances.inc()
+        swept.clear()  # a new assignment: look at every partition again
 
     @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
     async def sweep_policies() -> None:
         if app.in_recovery or app.rebalancing:
             return
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in source_names}
-        todo = sorted(owned - swept)
+        mine = owned()
+        todo = sorted(mine - swept)
         telemetry.sweep_pending.set(len(todo))
         for partition in todo:
             try:
@@ -481,7 +471,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                             exc)
                 return
             swept.add(partition)
-            telemetry.sweep_pending.set(len(owned - swept))
+            telemetry.sweep_pending.set(len(mine - swept))
             await asyncio.sleep(SWEEP_PAUSE)
 
     @app.task  # type: ignore[untyped-decorator]

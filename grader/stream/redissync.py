@@ -18,17 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any
 
-from grader import kafkaauth
 from grader.errors import GraderError
 from grader.settings import Settings
 from grader.sinks.redis import RedisSetupError, SupportQueues
 from grader.state import CustomerState
-from grader.stream import step
+from grader.stream.changelog import read_states
 
 log = logging.getLogger(__name__)
-CHANGELOG = "worker-customers-changelog"
 
 
 def redis_sync(settings: Settings, queues: SupportQueues, tansu: bool) -> tuple[int, int]:
@@ -47,49 +44,6 @@ async def _sync(settings: Settings, queues: SupportQueues, tansu: bool) -> tuple
         raise GraderError(str(exc)) from None
     finally:
         await queues.close()
-
-
-async def read_states(settings: Settings, tansu: bool) -> dict[str, CustomerState]:
-    """The latest stored state of every customer in the changelog."""
-    import aiokafka
-
-    from grader.stream.admin import connected, described_topics
-    from grader.stream.seeking import fetched_ends
-
-    security = settings.kafka_security
-    auth = kafkaauth.client_auth(security, kafkaauth.ssl_context(security))
-    servers = kafkaauth.bootstrap_servers(settings.kafka_url)
-    topic = settings.topic_prefix + CHANGELOG
-    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
-                                         enable_auto_commit=False,
-                                         auto_offset_reset="earliest", **auth)
-    await consumer.start()
-    try:
-        with connected(settings.kafka) as admin:
-            described = described_topics(admin, [topic]).get(topic)
-        partitions = [p["partition_index"] for p in described["partitions"]] if described else []
-        if not partitions:
-            raise GraderError(f"topic {topic} does not exist: no worker has stored a "
-                              f"customer under topic_prefix {settings.topic_prefix!r}")
-        tps = [aiokafka.TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends: dict[Any, int] = await consumer.end_offsets(tps)
-        if tansu:  # tansu's end offset can be a batch's base + 1 (docs/tansu.md)
-            ends = await fetched_ends(servers, ends, auth)
-        latest: dict[bytes, bytes | None] = {}
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-        while await behind():
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    latest[record.key] = record.value
-        return {key.decode(): step.decode_record(value).state
-                for key, value in latest.items() if value is not None}
-    finally:
-        await consumer.stop()
 
 
 async def remove_stale(queues: SupportQueues, states: dict[str, CustomerState]) -> int:

@@ -72,8 +72,7 @@ class TierIndex:
 
     def counts(self, owned: set[int]) -> dict[tuple[str, str], int]:
         """Customers per (policy, tier) on ``owned`` partitions."""
-        for partition in self._complete - owned:
-            self._complete.discard(partition)
+        self._complete &= owned
         for key in [k for k, (p, _t) in self._tiers.items() if p not in owned]:
             del self._tiers[key]
         for partition in sorted(owned - self._complete):
