@@ -113,16 +113,22 @@ def _policies(names: list[str] | None) -> tuple[Policy, ...]:
     return tuple(resolve_policy(name, settings.config_dir) for name in chosen)
 
 
-def _replay(args: argparse.Namespace) -> int:
-    from grader.core import Grading
-    from grader.replay import read_lines, replay, write_outputs
-
+def _file_and_as_of(args: argparse.Namespace) -> int:
+    """--as-of in microseconds, once it and the events file are checked (one line each)."""
     try:
         as_of = parse_instant(args.as_of)
     except TimestampError as exc:
         raise GraderError(f"--as-of {args.as_of!r}: {exc}") from None
     if not args.events.is_file():
         raise GraderError(f"events file {args.events} not found")
+    return as_of
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from grader.core import Grading
+    from grader.replay import read_lines, replay, write_outputs
+
+    as_of = _file_and_as_of(args)
     try:
         grading = Grading(_policies(args.policy))
     except ValueError as exc:
@@ -162,27 +168,18 @@ def _whatif(args: argparse.Namespace) -> int:
                           f"not --current's {current.currency}")
     if args.live:
         result = _live_what_if(current, candidate)
+    else:
+        as_of = _file_and_as_of(args)
         try:
-            write(result, args.out)
+            lines = list(read_lines(args.events))
         except OSError as exc:
-            raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
-        print(report(result), end="")
-        return 0
-    try:
-        as_of = parse_instant(args.as_of)
-    except TimestampError as exc:
-        raise GraderError(f"--as-of {args.as_of!r}: {exc}") from None
-    if not args.events.is_file():
-        raise GraderError(f"events file {args.events} not found")
-    try:
-        lines = list(read_lines(args.events))
+            raise GraderError(f"{exc.filename or args.events}: {exc.strerror}") from None
         result = what_if(lines, as_of, current, candidate, time.time_ns() // 1000,
                          args.workers)
+    try:
         write(result, args.out)
     except OSError as exc:
         raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise GraderError(f"events file {args.events}: {exc}") from None
     print(report(result), end="")
     return 0
 
@@ -192,8 +189,8 @@ def _live_what_if(current: Policy, candidate: Policy) -> WhatIf:
     import asyncio
 
     from grader.settings import load_settings
+    from grader.stream.changelog import read_states
     from grader.stream.commands import _reach
-    from grader.stream.redissync import read_states
     from grader.stream.worker import load_grading
     from grader.whatif import live_refusal, live_what_if
 
