@@ -35,12 +35,21 @@ pytestmark = pytest.mark.integration
 ABC = (ROOT / "config" / "policies" / "abc-100.toml").read_text()
 
 
-def v2_file(folder: Path) -> Path:
+def abc_file(folder: Path, *changes: tuple[str, str], head: str = "") -> Path:
+    """``folder``/abc-100.toml: abc-100 (the same name) with ``changes`` made to its text."""
+    text = ABC
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "abc-100.toml"  # same name, new version, a lower bar for A
-    path.write_text(ABC.replace('version = "1"', 'version = "2"')
-                    .replace('min = ">= 80"', 'min = ">= 70"'))
+    path = folder / "abc-100.toml"
+    path.write_text(head + text)
     return path
+
+
+def v2_file(folder: Path) -> Path:
+    """The next version of abc-100: a lower bar for A."""
+    return abc_file(folder, ('version = "1"', 'version = "2"'), ('min = ">= 80"', 'min = ">= 70"'))
 
 
 def tiers_under(lines: list[bytes], policies: tuple[str, ...]) -> dict[tuple[str, str], str]:
@@ -105,18 +114,15 @@ def test_changed_rules_without_a_new_version_are_refused(stream: Stream,
     first = stream.start_worker()
     first.wait_ready()
     assert first.stop() == 0
-    changed = tmp_path / "changed" / "abc-100.toml"
-    changed.parent.mkdir()
-    changed.write_text(ABC.replace('min = ">= 80"', 'min = ">= 75"'))  # still version 1
+    changed = abc_file(tmp_path / "changed", ('min = ">= 80"', 'min = ">= 75"'))  # still v1
     done = stream.grader("worker", GRADER_POLICIES=f"{changed},stars")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last == (f"grader: error: policy abc-100 ({changed}): version 1 was first used "
                     "with other rules; give the changed policy a new version")
     # comments and the description are not rules
-    same = tmp_path / "same" / "abc-100.toml"
-    same.parent.mkdir()
-    same.write_text("# a comment\n" + ABC.replace('description = "', 'description = "Now: '))
+    same = abc_file(tmp_path / "same", ('description = "', 'description = "Now: '),
+                    head="# a comment\n")
     worker = stream.start_worker(GRADER_POLICIES=f"{same},stars")
     worker.wait_ready()
     assert worker.stop() == 0
@@ -144,18 +150,14 @@ def test_whatif_live_equals_whatif_on_the_file(stream: Stream, tmp_path: Path) -
     assert live.stdout == offline.stdout
 
     # what the state cannot say: refused, or said up front
-    longer = tmp_path / "v3" / "abc-100.toml"
-    longer.parent.mkdir()
-    longer.write_text(ABC.replace('version = "1"', 'version = "3"')
-                      .replace("monthly_avg_sales(12)", "monthly_avg_sales(24)"))
+    longer = abc_file(tmp_path / "v3", ('version = "1"', 'version = "3"'),
+                      ("monthly_avg_sales(12)", "monthly_avg_sales(24)"))
     done = stream.grader("whatif", "--live", "--current", "abc-100", "--candidate",
                          str(longer), "--out", str(tmp_path / "no"))
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "looks back 24 months; the workers' state keeps 12" in done.stderr
-    sticky = tmp_path / "v4" / "abc-100.toml"
-    sticky.parent.mkdir()
-    sticky.write_text(ABC.replace('version = "1"', 'version = "4"')
-                      .replace("min_days_in_tier = 0", "min_days_in_tier = 30"))
+    sticky = abc_file(tmp_path / "v4", ('version = "1"', 'version = "4"'),
+                      ("min_days_in_tier = 0", "min_days_in_tier = 30"))
     done = stream.grader("whatif", "--live", "--current", "abc-100", "--candidate",
                          str(sticky), "--out", str(tmp_path / "sticky"))
     assert done.returncode == 0, done.stderr
