@@ -431,11 +431,21 @@ def _java_command(java: Path, jars: Path, workdir: Path, main: str) -> list[str]
     return [str(java), *JVM_OPTIONS, logging_config, "-cp", f"{jars}/*", main]
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka's own ``Uuid.randomUuid()`` makes them: URL-safe base64
+    of 16 random bytes that does not start with "-" (StorageTool would take an id like
+    "-Xyz..." for an option, and fail: 1 start in 64 before this)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _format_storage(
     java: Path, jars: Path, workdir: Path, timeout: float, extra_args: list[str]
 ) -> None:
     """Run Kafka's StorageTool: a new cluster id, this node as the only voter."""
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = new_cluster_id()
     config = str(workdir / "server.properties")
     args = ["format", "--cluster-id", cluster_id, "--config", config, "--standalone"]
     args += extra_args
