@@ -1,6 +1,7 @@
 """Benchmark `grader replay` as a whole process on a realistic synthetic file.
 
     python bench/replay_bench.py [--events 200000] [--customers 30000] [--runs 3]
+                                 [--grader PATH]
 
 Generates the events file once (bench/generate_events.py, seeded), then runs
 `grader replay` with all three presets as a separate process, several times,
@@ -25,19 +26,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import graderexe  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
-from grader import nativecore  # noqa: E402
 
 AS_OF = "2026-11-22T00:00:00+08:00"
 PRESETS = ("abc-100", "sabcd-weighted", "stars")
 
 
-def run_once(events: Path, out: Path, workers: int | None) -> tuple[float, int]:
+def run_once(grader: list[str], events: Path, out: Path,
+             workers: int | None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one `grader replay` process."""
     cmd = [
-        sys.executable,
-        "-m",
-        "grader",
+        *grader,
         "replay",
         str(events),
         "--as-of",
@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=30_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None)
+    graderexe.add_argument(parser)
     args = parser.parse_args()
+    grader = graderexe.command(args.grader)
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.jsonl"
         with events.open("wb") as handle:
@@ -70,12 +72,12 @@ def main() -> None:
                 handle.write(line + b"\n")
         walls, peak = [], 0
         for i in range(args.runs):
-            wall, rss = run_once(events, Path(tmp) / f"out{i}", args.workers)
+            wall, rss = run_once(grader, events, Path(tmp) / f"out{i}", args.workers)
             walls.append(wall)
             peak = max(peak, rss)
     cpus = len(os.sched_getaffinity(0))
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}")
-    print(f"core: {nativecore.status()}")  # the replay processes inherit this environment
+    print(f"grader: {' '.join(grader)}, core: {graderexe.core(args.grader)}")
     print(
         f"replay {args.events} events, {args.customers} customers, "
         f"presets {', '.join(PRESETS)}, workers {args.workers or cpus}"

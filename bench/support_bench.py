@@ -74,6 +74,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import graderexe  # noqa: E402
 from bench.worker_bench import (  # noqa: E402
     Process,
     committed,
@@ -85,7 +86,6 @@ from bench.worker_bench import (  # noqa: E402
     quirks,
     start_server,
 )
-from grader import nativecore  # noqa: E402
 from grader.events import TOPIC_OF_TYPE  # noqa: E402
 from grader.services import KafkaProtocolServer, free_port, start_redis  # noqa: E402
 from grader.stream.admin import kafka_module  # noqa: E402
@@ -188,7 +188,7 @@ def start_worker(broker: KafkaProtocolServer, redis_url: str, args: Any, prefix:
         "GRADER_LIVE_TICKS": "0", "GRADER_LOG_LEVEL": "info",
         "GRADER_REDIS_URL": redis_url, "GRADER_REDIS_PREFIX": prefix,
     })
-    worker = Process([sys.executable, "-m", "grader", "worker"], env, workdir / f"{prefix}log")
+    worker = Process([*graderexe.command(args.grader), "worker"], env, workdir / f"{prefix}log")
     worker.web_port = int(env["GRADER_WEB_PORT"])  # type: ignore[attr-defined]
     return worker
 
@@ -402,6 +402,7 @@ def main() -> None:
     parser.add_argument("--target-ms", type=float, default=500)
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the worker log in this directory")
+    graderexe.add_argument(parser)
     args = parser.parse_args()
     every = max(1, round(args.rate / args.changes))
     changes = len(range(every // 2, int(args.rate * args.seconds), every))
@@ -414,7 +415,7 @@ def main() -> None:
           f"(os.cpu_count {os.cpu_count()}), Python {platform.python_version()}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
     print(f"broker: {describe_broker(args.broker)}, GRADER_BROKER_QUIRKS={quirks(args.broker)};"
-          f" {args.partitions} partitions; policy {POLICY}; core {nativecore.status()}")
+          f" {args.partitions} partitions; policy {POLICY}; core {graderexe.core(args.grader)}")
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp, start_server(args.broker) as broker, \
             start_redis() as redis_server:

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import graderexe  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
-from grader import nativecore  # noqa: E402
 
 AS_OF = "2026-11-22T00:00:00+08:00"
 
@@ -41,8 +41,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=30_000)
     parser.add_argument("--runs", type=int, default=3)
+    graderexe.add_argument(parser)
     args = parser.parse_args()
-    grader = [sys.executable, "-m", "grader"]
+    grader = graderexe.command(args.grader)
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.jsonl"
         with events.open("wb") as handle:
@@ -58,7 +59,7 @@ def main() -> None:
             whatifs.append(timed(whatif_cmd))
     cpus = len(os.sched_getaffinity(0))
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}")
-    print(f"core: {nativecore.status()}")
+    print(f"grader: {' '.join(grader)}, core: {graderexe.core(args.grader)}")
     print(f"{args.events} events, {args.customers} customers, policies abc-100 and stars, "
           f"{args.runs} runs each, alternating")
     replay_rate = args.events / statistics.median(replays)

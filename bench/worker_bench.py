@@ -61,9 +61,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import graderexe  # noqa: E402
 from bench.faust_baseline import OUTPUT as BASELINE_OUTPUT  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
-from grader import nativecore  # noqa: E402
 from grader.services import KafkaProtocolServer, free_port, start_broker  # noqa: E402
 from grader.stream.admin import kafka_module  # noqa: E402
 from grader.stream.produce import route  # noqa: E402
@@ -123,7 +123,7 @@ def start_grader(broker: KafkaProtocolServer, args: Any, prefix: str, workdir: P
         "GRADER_LIVE_TICKS": "0", "GRADER_LOG_LEVEL": "info",
         "GRADER_REDIS_URL": "",  # no support queues: the figures are for Kafka outputs
     })
-    return Process([sys.executable, "-m", "grader", "worker"], env, workdir / f"{prefix}log")
+    return Process([*graderexe.command(args.grader), "worker"], env, workdir / f"{prefix}log")
 
 
 def start_baseline(broker: KafkaProtocolServer, args: Any, prefix: str,
@@ -396,6 +396,7 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the worker logs in this directory")
+    graderexe.add_argument(parser)
     args = parser.parse_args()
     systems = ("grader",) if args.skip_baseline else SYSTEMS
     lines = list(generate(args.customers, args.events, seed=7, as_of=AS_OF, months=11))
@@ -407,7 +408,7 @@ def main() -> None:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
     print(f"broker: {describe_broker(args.broker)}, GRADER_BROKER_QUIRKS="
           f"{quirks(args.broker)}; {args.partitions} partitions; policies {args.policies}; "
-          f"core {nativecore.status()}; {args.events} events, {args.customers} customers")
+          f"core {graderexe.core(args.grader)}; {args.events} events, {args.customers} customers")
     rates: dict[str, list[float]] = {s: [] for s in systems}
     lats: dict[str, list[Latency]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory() as tmp, start_server(args.broker) as broker:

@@ -1,8 +1,16 @@
 """grader: a streaming customer tier grader. See README.md and docs/."""
 
-from grader import nativecore as _nativecore
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The compiled core (grader/nativecore.py) goes first when it matches the sources.
-_nativecore.activate(__path__)
+
+def core_kind() -> str:
+    """How this process runs the grading core: "compiled" (mypyc, built into the wheel by
+    setup.py) or "pure Python"."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from grader import core
+
+    where = core.__file__ or ""
+    return "compiled" if where.endswith(tuple(EXTENSION_SUFFIXES)) else "pure Python"

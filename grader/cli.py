@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from grader import terminal
+from grader import __version__, core_kind, terminal
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.errors import GraderError
 from grader.policy import Policy
@@ -32,6 +32,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="grader", description="Streaming customer tier grader.")
+    parser.add_argument("--version", action="version",
+                        version=f"grader {__version__} (core: {core_kind()})",
+                        help="print the version and which grading core runs (compiled or "
+                             "pure Python), and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     rp = sub.add_parser("replay", help="grade a JSON-lines file offline")
     rp.add_argument("events", type=Path, help="events file (JSON lines)")

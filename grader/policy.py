@@ -12,9 +12,10 @@ import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from importlib.resources.abc import Traversable
 from itertools import pairwise
 from math import lcm
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from grader.clock import zone
@@ -129,14 +130,14 @@ class Policy:
         return self._ranks[tier]
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate one policy file."""
-    path = Path(path)
+def load_policy(path: str | Path | Traversable) -> Policy:
+    """Read and validate one policy file (a path, or a preset in the package)."""
+    path = Path(path) if isinstance(path, str) else path
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{path}: cannot read policy file: {exc}") from None
-    return parse_policy(text, source=str(path), default_name=path.stem)
+    return parse_policy(text, source=str(path), default_name=PurePath(path.name).stem)
 
 
 def meaning_digest(doc: dict[str, Any]) -> str:

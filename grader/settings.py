@@ -26,8 +26,8 @@ from grader.kafkaauth import (
     ssl_context,
 )
 from grader.policy import Policy, load_policy
+from grader.resources import packaged
 
-SOURCE_CONFIG = Path(__file__).resolve().parent.parent / "config"
 DEFAULTS: dict[str, str] = {
     "kafka_url": "kafka://127.0.0.1:9092",
     "redis_url": "redis://127.0.0.1:6379/0",
@@ -273,16 +273,23 @@ def _int(raw: dict[str, str], key: str, low: int, high: int) -> int:
 
 
 def resolve_policy(name_or_path: str, cdir: Path) -> Policy:
-    """A preset name (looked up in ``cdir``/policies, then the source tree) or a file path."""
+    """A file path, or a name: ``cdir``/policies/NAME.toml, else the preset shipped in the
+    package (grader/policies/), so a user's own file of a preset's name wins."""
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
         if not path.is_file():
             raise PolicyError(f"policy file {name_or_path} not found")
         return load_policy(path)
-    for folder in (cdir / "policies", SOURCE_CONFIG / "policies"):
+    for folder in (cdir / "policies", packaged("policies")):
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():
             return load_policy(candidate)
-    raise PolicyError(
-        f"unknown policy {name_or_path!r}: no {name_or_path}.toml in {cdir / 'policies'}"
-    )
+    presets = ", ".join(preset_names())
+    raise PolicyError(f"unknown policy {name_or_path!r}: no {name_or_path}.toml in "
+                      f"{cdir / 'policies'}, and no such preset ({presets})")
+
+
+def preset_names() -> list[str]:
+    """The names of the preset policies shipped in the package, sorted."""
+    return sorted(f.name.removesuffix(".toml") for f in packaged("policies").iterdir()
+                  if f.name.endswith(".toml"))

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from grader import nativecore
+from grader import core_kind
 from grader.clock import parse_instant
 from grader.core import Grading
 from grader.events import Event, validate
 from grader.policy import Policy, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ROOT / "config" / "policies"
+PRESETS = ROOT / "grader" / "policies"  # the presets shipped as package data
 _ids = itertools.count(1)
 #: The common fields of a valid event, and the other fields of a valid event of each type
 #: (under abc-100, currency CNY), for tests that change one field at a time.
@@ -36,34 +33,10 @@ VALID = {
 }
 
 
-def core_files(env: dict[str, str]) -> list[str]:
-    """In a fresh process with ``env``: where each core module loads from, then its status."""
-    code = (
-        "import importlib, grader.nativecore as n\n"
-        "for m in n.CORE: print(importlib.import_module('grader.' + m).__file__)\n"
-        "print(n.status())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.splitlines()
-
-
-def needs_compiled_core() -> None:
-    """Skip (saying why) where the compiled core could not be built."""
-    why = nativecore.mismatch(honour_env=False)
-    if why is not None:
-        pytest.skip(f"the compiled core is not built here: {why}")
-
-
 def pytest_report_header() -> str:
-    """Which core this run tests: the compiled one (scripts/setup builds it) or pure Python."""
-    return f"grader core: {nativecore.status()}"
+    """Which core this run tests: this checkout's, pure Python unless built with GRADER_MYPYC=1
+    (the installed wheel's compiled core is tested in tests/integration/test_installed.py)."""
+    return f"grader core: {core_kind()}"
 
 
 def preset(name: str) -> Policy:

@@ -1,4 +1,4 @@
-"""The topics of grader, read from topics/topics.toml; names carry the topic prefix."""
+"""The topics of grader, from the package's topics/topics.toml; names carry the topic prefix."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-TOPICS_DIR = Path(__file__).resolve().parent.parent.parent / "topics"
+from grader.resources import packaged
+
+TOPICS_DIR = packaged("topics")  # topics.toml and the input events' schemas/
 INPUTS = ("transactions", "interactions", "overrides", "tickets")
 TICKS = "ticks"
 REPARTITION = "repartition"  # events that arrived on another partition than their customer's
@@ -26,7 +28,7 @@ class TopicSpec:
     role: str  # "input" | "internal" | "control" | "output"
     partitions: int
     cleanup_policy: str  # "delete" | "compact"
-    schemas: dict[str, str]  # event type -> schema file under topics/
+    schemas: dict[str, str]  # event type -> schema file under TOPICS_DIR
 
     @property
     def config(self) -> dict[str, str]:
@@ -36,7 +38,8 @@ class TopicSpec:
 
 def load_topics(prefix: str, partitions: int, path: Path | None = None) -> dict[str, TopicSpec]:
     """Every topic by suffix, with ``prefix`` and the ``partitions`` setting applied."""
-    doc = tomllib.loads((path or TOPICS_DIR / "topics.toml").read_text(encoding="utf-8"))
+    source = TOPICS_DIR / "topics.toml" if path is None else path
+    doc = tomllib.loads(source.read_text(encoding="utf-8"))
     specs: dict[str, TopicSpec] = {}
     for suffix, raw in doc["topics"].items():
         count = partitions if raw["partitions"] == "setting" else int(raw["partitions"])

@@ -13,7 +13,7 @@ from tests.cli.test_cli import grader, one_line_error
 from tests.conftest import ROOT
 
 AS_OF = "2026-11-22T00:00:00+08:00"
-ABC = (ROOT / "config" / "policies" / "abc-100.toml").read_text()
+ABC = (ROOT / "grader" / "policies" / "abc-100.toml").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_whatif_equals_two_replays(events: Path, tmp_path: Path, candidate: str)
 
 def test_bad_arguments_are_one_line(events: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    abc = ROOT / "config" / "policies" / "abc-100.toml"
+    abc = ROOT / "grader" / "policies" / "abc-100.toml"
     copy = policy_file(tmp_path, "copy.toml", ABC)
     usd = policy_file(tmp_path, "usd.toml", ABC.replace('currency = "CNY"', 'currency = "USD"')
                       .replace('version = "1"', 'version = "9"'))

@@ -32,7 +32,7 @@ from tests.integration.test_stream import (
 )
 
 pytestmark = pytest.mark.integration
-ABC = (ROOT / "config" / "policies" / "abc-100.toml").read_text()
+ABC = (ROOT / "grader" / "policies" / "abc-100.toml").read_text()
 
 
 def abc_file(folder: Path, *changes: tuple[str, str], head: str = "") -> Path:
