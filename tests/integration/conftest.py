@@ -83,13 +83,16 @@ def worker_env(broker: Server, prefix: str, data_dir: Path, **extra: str) -> dic
 class WorkerProcess:
     """A `grader worker` child process; its output goes to a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: list[str] | None = None,
+                 cwd: Path = ROOT) -> None:
+        """``command``: this checkout's `grader worker` unless another is given (an installed
+        copy's, tests/integration/test_installed.py)."""
         self.log_path = log_path
         with log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "grader", "worker"],
+                command or [sys.executable, "-m", "grader", "worker"],
                 env=env,
-                cwd=ROOT,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
