@@ -126,7 +126,8 @@ def _file_and_as_of(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from grader.core import Grading
-    from grader.replay import read_lines, replay, write_outputs
+    from grader.eventfile import read_lines
+    from grader.replay import replay, write_outputs
 
     as_of = _file_and_as_of(args)
     try:
@@ -147,7 +148,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _whatif(args: argparse.Namespace) -> int:
-    from grader.replay import read_lines
+    from grader.eventfile import read_lines
     from grader.settings import config_dir, resolve_policy
     from grader.whatif import report, what_if, write
 

@@ -36,13 +36,8 @@ from typing import Any
 import orjson
 
 from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import (
-    Event,
-    ParseContext,
-    Rejection,
-    original_fields,
-    parse_event,
-)
+from grader.eventfile import Line, LongLine, original_line_fields, parse_line
+from grader.events import Event, ParseContext, Rejection
 from grader.rational import round2
 
 Progress = Callable[[int], None]
@@ -106,15 +101,8 @@ class ReplayResult:
         return [(c, p, t, s) for c, p, t, s in csv.reader(text)]
 
 
-def read_lines(path: Path) -> Iterator[bytes]:
-    """The lines of a file as bytes, without their line ends."""
-    with path.open("rb") as handle:
-        for line in handle:
-            yield line.rstrip(b"\r\n")
-
-
 def replay(
-    lines: Iterable[bytes],
+    lines: Iterable[Line],
     as_of: int,
     grading: Grading,
     now_us: int,
@@ -149,16 +137,16 @@ def parse_context(grading: Grading, also: tuple[Grading, ...] = ()) -> ParseCont
     return ParseContext(ctx.currency, tiers, ctx.now_us)
 
 
-def process(lines: list[bytes], as_of: int, grading: Grading, now_us: int,
+def process(lines: list[Line], as_of: int, grading: Grading, now_us: int,
             also: tuple[Grading, ...] = ()) -> Graded:
     """Parse and grade every line in this process."""
     with _gc_paused():
         ctx = parse_context(grading, also)
-        parsed = ((index, parse_event(raw, ctx)) for index, raw in enumerate(lines))
+        parsed = ((index, parse_line(raw, ctx)) for index, raw in enumerate(lines))
         return _process(lines, parsed, as_of, grading, now_us, also)
 
 
-def shard_pivots(lines: list[bytes], ranges: int) -> list[str]:
+def shard_pivots(lines: list[Line], ranges: int) -> list[str]:
     """``ranges - 1`` customer ids that cut the lines' customers into ranges of about
     as many events each (estimated from a sample of the lines)."""
     every = max(1, len(lines) // PIVOT_SAMPLE)
@@ -181,12 +169,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _route(lines: list[bytes], pivots: list[str], progress: Progress | None) -> list[list[int]]:
+def _route(lines: list[Line], pivots: list[str], progress: Progress | None) -> list[list[int]]:
     """The line numbers (0-based) of each customer range.
 
     Range ``r`` holds the customers ``c`` with ``pivots[r - 1] <= c < pivots[r]``.
-    A line that is not JSON or has no string ``customer_id`` belongs to range 0
-    (it is rejected then). Only the numbers are kept: holding every decoded
+    A line that is not JSON, has no string ``customer_id`` or is too long to
+    parse belongs to range 0 (it is rejected then). Only the numbers are kept: holding every decoded
     line costs more than decoding a range's own lines again.
     """
     range_of, customer_of = bisect.bisect_right, _customer_of
@@ -199,8 +187,10 @@ def _route(lines: list[bytes], pivots: list[str], progress: Progress | None) -> 
     return routed
 
 
-def _customer_of(raw: bytes) -> str | None:
+def _customer_of(raw: Line) -> str | None:
     """The line's ``customer_id`` if it is JSON with a string one, else None."""
+    if isinstance(raw, LongLine):
+        return None  # never parsed
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -209,15 +199,15 @@ def _customer_of(raw: bytes) -> str | None:
     return customer if isinstance(customer, str) else None
 
 
-def _parsed(lines: list[bytes], indexes: list[int],
+def _parsed(lines: list[Line], indexes: list[int],
             ctx: ParseContext) -> Iterator[tuple[int, Event | Rejection]]:
     """The events (or rejections) of these lines."""
     for index in indexes:
-        yield index, parse_event(lines[index], ctx)
+        yield index, parse_line(lines[index], ctx)
 
 
 def _process(
-    lines: list[bytes],
+    lines: list[Line],
     parsed_lines: Iterable[tuple[int, Event | Rejection]],
     as_of: int,
     grading: Grading,
@@ -290,7 +280,7 @@ _SHARED: dict[str, Any] = {}  # set before forking; the children read it
 
 
 def _parallel(
-    lines: list[bytes],
+    lines: list[Line],
     shards: int,
     as_of: int,
     grading: Grading,
@@ -406,15 +396,16 @@ def _received(graded: dict[int, Graded], sizes: Sizes, tiers_path: str,
     return graded
 
 
-def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]:
-    """A dead-letter record for a rejected line (original text kept exactly)."""
+def dead_letter(number: int, raw: Line, rejection: Rejection) -> dict[str, Any]:
+    """A dead-letter record for a rejected line: its original text, past RAW_KEPT
+    bytes its first bytes with the size and SHA-256 of the whole (as the stream)."""
     record: dict[str, Any] = {
         "line": number,
         "code": rejection.code,
         "field": rejection.field,
         "message": rejection.message,
     }
-    record.update(original_fields(raw, kept=None))
+    record.update(original_line_fields(raw))
     return record
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.core import Grading
+from grader.eventfile import Line
 from grader.metrics import MetricView
 from grader.policy import Policy
 from grader.rational import round2
@@ -85,7 +86,7 @@ class WhatIf:
         return out
 
 
-def what_if(lines: list[bytes], as_of: int, current: Policy, candidate: Policy,
+def what_if(lines: list[Line], as_of: int, current: Policy, candidate: Policy,
             now_us: int, workers: int | None = None) -> WhatIf:
     """Grade ``lines`` under each policy, as `grader replay` does.
 
