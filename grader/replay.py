@@ -38,11 +38,13 @@ import orjson
 from grader.core import Grading, apply_event, apply_tick, new_state
 from grader.eventfile import Line, LongLine, original_line_fields, parse_line
 from grader.events import Event, ParseContext, Rejection
+from grader.outputs import write_whole
 from grader.rational import round2
 
 Progress = Callable[[int], None]
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
 TIERS_HEADER = b"customer_id,policy,tier,score\n"
+OUTPUTS = ("tiers.csv", "tier-changes.jsonl", "dead-letters.jsonl")  # in --out
 PARALLEL_MIN_EVENTS = 20_000  # below this, forking costs more than it saves
 PIVOT_SAMPLE = 4096  # lines sampled to split the customer ids into ranges
 RANGES_PER_SHARD = 32  # customer ranges per process, taken one at a time
@@ -369,6 +371,10 @@ def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
             paths.append(path)
             with os.fdopen(handle, "wb") as out:
                 out.writelines(blobs)
+    except OSError as exc:  # say which file (a write error names none)
+        _remove(paths)
+        raise OSError(exc.errno, f"{exc.strerror} (handing a shard's results back through "
+                                 "this temporary file)", exc.filename or paths[-1]) from None
     except BaseException:
         _remove(paths)
         raise
@@ -410,13 +416,14 @@ def dead_letter(number: int, raw: Line, rejection: Rejection) -> dict[str, Any]:
 
 
 def write_outputs(result: ReplayResult, out_dir: Path) -> None:
-    """Write tiers.csv, tier-changes.jsonl and dead-letters.jsonl into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tiers.csv").write_bytes(TIERS_HEADER + result.tiers_csv)
-    (out_dir / "tier-changes.jsonl").write_bytes(result.changes)
-    with (out_dir / "dead-letters.jsonl").open("wb") as handle:
-        for item in result.dead_letters:
-            handle.write(orjson.dumps(item) + b"\n")
+    """Write tiers.csv, tier-changes.jsonl and dead-letters.jsonl into ``out_dir``,
+    each whole or not at all (grader.outputs)."""
+    write_whole(out_dir, {
+        "tiers.csv": (TIERS_HEADER, result.tiers_csv),
+        "tier-changes.jsonl": (result.changes,),
+        "dead-letters.jsonl": (orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
+                               for item in result.dead_letters),
+    })
 
 
 _NEEDS_QUOTES = re.compile('[,"\n\r]').search
