@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -128,32 +129,53 @@ def _file_and_as_of(args: argparse.Namespace) -> int:
     return as_of
 
 
+@contextmanager
+def _one_line(path: Path) -> Iterator[None]:
+    """What can go wrong reading or grading ``path`` as a GraderError (one line)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        yield
+    except OSError as exc:
+        raise GraderError(f"{exc.filename or path}: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise GraderError(f"{path}: out of memory") from None
+    except BrokenProcessPool:
+        raise GraderError(f"{path}: a grading process ended abruptly (out of memory?)"
+                          ) from None
+
+
 def _replay(args: argparse.Namespace) -> int:
     from grader.core import Grading
-    from grader.replay import read_lines, replay, write_outputs
+    from grader.eventfile import read_lines
+    from grader.outputs import check_replaceable
+    from grader.replay import OUTPUTS, replay, write_outputs
 
     as_of = _file_and_as_of(args)
     try:
         grading = Grading(_policies(args.policy))
     except ValueError as exc:
         raise GraderError(f"--policy: {exc}") from None
+    check_replaceable(args.out, OUTPUTS)
     progress = terminal.progress("replay: read")
     now_us = time.time_ns() // 1000
     try:
-        result = replay(read_lines(args.events), as_of, grading, now_us, progress, args.workers)
-        write_outputs(result, args.out)
-    except OSError as exc:
-        raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
-    if progress is not None:
-        terminal.clear_progress()
+        with _one_line(args.events):
+            result = replay(read_lines(args.events), as_of, grading, now_us, progress,
+                            args.workers)
+    finally:
+        if progress is not None:
+            terminal.clear_progress()
+    write_outputs(result, args.out)
     print(f"replay as of {format_instant(as_of)}: {result.stats.summary()}", file=sys.stderr)
     return 0
 
 
 def _whatif(args: argparse.Namespace) -> int:
-    from grader.replay import read_lines
+    from grader.eventfile import read_lines
+    from grader.outputs import check_replaceable
     from grader.settings import config_dir, resolve_policy
-    from grader.whatif import report, what_if, write
+    from grader.whatif import OUTPUTS, report, what_if, write
 
     if args.live and (args.events is not None or args.as_of is not None):
         raise GraderError("--live reads the workers' state: no events file, no --as-of")
@@ -170,20 +192,15 @@ def _whatif(args: argparse.Namespace) -> int:
     if current.currency != candidate.currency:
         raise GraderError(f"--candidate {args.candidate}: currency {candidate.currency} is "
                           f"not --current's {current.currency}")
+    check_replaceable(args.out, OUTPUTS)
     if args.live:
         result = _live_what_if(current, candidate)
     else:
         as_of = _file_and_as_of(args)
-        try:
-            lines = list(read_lines(args.events))
-        except OSError as exc:
-            raise GraderError(f"{exc.filename or args.events}: {exc.strerror}") from None
-        result = what_if(lines, as_of, current, candidate, time.time_ns() // 1000,
-                         args.workers)
-    try:
-        write(result, args.out)
-    except OSError as exc:
-        raise GraderError(f"{exc.filename or args.out}: {exc.strerror}") from None
+        with _one_line(args.events):
+            result = what_if(list(read_lines(args.events)), as_of, current, candidate,
+                             time.time_ns() // 1000, args.workers)
+    write(result, args.out)
     print(report(result), end="")
     return 0
 

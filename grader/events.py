@@ -112,7 +112,7 @@ NO_VALUE = Rejection("no_value", None, "the message has no value (null, a tombst
 RAW_KEPT = 64 * 1024
 
 
-def original_fields(raw: bytes | None, kept: int | None = RAW_KEPT) -> dict[str, Any]:
+def original_fields(raw: bytes | None, kept: int = RAW_KEPT) -> dict[str, Any]:
     """A rejected message's bytes for a dead letter: ``{"raw": text}`` when they are
     UTF-8, else ``{"raw_base64": ...}``; ``{"raw": None}`` for no value at all.
 
@@ -120,18 +120,23 @@ def original_fields(raw: bytes | None, kept: int | None = RAW_KEPT) -> dict[str,
     size and SHA-256 of the whole (``raw_bytes``, ``raw_sha256``): a dead letter
     on Kafka must stay well within the broker's message size; the message
     itself stays in its topic, at the offset the dead letter names. Replay's
-    dead letters (a file) pass ``kept=None`` and keep every byte.
+    dead letters are capped the same way (the line stays in its file).
     """
     if raw is None:
         return {"raw": None}
-    if kept is not None and len(raw) > kept:
-        return {"raw_base64": base64.b64encode(raw[:kept]).decode("ascii"),
-                "raw_truncated": True, "raw_bytes": len(raw),
-                "raw_sha256": hashlib.sha256(raw).hexdigest()}
+    if len(raw) > kept:
+        return truncated_fields(raw[:kept], len(raw), hashlib.sha256(raw).hexdigest())
     try:
         return {"raw": raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {"raw_base64": base64.b64encode(raw).decode("ascii")}
+
+
+def truncated_fields(head: bytes, size: int, sha256: str) -> dict[str, Any]:
+    """The dead-letter fields of a message of ``size`` bytes (SHA-256 ``sha256``, hex)
+    of which only ``head``, its first bytes, is kept."""
+    return {"raw_base64": base64.b64encode(head).decode("ascii"), "raw_truncated": True,
+            "raw_bytes": size, "raw_sha256": sha256}
 
 
 def parse_event(raw: bytes | str | None, ctx: ParseContext) -> Event | Rejection:

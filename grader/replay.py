@@ -36,18 +36,15 @@ from typing import Any
 import orjson
 
 from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import (
-    Event,
-    ParseContext,
-    Rejection,
-    original_fields,
-    parse_event,
-)
+from grader.eventfile import Line, LongLine, original_line_fields, parse_line
+from grader.events import Event, ParseContext, Rejection
+from grader.outputs import write_whole
 from grader.rational import round2
 
 Progress = Callable[[int], None]
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
 TIERS_HEADER = b"customer_id,policy,tier,score\n"
+OUTPUTS = ("tiers.csv", "tier-changes.jsonl", "dead-letters.jsonl")  # in --out
 PARALLEL_MIN_EVENTS = 20_000  # below this, forking costs more than it saves
 PIVOT_SAMPLE = 4096  # lines sampled to split the customer ids into ranges
 RANGES_PER_SHARD = 32  # customer ranges per process, taken one at a time
@@ -106,15 +103,8 @@ class ReplayResult:
         return [(c, p, t, s) for c, p, t, s in csv.reader(text)]
 
 
-def read_lines(path: Path) -> Iterator[bytes]:
-    """The lines of a file as bytes, without their line ends."""
-    with path.open("rb") as handle:
-        for line in handle:
-            yield line.rstrip(b"\r\n")
-
-
 def replay(
-    lines: Iterable[bytes],
+    lines: Iterable[Line],
     as_of: int,
     grading: Grading,
     now_us: int,
@@ -149,16 +139,16 @@ def parse_context(grading: Grading, also: tuple[Grading, ...] = ()) -> ParseCont
     return ParseContext(ctx.currency, tiers, ctx.now_us)
 
 
-def process(lines: list[bytes], as_of: int, grading: Grading, now_us: int,
+def process(lines: list[Line], as_of: int, grading: Grading, now_us: int,
             also: tuple[Grading, ...] = ()) -> Graded:
     """Parse and grade every line in this process."""
     with _gc_paused():
         ctx = parse_context(grading, also)
-        parsed = ((index, parse_event(raw, ctx)) for index, raw in enumerate(lines))
+        parsed = ((index, parse_line(raw, ctx)) for index, raw in enumerate(lines))
         return _process(lines, parsed, as_of, grading, now_us, also)
 
 
-def shard_pivots(lines: list[bytes], ranges: int) -> list[str]:
+def shard_pivots(lines: list[Line], ranges: int) -> list[str]:
     """``ranges - 1`` customer ids that cut the lines' customers into ranges of about
     as many events each (estimated from a sample of the lines)."""
     every = max(1, len(lines) // PIVOT_SAMPLE)
@@ -181,12 +171,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _route(lines: list[bytes], pivots: list[str], progress: Progress | None) -> list[list[int]]:
+def _route(lines: list[Line], pivots: list[str], progress: Progress | None) -> list[list[int]]:
     """The line numbers (0-based) of each customer range.
 
     Range ``r`` holds the customers ``c`` with ``pivots[r - 1] <= c < pivots[r]``.
-    A line that is not JSON or has no string ``customer_id`` belongs to range 0
-    (it is rejected then). Only the numbers are kept: holding every decoded
+    A line that is not JSON, has no string ``customer_id`` or is too long to
+    parse belongs to range 0 (it is rejected then). Only the numbers are kept: holding every decoded
     line costs more than decoding a range's own lines again.
     """
     range_of, customer_of = bisect.bisect_right, _customer_of
@@ -199,8 +189,10 @@ def _route(lines: list[bytes], pivots: list[str], progress: Progress | None) -> 
     return routed
 
 
-def _customer_of(raw: bytes) -> str | None:
+def _customer_of(raw: Line) -> str | None:
     """The line's ``customer_id`` if it is JSON with a string one, else None."""
+    if isinstance(raw, LongLine):
+        return None  # never parsed
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -209,15 +201,15 @@ def _customer_of(raw: bytes) -> str | None:
     return customer if isinstance(customer, str) else None
 
 
-def _parsed(lines: list[bytes], indexes: list[int],
+def _parsed(lines: list[Line], indexes: list[int],
             ctx: ParseContext) -> Iterator[tuple[int, Event | Rejection]]:
     """The events (or rejections) of these lines."""
     for index in indexes:
-        yield index, parse_event(lines[index], ctx)
+        yield index, parse_line(lines[index], ctx)
 
 
 def _process(
-    lines: list[bytes],
+    lines: list[Line],
     parsed_lines: Iterable[tuple[int, Event | Rejection]],
     as_of: int,
     grading: Grading,
@@ -290,7 +282,7 @@ _SHARED: dict[str, Any] = {}  # set before forking; the children read it
 
 
 def _parallel(
-    lines: list[bytes],
+    lines: list[Line],
     shards: int,
     as_of: int,
     grading: Grading,
@@ -379,6 +371,10 @@ def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
             paths.append(path)
             with os.fdopen(handle, "wb") as out:
                 out.writelines(blobs)
+    except OSError as exc:  # say which file (a write error names none)
+        _remove(paths)
+        raise OSError(exc.errno, f"{exc.strerror} (handing a shard's results back through "
+                                 "this temporary file)", exc.filename or paths[-1]) from None
     except BaseException:
         _remove(paths)
         raise
@@ -406,26 +402,28 @@ def _received(graded: dict[int, Graded], sizes: Sizes, tiers_path: str,
     return graded
 
 
-def dead_letter(number: int, raw: bytes, rejection: Rejection) -> dict[str, Any]:
-    """A dead-letter record for a rejected line (original text kept exactly)."""
+def dead_letter(number: int, raw: Line, rejection: Rejection) -> dict[str, Any]:
+    """A dead-letter record for a rejected line: its original text, past RAW_KEPT
+    bytes its first bytes with the size and SHA-256 of the whole (as the stream)."""
     record: dict[str, Any] = {
         "line": number,
         "code": rejection.code,
         "field": rejection.field,
         "message": rejection.message,
     }
-    record.update(original_fields(raw, kept=None))
+    record.update(original_line_fields(raw))
     return record
 
 
 def write_outputs(result: ReplayResult, out_dir: Path) -> None:
-    """Write tiers.csv, tier-changes.jsonl and dead-letters.jsonl into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "tiers.csv").write_bytes(TIERS_HEADER + result.tiers_csv)
-    (out_dir / "tier-changes.jsonl").write_bytes(result.changes)
-    with (out_dir / "dead-letters.jsonl").open("wb") as handle:
-        for item in result.dead_letters:
-            handle.write(orjson.dumps(item) + b"\n")
+    """Write tiers.csv, tier-changes.jsonl and dead-letters.jsonl into ``out_dir``,
+    each whole or not at all (grader.outputs)."""
+    write_whole(out_dir, {
+        "tiers.csv": (TIERS_HEADER, result.tiers_csv),
+        "tier-changes.jsonl": (result.changes,),
+        "dead-letters.jsonl": (orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
+                               for item in result.dead_letters),
+    })
 
 
 _NEEDS_QUOTES = re.compile('[,"\n\r]').search

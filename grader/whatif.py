@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.core import Grading
+from grader.eventfile import Line
 from grader.metrics import MetricView
+from grader.outputs import write_whole
 from grader.policy import Policy
 from grader.rational import round2
 from grader.replay import ReplayResult, replay
@@ -34,6 +36,7 @@ from grader.scoring import ScoreMemo, earned_tier, rescore
 from grader.state import CustomerState
 
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
+OUTPUTS = ("matrix.csv", "movers.csv")  # in --out
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class WhatIf:
         return out
 
 
-def what_if(lines: list[bytes], as_of: int, current: Policy, candidate: Policy,
+def what_if(lines: list[Line], as_of: int, current: Policy, candidate: Policy,
             now_us: int, workers: int | None = None) -> WhatIf:
     """Grade ``lines`` under each policy, as `grader replay` does.
 
@@ -150,13 +153,12 @@ def live_what_if(states: list[CustomerState], current: Policy,
 
 
 def write(result: WhatIf, out: Path) -> None:
-    """``matrix.csv`` and ``movers.csv`` in ``out`` (created if needed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "matrix.csv").write_text(_csv([("current_tier", "candidate_tier", "customers"),
-                                          *result.matrix()]))
-    (out / "movers.csv").write_text(_csv([("customer_id", "current_tier", "candidate_tier",
-                                           "current_score", "candidate_score"),
-                                          *result.movers()]))
+    """``matrix.csv`` and ``movers.csv`` in ``out`` (created if needed), each whole or
+    not at all (grader.outputs)."""
+    matrix = _csv([("current_tier", "candidate_tier", "customers"), *result.matrix()])
+    movers = _csv([("customer_id", "current_tier", "candidate_tier", "current_score",
+                    "candidate_score"), *result.movers()])
+    write_whole(out, {"matrix.csv": (matrix.encode(),), "movers.csv": (movers.encode(),)})
 
 
 def _csv(rows: list[tuple[object, ...]]) -> str:

@@ -108,7 +108,7 @@ def _reach(settings: Settings) -> None:
 
 
 def _produce(path: Path) -> int:
-    from grader.replay import read_lines
+    from grader.eventfile import read_lines
     from grader.settings import load_settings
     from grader.stream.admin import ensure_topics
     from grader.stream.produce import produce

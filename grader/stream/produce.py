@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from grader import kafkaauth
+from grader.eventfile import Line, LongLine, original_line_fields
 from grader.events import TOPIC_OF_TYPE, ParseContext, Rejection, parse_event
 from grader.kafkaauth import KafkaTarget, target_of
 from grader.stream import step
@@ -60,9 +61,10 @@ def route(raw: bytes) -> tuple[str, bytes] | Rejection:
     return Rejection("unroutable", None, "no topic for this line")  # pragma: no cover
 
 
-def produce(kafka: str | KafkaTarget, prefix: str, lines: Iterable[bytes], source: str,
+def produce(kafka: str | KafkaTarget, prefix: str, lines: Iterable[Line], source: str,
             progress: Callable[[int], None] | None = None) -> ProduceSummary:
-    """Send each line to its topic keyed by customer_id; unroutable lines to dead-letters.
+    """Send each line to its topic keyed by customer_id; unroutable lines (and lines
+    too long to be an event) to dead-letters.
 
     ``progress`` is called with the number of lines sent so far, every
     PROGRESS_EVERY lines.
@@ -72,16 +74,10 @@ def produce(kafka: str | KafkaTarget, prefix: str, lines: Iterable[bytes], sourc
     producer = _producer(kafka)
     try:
         for number, raw in enumerate(lines, 1):
-            if not raw.strip():
+            if isinstance(raw, bytes) and not raw.strip():
                 continue
             summary.lines += 1
-            routed = route(raw)
-            if isinstance(routed, Rejection):
-                where = step.Incoming(source, 0, number, None, raw)
-                out = step.dead_letter(where, routed)
-                topic, key, value = DEAD_LETTERS, None, out.value
-            else:
-                (topic, key), value = routed, raw
+            topic, key, value = _destination(raw, source, number)
             producer.send(prefix + topic, key=key, value=value)
             summary.by_topic[topic] = summary.by_topic.get(topic, 0) + 1
             if progress is not None and summary.lines % PROGRESS_EVERY == 0:
@@ -92,6 +88,16 @@ def produce(kafka: str | KafkaTarget, prefix: str, lines: Iterable[bytes], sourc
     finally:
         producer.close()
     return summary
+
+
+def _destination(raw: Line, source: str, number: int) -> tuple[str, bytes | None, bytes]:
+    """(topic suffix, key, value) to send line ``number`` of ``source`` as."""
+    routed = raw.rejection() if isinstance(raw, LongLine) else route(raw)
+    if not isinstance(routed, Rejection) and isinstance(raw, bytes):
+        return routed[0], routed[1], raw
+    assert isinstance(routed, Rejection)
+    where = step.Incoming(source, 0, number, None, None)
+    return DEAD_LETTERS, None, step.dead_letter(where, routed, original_line_fields(raw)).value
 
 
 def send_tick(kafka: str | KafkaTarget, prefix: str, as_of: int) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+
+from grader.eventfile import MAX_EVENT_BYTES, Line, LongLine
+from grader.events import RAW_KEPT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,4 +29,14 @@ LINES: list[bytes] = [
     b'"occurred_at":"2026-01-02T10:00:00Z","ticket_id":"T1"}',
     b'{"event_id":"i1","type":"interaction","customer_id":"C\\u0033","kind":"referral",'
     b'"occurred_at":"2026-01-03T10:00:00Z"}',
+]
+
+# Lines at and past the bound (grader.eventfile): a valid sale padded to exactly the
+# largest event (graded), a line of NULs over the dead-letter cap but under the bound,
+# and a 2 GB line of NULs as read_lines gives it (never held whole).
+_PADDED = (f'{{"event_id":"pad","customer_id":"C9",{_SALE.format(d=2)},"pad":"'.encode())
+LONG_LINES: list[Line] = [
+    _PADDED + b"x" * (MAX_EVENT_BYTES - len(_PADDED) - 2) + b'"}',
+    b"\0" * (RAW_KEPT + 1),
+    LongLine(b"\0" * RAW_KEPT, 2 << 30, hashlib.sha256(b"").hexdigest()),
 ]

@@ -14,10 +14,11 @@ import pytest
 from grader import replay as replay_module
 from grader.clock import parse_instant
 from grader.core import Grading
-from grader.events import Event, parse_event
+from grader.eventfile import MAX_EVENT_BYTES
+from grader.events import RAW_KEPT, Event, parse_event
 from grader.replay import ReplayResult, ReplayStats, _parsed, _route, replay, shard_pivots
 from grader.settings import resolve_policy
-from tests.unit.replay_lines import LINES, ROOT
+from tests.unit.replay_lines import LINES, LONG_LINES, ROOT
 
 GRADING = Grading((resolve_policy("abc-100", ROOT / "config"),))
 CTX = GRADING.parse_context()
@@ -54,6 +55,21 @@ def test_sharded_replay_equals_one_process() -> None:
         again.dead_letters,
     )
     assert many.stats == again.stats and one.tiers == again.tiers
+
+
+def test_sharded_replay_bounds_long_lines_as_one_process_does() -> None:
+    lines = LINES * 2000 + LONG_LINES
+    many = replay(lines, AS_OF, GRADING, 0, workers=2)
+    one = replay(lines, AS_OF, GRADING, 0, workers=1)
+    assert (many.tiers_csv, many.changes, many.dead_letters, many.stats) == (
+        one.tiers_csv, one.changes, one.dead_letters, one.stats)
+    assert len(LONG_LINES[0]) == MAX_EVENT_BYTES and b"\nC9," in b"\n" + many.tiers_csv
+    letters = {d["line"] - len(LINES) * 2000: d for d in many.dead_letters
+               if d["line"] > len(LINES) * 2000}
+    assert sorted(letters) == [2, 3]
+    assert [(d["code"], d["raw_bytes"], d["raw_truncated"]) for d in letters.values()] == [
+        ("bad_json", RAW_KEPT + 1, True), ("too_long", 2 << 30, True)]
+    assert all(len(d["raw_base64"]) <= RAW_KEPT * 4 // 3 + 4 for d in letters.values())
 
 
 def test_tiers_rows_read_back_from_the_csv() -> None:
