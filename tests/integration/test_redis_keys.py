@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +32,15 @@ from grader.clock import parse_instant
 from grader.services import RedisServer, start_redis
 from grader.sinks.redis import WRITE_CUSTOMER, SupportQueues, reason, script_args, unavailable
 from grader.state import CustomerState, Ticket, TierState
-from tests.integration.test_support_queues import SUPPORT
+from tests.integration.conftest import ROOT, Stream, wait_for
+from tests.integration.test_stream import expected, final_tick_equals_replay, write_lines
+from tests.integration.test_support_queues import (
+    SUPPORT,
+    assert_keys_equal,
+    expected_keys,
+    redis_keys,
+    with_redis,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -290,3 +300,99 @@ def test_an_error_is_logged_without_the_commands_arguments() -> None:
                 "kind of value",)
     assert reason(exc) == ("ResponseError: WRONGTYPE Operation against a key holding the "
                            "wrong kind of value")
+
+
+def event(event_id: str, etype: str, customer_id: str, day: str, **fields: str) -> bytes:
+    return orjson.dumps({"event_id": event_id, "type": etype, "customer_id": customer_id,
+                         "occurred_at": f"2026-11-{day}T10:00:00+08:00", **fields})
+
+
+def log_has_no_tiers(text: str) -> None:
+    """The worker's (or redis-sync's) output holds no tier field, tier name or score."""
+    assert "tier:" not in text
+    assert "-star" not in text  # the stars policy's tiers
+    assert "score" not in text.lower()
+
+
+def issue_files(tmp_path: Path) -> tuple[list[bytes], list[Path]]:
+    """tests/data/small.jsonl (ticket T-1 of C-E, in the default queue), then a new ticket
+    and a sale for C-E, then a sale for another customer: the lines, and a file for each."""
+    small = (ROOT / "tests" / "data" / "small.jsonl").read_bytes().splitlines()
+    more = [event("ce-t2", "ticket_opened", "C-E", "02", ticket_id="T-2", queue="desk",
+                  subject="a refund"),
+            event("ce-s1", "sale", "C-E", "03", amount="5000", currency="CNY")]
+    later = [event("later-1", "sale", "LATER", "04", amount="300000", currency="CNY")]
+    paths = []
+    for name, part in (("small", small), ("more", more), ("later", later)):
+        write_lines(tmp_path / f"{name}.jsonl", part)
+        paths.append(tmp_path / f"{name}.jsonl")
+    return small + more + later, paths
+
+
+def test_wrong_typed_keys_are_replaced_and_the_stream_goes_on(
+        stream: Stream, redis_server: RedisServer, tmp_path: Path) -> None:
+    """Issue 19: a string at T-1's ticket key (and at the default queue, a list at C-E's
+    hash, a set at a queue C-E's new ticket goes to) held the worker's whole stream. The
+    keys are replaced, named in the log without a tier, and a later sale for another
+    customer is applied."""
+    lines, (small, more, later) = issue_files(tmp_path)
+    want, _dead = expected(lines)
+    p = stream.prefix
+    client = redis.Redis.from_url(redis_server.url)
+    worker = stream.start_worker(**with_redis(stream, redis_server.url))
+    worker.wait_ready()
+    assert stream.grader("produce", str(small)).returncode == 0
+    wait_for(lambda: client.zrange(f"{p}queue:default", 0, -1) == [b"T-1"], 30, "T-1 queued")
+    strays = {f"{p}ticket:T-1": "string", f"{p}queue:default": "string",
+              f"{p}customer:C-E": "list", f"{p}queue:desk": "set"}
+    client.set(f"{p}ticket:T-1", "garbage")
+    client.set(f"{p}queue:default", "junk")
+    client.delete(f"{p}customer:C-E")
+    client.rpush(f"{p}customer:C-E", "x")
+    client.sadd(f"{p}queue:desk", "x")
+    assert stream.grader("produce", str(more)).returncode == 0
+    assert stream.grader("produce", str(later)).returncode == 0
+    wait_for(lambda: client.exists(f"{p}customer:LATER"), 30, "the later sale in Redis")
+    final_tick_equals_replay(stream, lines, want)
+    assert_keys_equal(client, expected_keys(lines, p), p)
+    log = worker.log()
+    for key, found in strays.items():
+        wanted = "zset" if key.startswith(f"{p}queue:") else "hash"
+        assert f"Redis key {key} held a {found}, not a {wanted}: replaced" in log, key
+    assert "holding the stream" not in log
+    log_has_no_tiers(log)
+    assert worker.stop() == 0
+
+
+def test_redis_sync_replaces_wrong_typed_keys(stream: Stream, redis_server: RedisServer,
+                                              tmp_path: Path) -> None:
+    """Strays at keys redis-sync writes (an open ticket, its queue, customers) and at keys
+    it removes (a queue and a ticket nobody has): it ends, with the keys right, naming
+    the keys it replaced, without a tier."""
+    lines, paths = issue_files(tmp_path)
+    want, _dead = expected(lines)
+    p = stream.prefix
+    client = redis.Redis.from_url(redis_server.url)
+    worker = stream.start_worker(**with_redis(stream, redis_server.url))
+    worker.wait_ready()
+    for path in paths:
+        assert stream.grader("produce", str(path)).returncode == 0
+    final_tick_equals_replay(stream, lines, want)
+    assert worker.stop() == 0
+    client.delete(f"{p}ticket:T-1", f"{p}queue:default", f"{p}customer:C-A",
+                  f"{p}customer:C-B")
+    client.rpush(f"{p}ticket:T-1", "x")
+    client.hset(f"{p}queue:default", "T-1", "1")
+    client.set(f"{p}customer:C-A", "junk")
+    client.zadd(f"{p}customer:C-B", {"x": 1})
+    client.set(f"{p}queue:gone", "junk")
+    client.sadd(f"{p}ticket:T-9", "x")
+    done = stream.grader("redis-sync", **with_redis(stream, redis_server.url))
+    assert done.returncode == 0, done.stderr
+    assert redis_keys(client, p) == expected_keys(lines, p)
+    for key, found, wanted in (("ticket:T-1", "list", "hash"), ("queue:default", "hash", "zset"),
+                               ("customer:C-A", "string", "hash"),
+                               ("customer:C-B", "zset", "hash"),
+                               ("queue:gone", "string", "zset")):
+        assert f"Redis key {p}{key} held a {found}, not a {wanted}" in done.stderr, key
+    log_has_no_tiers(done.stdout + done.stderr)
