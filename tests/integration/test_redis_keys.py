@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from grader.clock import parse_instant
-from grader.services import RedisServer, start_redis
+from grader.services import RedisServer, free_port, start_redis
 from grader.sinks.redis import WRITE_CUSTOMER, SupportQueues, reason, script_args, unavailable
 from grader.state import CustomerState, Ticket, TierState
 from tests.integration.conftest import ROOT, Stream, wait_for
@@ -255,6 +255,41 @@ def test_a_customer_redis_refuses_is_skipped_and_the_others_written(
         assert any("customer NO-1" in line and "can't access" in line for line in lines)
         assert not any("holding the stream" in line for line in lines)
         assert_no_tiers(lines)
+    finally:
+        server.stop()
+
+
+def test_a_redis_refusing_every_write_holds_it_and_its_log_lines_hold_no_tier(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis refusing every write (a read-only replica, as after a fail-over) is Redis
+    unavailable: the write waits until Redis takes it. The warning says so without the
+    script's arguments, which redis-py quotes in a pipeline's error (the tiers)."""
+    server = start_redis()
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.replicaof("127.0.0.1", str(free_port()))  # a primary that is not there
+        queues = SupportQueues(server.url, "g:", SUPPORT)
+        states = [customer("OK-1", "A", {"T-OK-1": "desk"})]
+
+        async def write() -> list[str]:
+            await queues.connect()
+            try:
+                task = asyncio.ensure_future(queues.write(states))
+                done, _pending = await asyncio.wait([task], timeout=1.5)
+                assert not done, "the write did not wait for Redis"
+                await asyncio.to_thread(client.replicaof, "NO", "ONE")
+                return await asyncio.wait_for(task, 10)
+            finally:
+                await queues.close()
+
+        with caplog.at_level(logging.INFO, logger="grader"):
+            skipped = asyncio.run(write())
+        lines = [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG]
+        assert_no_tiers(lines)
+        assert any("READONLY" in line and "holding the stream" in line for line in lines)
+        assert any("answers again" in line for line in lines), lines
+        assert skipped == []
+        assert client.zrange("g:queue:desk", 0, -1) == [b"T-OK-1"]
     finally:
         server.stop()
 
