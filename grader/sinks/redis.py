@@ -61,8 +61,10 @@ UNAVAILABLE = frozenset({"LOADING", "BUSY", "OOM", "READONLY", "MISCONF", "MASTE
 # never fails the write. Returns the keys so replaced: key, type found, type wanted, ...
 WRITE_CUSTOMER = """
 local prefix, customer = ARGV[1], ARGV[2]
-local replaced = {}
+local replaced, claimed = {}, {}
 local function claim(key, want)
+  if claimed[key] then return end
+  claimed[key] = true
   local found = redis.call('TYPE', key)['ok']
   if found ~= want and found ~= 'none' then
     redis.call('DEL', key)
