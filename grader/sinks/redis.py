@@ -9,7 +9,12 @@ so writing a view again (a redelivery, a restart) gives the same keys.
 
 Redis down: the worker holds its stream. ``write`` retries until Redis
 answers (the batch is not acknowledged meanwhile, so a worker killed during
-the outage leaves it to the next owner, which writes it again). A Redis that
+the outage leaves it to the next owner, which writes it again). Only Redis
+being unavailable holds it (:func:`unavailable`): a key of the wrong type
+under the prefix is replaced by the script (grader owns those keys), and a
+customer whose write Redis refuses otherwise is skipped and logged by id,
+so one customer never holds back the others. Log lines name keys and
+customers, never a tier (GRADING.md section 7). A Redis that
 came back empty is noticed by its new ``run_id``: the worker then rewrites
 every customer it owns (``SupportQueues.restarted``).
 
@@ -21,13 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from grader.policy import Policy
 from grader.state import CustomerState
@@ -36,13 +49,33 @@ from grader.support import check_support_policy, view
 log = logging.getLogger(__name__)
 CHUNK = 500  # customers per pipeline round trip
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while Redis is down
+#: Error codes by which Redis refuses any write for now (loading, a busy script, out of
+#: memory, a replica, a failed save...): Redis is unavailable, as when it is down.
+UNAVAILABLE = frozenset({"LOADING", "BUSY", "OOM", "READONLY", "MISCONF", "MASTERDOWN",
+                         "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT"})
 
 # KEYS: none (one server). ARGV: prefix, customer_id, number of hash fields, the fields
 # and values, then 6 per ticket: id, open ("1"/"0"), queue, subject, opened_at, score.
+# grader owns the keys under its prefix: one it writes or removes from that holds another
+# type (a string at a ticket key, a list at a queue key) is deleted first, so a stray key
+# never fails the write. Returns the keys so replaced: key, type found, type wanted, ...
 WRITE_CUSTOMER = """
 local prefix, customer = ARGV[1], ARGV[2]
+local replaced, claimed = {}, {}
+local function claim(key, want)
+  if claimed[key] then return end
+  claimed[key] = true
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= want and found ~= 'none' then
+    redis.call('DEL', key)
+    replaced[#replaced + 1] = key
+    replaced[#replaced + 1] = found
+    replaced[#replaced + 1] = want
+  end
+end
 local ckey = prefix .. 'customer:' .. customer
 local n = tonumber(ARGV[3])
+claim(ckey, 'hash')
 redis.call('DEL', ckey)
 if n > 0 then
   redis.call('HSET', ckey, unpack(ARGV, 4, 3 + 2 * n))
@@ -51,20 +84,24 @@ local i = 4 + 2 * n
 while i <= #ARGV do
   local id, open, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local tkey = prefix .. 'ticket:' .. id
+  claim(tkey, 'hash')
   local old = redis.call('HGET', tkey, 'queue')
   if old and (open == '0' or old ~= queue) then
-    redis.call('ZREM', prefix .. 'queue:' .. old, id)
+    local okey = prefix .. 'queue:' .. old
+    claim(okey, 'zset')
+    redis.call('ZREM', okey, id)
   end
+  redis.call('DEL', tkey)
   if open == '1' then
     redis.call('HSET', tkey, 'customer_id', customer, 'queue', queue,
                'subject', ARGV[i + 3], 'opened_at', ARGV[i + 4])
-    redis.call('ZADD', prefix .. 'queue:' .. queue, ARGV[i + 5], id)
-  else
-    redis.call('DEL', tkey)
+    local qkey = prefix .. 'queue:' .. queue
+    claim(qkey, 'zset')
+    redis.call('ZADD', qkey, ARGV[i + 5], id)
   end
   i = i + 6
 end
-return 1
+return replaced
 """
 
 
@@ -217,21 +254,63 @@ class SupportQueues:
         info = await self._redis.info("server")
         return str(info["run_id"])
 
-    async def write(self, states: Sequence[CustomerState]) -> None:
-        """Rewrite these customers' keys; while Redis is down, wait and try again."""
+    async def write(self, states: Sequence[CustomerState]) -> list[str]:
+        """Rewrite these customers' keys; while Redis is down, wait and try again.
+
+        A customer whose write Redis refuses for a reason of its own (not Redis being
+        unavailable, :func:`unavailable`) is skipped, logged by id: the others go on.
+        Returns the ids of the customers skipped.
+        """
         if not states:
-            return
+            return []
         if self._run_id is None:
             await self._retrying(self._check_run_id)
         calls = [script_args(self.prefix, view(state, self.support)) for state in states]
+        skipped: list[str] = []
         for start in range(0, len(calls), CHUNK):
-            await self._retrying(self._write_chunk, calls[start:start + CHUNK])
+            skipped += await self._retrying(self._write_chunk, calls[start:start + CHUNK])
+        return skipped
 
-    async def _write_chunk(self, calls: list[list[str]]) -> None:
+    async def _write_chunk(self, calls: list[list[str]]) -> list[str]:
+        """Run the chunk's scripts; the ids of the customers refused (each counted).
+
+        Raises the first error that says Redis is unavailable, so the chunk is retried
+        (the writes are absolute, so the scripts that did run give the same keys again).
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in calls:
                 await self._script(keys=[], args=args, client=pipe)
-            await pipe.execute()
+            # Errors come back unannotated: redis-py's annotation quotes the arguments.
+            results = await pipe.execute(raise_on_error=False)
+        skipped: list[str] = []
+        down: BaseException | None = None
+        for args, result in zip(calls, results, strict=True):
+            if isinstance(result, BaseException):
+                if unavailable(result):
+                    down = down or result
+                    continue
+                skipped.append(args[1])
+                if self._on_error is not None:
+                    self._on_error()
+                log.error("Redis refused the support-queue keys of customer %s (%s): "
+                          "skipped; its next change, or grader redis-sync, writes them",
+                          args[1], reason(result))
+                log.debug("customer %s: Redis refused %s: %s", args[1], args, result)
+                continue
+            self._replaced(result)
+        if down is not None:
+            raise down
+        return skipped
+
+    @staticmethod
+    def _replaced(result: Any) -> None:
+        """Log the wrong-typed keys a script replaced, by name only."""
+        items = [item.decode() if isinstance(item, bytes) else str(item)
+                 for item in result or ()]
+        for start in range(0, len(items) - 2, 3):
+            key, found, wanted = items[start:start + 3]
+            log.warning("Redis key %s held a %s, not a %s: replaced (grader owns the keys "
+                        "under its prefix)", key, found, wanted)
 
     async def _retrying(self, call: Any, *args: Any) -> Any:
         delay = RETRY_FIRST
@@ -244,9 +323,8 @@ class SupportQueues:
                 loop = asyncio.get_running_loop()
                 if self._down_since is None:
                     self._down_since = loop.time()
-                    log.warning("Redis at %s failed (%s: %s): holding the stream until it "
-                                "answers", self.where, type(exc).__name__,
-                                _without_secrets(exc))
+                    log.warning("Redis at %s failed (%s): holding the stream until it "
+                                "answers", self.where, reason(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -278,6 +356,54 @@ class SupportQueues:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis as a whole cannot take writes now (down, unreachable,
+    timing out, loading, busy, out of memory, a replica): then the worker holds its
+    stream. Any other error (a key of the wrong type, an ACL that refuses one key) is
+    the customer's alone."""
+    if isinstance(exc, (ReadOnlyError, OutOfMemoryError, NoScriptError)):
+        return True
+    if isinstance(exc, ResponseError):
+        return _code(exc) in UNAVAILABLE
+    return isinstance(exc, (RedisError, OSError))
+
+
+#: Redis 6 wraps the error of a command a script ran: "Error running script (call to
+#: f_SHA): @user_script:5: @user_script: 5: -OOM command not allowed ...".
+_SCRIPT_ERROR = re.compile(r"@user_script: ?\d+: -?([A-Z][A-Z_]+) ")
+
+
+def _code(exc: BaseException) -> str:
+    """Redis's error code (``WRONGTYPE``, ``OOM``): that of the command a script ran,
+    else the first word of the message."""
+    message = _redis_message(exc)
+    inner = _SCRIPT_ERROR.findall(message)
+    if inner:
+        return str(inner[-1])
+    words = message.split(maxsplit=1)
+    return words[0] if words and words[0].isupper() else ""
+
+
+def reason(exc: BaseException) -> str:
+    """``exc`` for a log line: its type and Redis's message (one line), never the
+    command's arguments (which redis-py quotes in a pipeline's errors, tiers included)."""
+    message = _redis_message(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+#: redis-py's annotation of a pipeline's error: "Command # N (ARGS...) of pipeline
+#: caused error: MESSAGE", whose ARGS are a script's arguments (a customer's tiers).
+_ANNOTATION = " of pipeline caused error: "
+
+
+def _redis_message(exc: BaseException) -> str:
+    """The error's message without redis-py's annotation, cut to one line."""
+    text = str(exc)
+    if text.startswith("Command # "):
+        text = text.rpartition(_ANNOTATION)[2] if _ANNOTATION in text else ""
+    return text.splitlines()[0][:200] if text.strip() else ""
 
 
 def _without_secrets(exc: BaseException) -> str:

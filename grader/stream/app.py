@@ -32,7 +32,7 @@ from grader.core import Grading, policy_stale
 from grader.events import Rejection
 from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
-from grader.sinks.redis import SupportQueues
+from grader.sinks.redis import SupportQueues, reason
 from grader.state import CustomerState
 from grader.stream import step, web
 from grader.stream.admin import bootstrap_servers
@@ -467,8 +467,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
             try:
                 await processor.sweep_policies([partition])
             except Exception as exc:  # a timer's error would crash the worker; retried
-                log.warning("policy roll-out of partition %d failed, retried: %r", partition,
-                            exc)
+                log.warning("policy roll-out of partition %d failed, retried: %s", partition,
+                            reason(exc))
                 return
             swept.add(partition)
             telemetry.sweep_pending.set(len(mine - swept))
@@ -538,8 +538,8 @@ async def grade_batches(stream: Any, processor: Processor,
             for event in events:
                 event.message.acked = True  # never reaches the consumer: not committed
             if not isinstance(exc, asyncio.CancelledError):
-                log.error("batch of %d messages not settled, stopping the worker: %r",
-                          len(events), exc)
+                log.error("batch of %d messages not settled, stopping the worker: %s",
+                          len(events), reason(exc))
                 await crash(exc)
             raise
 

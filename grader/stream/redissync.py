@@ -28,18 +28,21 @@ from grader.stream.changelog import read_states
 log = logging.getLogger(__name__)
 
 
-def redis_sync(settings: Settings, queues: SupportQueues, tansu: bool) -> tuple[int, int]:
-    """Rewrite every key; return (customers written, stale keys removed)."""
+def redis_sync(settings: Settings, queues: SupportQueues,
+               tansu: bool) -> tuple[int, int, list[str]]:
+    """Rewrite every key; return (customers written, stale keys removed, the ids of the
+    customers whose write Redis refused, each logged)."""
     return asyncio.run(_sync(settings, queues, tansu))
 
 
-async def _sync(settings: Settings, queues: SupportQueues, tansu: bool) -> tuple[int, int]:
+async def _sync(settings: Settings, queues: SupportQueues,
+                tansu: bool) -> tuple[int, int, list[str]]:
     try:
         await queues.connect()
         states = await read_states(settings, tansu)
-        await queues.write(list(states.values()))
+        skipped = await queues.write(list(states.values()))
         removed = await remove_stale(queues, states)
-        return len(states), removed
+        return len(states) - len(skipped), removed, skipped
     except RedisSetupError as exc:
         raise GraderError(str(exc)) from None
     finally:
@@ -59,6 +62,13 @@ async def remove_stale(queues: SupportQueues, states: dict[str, CustomerState]) 
             removed += await redis.delete(key)
     async for key in redis.scan_iter(match=_glob(prefix) + "queue:*", count=1000):
         queue = key.decode()[len(prefix) + len("queue:"):]
+        found = (await redis.type(key)).decode()
+        if found != "zset":  # no open ticket is there: the write would have replaced it
+            if found != "none":
+                log.warning("Redis key %s held a %s, not a zset: removed (no open ticket "
+                            "is in that queue)", key.decode(), found)
+            removed += await redis.delete(key)
+            continue
         members = [m.decode() for m in await redis.zrange(key, 0, -1)]
         stale = [m for m in members if open_in.get(m) != queue]
         if stale:
@@ -75,8 +85,13 @@ def _glob(text: str) -> str:
 
 
 def main(settings: Settings, queues: SupportQueues) -> int:
-    """The command: one summary line on stderr."""
-    written, removed = redis_sync(settings, queues, settings.broker_quirks == "tansu")
+    """The command: one summary line on stderr (and one naming the customers Redis
+    refused, then a non-zero exit)."""
+    written, removed, skipped = redis_sync(settings, queues, settings.broker_quirks == "tansu")
     print(f"redis-sync: wrote {written} customers to Redis at {queues.where}, "
           f"removed {removed} stale keys or queue entries", file=sys.stderr)
+    if skipped:
+        print(f"redis-sync: {len(skipped)} customers not written, Redis refused them "
+              f"(named above): {', '.join(skipped[:10])}", file=sys.stderr)
+        return 1
     return 0

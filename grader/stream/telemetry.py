@@ -134,7 +134,8 @@ class Telemetry:
         self.rebalances = Counter("grader_rebalances", "Partition assignments received",
                                   registry=registry)
         self.redis_errors = Counter("grader_redis_errors",
-                                    "Failed writes to Redis (each retried)", registry=registry)
+                                    "Failed writes to Redis (retried while it is unavailable; "
+                                    "a customer it refused is skipped)", registry=registry)
         self.policy_regrades = Counter("grader_policy_regrades",
                                        "Customers graded again after a policy roll-out",
                                        registry=registry)
