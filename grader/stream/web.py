@@ -29,7 +29,7 @@ from aiohttp import web
 
 from grader.core import Grading
 from grader.customerview import CUSTOMER_ID, customer_document
-from grader.stream import step
+from grader.stream import step, webserver
 from grader.stream.tables import TableStore
 from grader.stream.topology import partition_of
 
@@ -72,6 +72,7 @@ def install(app: faust.App, grading: Grading, customers: TableStore, changelog: 
     """Add the access middleware and the customer endpoint to ``app``'s web server."""
     server: Any = app.web  # Faust's aiohttp driver; its aiohttp Application is not started yet
     server.web_app.middlewares.append(access_middleware(token))
+    webserver.install_json_errors(server)
 
     def owner_url(partition: int) -> str | None:
         """The web URL of the worker whose active changelog partitions hold ``partition``."""
