@@ -38,6 +38,7 @@ DEFAULTS: dict[str, str] = {
     "partitions": "8",
     "web_host": "127.0.0.1",
     "web_port": "6066",
+    "web_idle_timeout": "10",
     "data_dir": "./data",
     "api_token": "",
     "broker_quirks": "none",
@@ -83,6 +84,7 @@ class Settings:
     log_level: str = "info"
     kafka_security: KafkaSecurity = PLAINTEXT  # repr shows no password
     redis_files: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, cert, key
+    web_idle_timeout: int = 10  # seconds a web connection may wait for a whole request
 
     @property
     def kafka(self) -> KafkaTarget:
@@ -182,6 +184,7 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         log_level=raw["log_level"],
         kafka_security=_kafka_security(raw, password),
         redis_files=redis_files,  # type: ignore[arg-type]
+        web_idle_timeout=_int(raw, "web_idle_timeout", 1, 3600),
     )
 
 

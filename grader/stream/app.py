@@ -34,7 +34,7 @@ from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.sinks.redis import SupportQueues, reason
 from grader.state import CustomerState
-from grader.stream import step, web
+from grader.stream import step, web, webserver
 from grader.stream.admin import bootstrap_servers
 from grader.stream.flowfix import keep_records_on_repeated_resume
 from grader.stream.localstate import changelogs_of, record_when_created
@@ -369,6 +369,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         # No standby replicas: Faust's standby path lost changelog records (docs/streaming.md,
         # "Standby replicas"); a partition a worker takes over is read from its changelog.
         table_standby_replicas=0,
+        web_application_options=webserver.application_options(settings.web_idle_timeout),
         **options.faust_settings,
     )
     keep_records_on_repeated_resume(app.flow_control)  # grader/stream/flowfix.py

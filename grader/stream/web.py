@@ -9,10 +9,12 @@ is under way) is tried once more with fresh metadata, then answered 503;
 it never waits longer than FORWARD_TIMEOUT.
 
 With an API token (``GRADER_API_TOKEN``), every request but ``/metrics``
-needs ``Authorization: Bearer <token>`` (compared in constant time), else
-401. Every error is a JSON object ``{"error": ...}``: 400 for a malformed
-customer id, 401, 404 for an unknown customer or path, 405 for a method
-other than GET, 503 while the owner cannot be reached or is recovering.
+needs ``Authorization: Bearer <token>`` (the scheme in any case, as RFC 9110
+says; the token compared in constant time, as bytes), else 401. Every error is
+a JSON object ``{"error": ...}``: 400 for a malformed customer id or request,
+401, 404 for an unknown customer or path, 405 for a method other than GET,
+503 while the owner cannot be reached or is recovering (grader/stream/webserver.py
+makes aiohttp's own answers JSON too).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import faust
 from aiohttp import web
+from yarl import URL
 
 from grader.core import Grading
 from grader.customerview import CUSTOMER_ID, customer_document
-from grader.stream import step
+from grader.stream import step, webserver
 from grader.stream.tables import TableStore
 from grader.stream.topology import partition_of
 
@@ -37,25 +41,42 @@ log = logging.getLogger(__name__)
 FORWARD_TIMEOUT = 5.0  # seconds for one forwarded request
 FORWARDED = "X-Grader-Forwarded"  # set on a forwarded request: it is never forwarded again
 OPEN_PATHS = frozenset({"/metrics"})
+RELAYED = ("Retry-After", "WWW-Authenticate")  # headers of the owner's answer a forward keeps
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
+def bearer_token(request: web.Request) -> bytes:
+    """The token of the request's ``Authorization: Bearer <token>``, else b"".
+
+    The header's bytes as sent: aiohttp decodes header values as UTF-8 with
+    surrogateescape, so any bytes are undone exactly (and no bytes are an error).
+    """
+    header = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    scheme, _space, credentials = header.partition(b" ")
+    return credentials.lstrip(b" ") if scheme.lower() == b"bearer" else b""
+
+
+def customer_path(customer_id: str) -> str:
+    """``/customers/{customer_id}``, percent-encoded, ``.`` too: an id ``..`` or ``.`` is
+    a path segment that URL normalisation would remove; ``%2E%2E`` is decoded to ``..``."""
+    return "/customers/" + quote(customer_id, safe="").replace(".", "%2E")
+
+
 def access_middleware(token: str | None) -> Any:
     """The token check, and JSON bodies for aiohttp's own errors (404, 405)."""
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     @web.middleware
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
-        if expected is not None and request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return error(401, "a valid bearer token is needed (Authorization header)",
-                             **{"WWW-Authenticate": 'Bearer realm="grader"'})
+        if (expected is not None and request.path not in OPEN_PATHS
+                and not hmac.compare_digest(bearer_token(request), expected)):
+            return error(401, "a valid bearer token is needed (Authorization header)",
+                         **{"WWW-Authenticate": 'Bearer realm="grader"'})
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -72,6 +93,7 @@ def install(app: faust.App, grading: Grading, customers: TableStore, changelog: 
     """Add the access middleware and the customer endpoint to ``app``'s web server."""
     server: Any = app.web  # Faust's aiohttp driver; its aiohttp Application is not started yet
     server.web_app.middlewares.append(access_middleware(token))
+    webserver.install_json_errors(server)
 
     def owner_url(partition: int) -> str | None:
         """The web URL of the worker whose active changelog partitions hold ``partition``."""
@@ -80,21 +102,25 @@ def install(app: faust.App, grading: Grading, customers: TableStore, changelog: 
                 return str(url)
         return None
 
-    async def forward(request: Any, partition: int) -> web.Response:
+    async def forward(request: Any, customer_id: str, partition: int) -> web.Response:
         session = app.http_client
+        headers = {FORWARDED: "1"}
+        given = request.headers.get("Authorization")
+        if given is not None and given.isprintable():  # not: undecodable bytes, controls
+            headers["Authorization"] = given
         for attempt in range(2):
             url = owner_url(partition)
             if url is not None and url.rstrip("/") != str(app.conf.canonical_url).rstrip("/"):
-                headers = {FORWARDED: "1"}
-                if "Authorization" in request.headers:
-                    headers["Authorization"] = request.headers["Authorization"]
+                target = URL(url).with_path(customer_path(customer_id), encoded=True)
                 try:
                     async with session.get(
-                            f"{url.rstrip('/')}{request.path}", headers=headers,
+                            target, headers=headers,
                             timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)) as answer:
                         body = await answer.read()
-                        return web.Response(body=body, status=answer.status,
-                                            content_type="application/json")
+                        relayed = {name: answer.headers[name] for name in RELAYED
+                                   if name in answer.headers}
+                        return web.Response(body=body, status=answer.status, headers=relayed,
+                                            content_type="application/json", charset="utf-8")
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     log.info("forwarding a customer request to %s failed (%s)", url,
                              type(exc).__name__)
@@ -113,7 +139,7 @@ def install(app: faust.App, grading: Grading, customers: TableStore, changelog: 
                 if request.headers.get(FORWARDED):
                     return error(503, "this worker no longer owns the customer; retry",
                                  **{"Retry-After": "1"})
-                return await forward(request, partition)
+                return await forward(request, customer_id, partition)
             if app.in_recovery:
                 return error(503, "this worker is recovering its state; retry",
                              **{"Retry-After": "1"})

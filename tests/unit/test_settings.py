@@ -23,6 +23,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.topic_prefix, s.redis_prefix, s.partitions) == ("grader.", "grader:", 8)
     assert (s.web_host, s.web_port, s.api_token) == ("127.0.0.1", 6066, None)
     assert (s.broker_quirks, s.live_ticks, s.log_level) == ("none", True, "info")
+    assert s.web_idle_timeout == 10
     assert s.kafka_security == PLAINTEXT and s.kafka_security.check_hostname
     assert s.kafka == KafkaTarget("kafka://127.0.0.1:9092", PLAINTEXT)
 
@@ -39,6 +40,7 @@ def test_file_then_environment_wins(tmp_path: Path) -> None:
     [
         ("", {"GRADER_PARTITIONS": "0"}, "partitions (GRADER_PARTITIONS)"),
         ("", {"GRADER_WEB_PORT": "http"}, "web_port (GRADER_WEB_PORT)"),
+        ("", {"GRADER_WEB_IDLE_TIMEOUT": "0"}, "web_idle_timeout (GRADER_WEB_IDLE_TIMEOUT)"),
         ("", {"GRADER_KAFKA_URL": "localhost:9092"}, "kafka_url (GRADER_KAFKA_URL)"),
         ("", {"GRADER_REDIS_URL": "http://x"}, "redis_url (GRADER_REDIS_URL)"),
         ("", {"GRADER_SUPPORT_POLICY": "stars"}, "support_policy (GRADER_SUPPORT_POLICY)"),
