@@ -20,6 +20,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from grader.kafkabroker import KafkaBroker, kafka_available, start_kafka
 from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
+from tests.conftest import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,14 +33,14 @@ BROKERS = ("tansu", "kafka")
 def broker(request: pytest.FixtureRequest) -> Iterator[Server]:
     """Each broker for the session in turn (tansu, then Apache Kafka); tests isolate
     themselves by topic prefix. Where Kafka cannot run (no Java), its half is skipped
-    with the reason, except in CI (CI=true), where that fails the run."""
+    with the reason, except in CI (`CI` set), where that fails the run."""
     if request.param == "tansu":
         with start_broker() as running:
             yield running
         return
     why = kafka_available()
     if why is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Apache Kafka is needed in CI: {why}")
         pytest.skip(f"Apache Kafka cannot run here: {why}")
     with start_kafka() as running:

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from grader.services import RedisServer, free_port
+from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_metrics import samples, scrape
 from tests.integration.test_stream import events_file, expected, final_tick_equals_replay
@@ -42,12 +43,12 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 
 
 def need_prometheus() -> Path:
-    """Debian's prometheus; missing: a failure in CI (CI=true), else a skip saying why."""
+    """Debian's prometheus; missing: a failure in CI (`CI` set), else a skip saying why."""
     if os.access(PROMETHEUS, os.X_OK):
         return PROMETHEUS
     why = (f"{PROMETHEUS} not installed (Debian's prometheus package, "
            "scripts/install-debian-packages)")
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail(f"{why}: needed in CI")
     pytest.skip(why)
 

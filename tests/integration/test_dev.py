@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import pytest
 
 from grader.kafkabroker import kafka_available
-from tests.conftest import ROOT
+from tests.conftest import ROOT, in_ci
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +25,7 @@ def port_open(url: str) -> bool:
 @pytest.mark.parametrize("broker", ["tansu", "kafka"])
 def test_dev_shows_tiers_changing_and_stops_everything(broker: str) -> None:
     if broker == "kafka" and (why := kafka_available()) is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Apache Kafka is needed in CI: {why}")
         pytest.skip(f"Apache Kafka cannot run here: {why}")
     result = subprocess.run(

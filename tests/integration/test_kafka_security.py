@@ -31,6 +31,7 @@ from kafka import KafkaConsumer
 
 from grader.kafkabroker import KafkaBroker, SaslSslListener, kafka_available, start_kafka
 from grader.services import free_port
+from tests.conftest import in_ci
 from tests.integration.conftest import ROOT, Stream, read_all
 from tests.integration.test_stream import AS_OF, events_file, expected, wait_applied, wait_for_tiers
 from tests.pki import Pki, make_pki, openssl_or_skip
@@ -66,7 +67,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
     """Apache Kafka with a SASL_SSL listener; skipped (failed in CI) where Kafka cannot run."""
     why = kafka_available()
     if why is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Apache Kafka is needed in CI: {why}")
         pytest.skip(f"Apache Kafka cannot run here: {why}")
     openssl_or_skip()

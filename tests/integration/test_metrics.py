@@ -4,7 +4,6 @@ what the test produced and the topics hold."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import urllib.request
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from grader.events import TOPIC_OF_TYPE, Event, parse_event
 from grader.services import free_port
+from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import (
     CTX,
@@ -50,7 +50,7 @@ def promtool_check(text: str, tmp_path: Path) -> None:
     """`promtool check metrics` (Debian's prometheus package), where it is installed."""
     promtool = shutil.which("promtool")
     if promtool is None:  # scripts/install-debian-packages installs it
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("promtool (Debian's prometheus package) is needed in CI")
         return  # the parser still checks the format
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
