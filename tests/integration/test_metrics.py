@@ -84,7 +84,7 @@ def test_metrics_count_what_the_worker_did(stream: Stream, tmp_path: Path) -> No
     # it cannot route itself), by code; a redelivered bad message is counted and
     # dead-lettered again, so the two stay equal
     by_worker = Counter(d["code"] for d in (orjson.loads(r.value) for r in
-                                            stream.read("dead-letters", idle=0.5))
+                                            stream.read("dead-letters"))
                         if d["topic"].startswith(stream.prefix))
     assert by_worker and len(dead) > sum(by_worker.values())
     rejected = sum(v for k, v in events_total.items() if dict(k)["outcome"] == "rejected")
@@ -94,7 +94,7 @@ def test_metrics_count_what_the_worker_did(stream: Stream, tmp_path: Path) -> No
 
     # tier changes: as on the topic, by policy and direction
     on_topic = Counter((c["policy"], c["direction"]) for c in
-                       (orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5)))
+                       (orjson.loads(r.value) for r in stream.read("tier-changes")))
     changes = {(dict(k)["policy"], dict(k)["direction"]): v
                for k, v in samples(text, "grader_tier_changes_total").items()}
     assert changes == dict(on_topic)

@@ -59,7 +59,7 @@ def tiers_under(lines: list[bytes], policies: tuple[str, ...]) -> dict[tuple[str
 
 
 def policy_changes(stream: Stream) -> list[dict[str, Any]]:
-    return [c for c in (orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5))
+    return [c for c in (orjson.loads(r.value) for r in stream.read("tier-changes"))
             if c["cause"]["kind"] == "policy"]
 
 
