@@ -29,17 +29,20 @@ def port_open(url: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
-def watch(process: subprocess.Popen[str]) -> list[str]:
-    """The lines ``process`` writes on standard output, as they come (a thread reads them)."""
+def watch(process: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """The lines ``process`` writes on standard output, as they come, and the thread that
+    reads them (it ends when the process closes its output)."""
     lines: list[str] = []
 
     def read() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
+        with process.stdout:
+            for line in process.stdout:
+                lines.append(line.rstrip("\n"))
 
-    threading.Thread(target=read, daemon=True).start()
-    return lines
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
 
 
 def shows_everything(lines: list[str]) -> bool:
@@ -73,7 +76,7 @@ def test_dev_shows_tiers_changing_and_stops_everything(broker: str, tmp_path: Pa
              "--customers", "6", "--broker", broker],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
             text=True)
-        lines = watch(dev)
+        lines, reader = watch(dev)
         try:
             wait_for(lambda: shows_everything(lines) or dev.poll() is not None, 180,
                      "grader dev to show tier changes, populations and queues")
@@ -84,6 +87,7 @@ def test_dev_shows_tiers_changing_and_stops_everything(broker: str, tmp_path: Pa
             if dev.poll() is None:
                 dev.kill()
                 dev.wait()
+            reader.join(10)
         errors.seek(0)
         stderr = errors.read()
     assert shows_everything(lines), "\n".join(lines[-40:]) + stderr[-2000:]
