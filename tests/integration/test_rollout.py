@@ -94,6 +94,8 @@ def test_a_new_version_regrades_every_customer_once(stream: Stream, tmp_path: Pa
         if during == "kill_9":
             second = stream.start_worker(GRADER_POLICIES=policies)
     second.wait_ready(45)
+    if third is not None:  # stopped below: a worker still starting up dies of SIGTERM
+        third.wait_ready(45)
     wait_for_tiers(stream, want2, timeout=60)
 
     changes = policy_changes(stream)
