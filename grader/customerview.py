@@ -1,7 +1,9 @@
 """The body of ``GET /customers/{customer_id}``: one customer's grades, from its state (pure).
 
-For each active policy: the tier, the exact score that decided it (a
-fraction string, ``"1703/20"``) and the same rounded to 2 decimals, the
+For each active policy: the tier, its score rounded to 2 decimals as
+GRADING.md section 5 reports scores (half away from zero, like the
+tier-change records) and the exact score that decided it (a fraction
+string, ``"1703/20"``), the
 points per line and the metric values behind them as of the customer's
 ``as_of``, whether the tier is pinned, and its sequence. Then the blacklist
 flag, the override audit trail and ``as_of``. Amounts and scores are
@@ -40,8 +42,8 @@ def customer_document(state: CustomerState, grading: Grading) -> dict[str, Any]:
             policies[policy.name] = {
                 "policy_version": policy.version,
                 "tier": tier.tier,
-                "score": str(to_fraction(tier.score)),
-                "score_rounded": display(tier.score),
+                "score": display(tier.score),
+                "score_exact": str(to_fraction(tier.score)),
                 "breakdown": dict(zip(keys, map(display, memo.points), strict=True)),
                 "metrics": {k: None if v is None else display(v)
                             for k, v in zip(keys, memo.values, strict=True)},

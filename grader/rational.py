@@ -32,7 +32,7 @@ def cents(num: int, den: int) -> int:
 
 
 def round2(value: Ratio | Fraction) -> Decimal:
-    """Round to 2 decimals (half up) for display; decisions never use this."""
+    """Round to 2 decimals (half away from zero) for display; decisions never use this."""
     num, den = value if isinstance(value, tuple) else (value.numerator, value.denominator)
     return Decimal(cents(num, den)).scaleb(-2)
 

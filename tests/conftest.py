@@ -84,3 +84,14 @@ def at(text: str) -> int:
 @pytest.fixture
 def make_event() -> Callable[..., Event]:
     return event
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: ``CI`` set to anything non-empty (``true``, ``1``, ...).
+
+    In CI a test that needs a service or tool it cannot have fails; elsewhere it
+    is skipped saying why (STYLE.md: never silently skipped in CI). Every such
+    guard asks this function; tests/unit/test_ci_guards.py checks that none
+    reads ``CI`` itself.
+    """
+    return bool(os.environ.get("CI"))

@@ -11,7 +11,6 @@ tenths of a second in all.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import in_ci
 
 EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
@@ -38,9 +39,9 @@ class Pki:
 
 
 def openssl_or_skip() -> None:
-    """Skip the test without the openssl CLI; fail in CI (CI=true), where it must run."""
+    """Skip the test without the openssl CLI; fail in CI, where it must run."""
     if shutil.which("openssl") is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("the openssl command is needed in CI")
         pytest.skip("the openssl command is not on PATH")
 

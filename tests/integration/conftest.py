@@ -20,6 +20,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from grader.kafkabroker import KafkaBroker, kafka_available, start_kafka
 from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
+from tests.conftest import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,14 +33,14 @@ BROKERS = ("tansu", "kafka")
 def broker(request: pytest.FixtureRequest) -> Iterator[Server]:
     """Each broker for the session in turn (tansu, then Apache Kafka); tests isolate
     themselves by topic prefix. Where Kafka cannot run (no Java), its half is skipped
-    with the reason, except in CI (CI=true), where that fails the run."""
+    with the reason, except in CI (`CI` set), where that fails the run."""
     if request.param == "tansu":
         with start_broker() as running:
             yield running
         return
     why = kafka_available()
     if why is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Apache Kafka is needed in CI: {why}")
         pytest.skip(f"Apache Kafka cannot run here: {why}")
     with start_kafka() as running:
@@ -173,20 +174,27 @@ class Stream:
                                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
-    def read(self, suffix: str, idle: float = 1.0) -> list[Any]:
+    def read(self, suffix: str) -> list[Any]:
         """Every record of ``prefix + suffix`` from the start (partition order kept)."""
-        return read_topic(self.broker, self.prefix + suffix, idle)
+        return read_topic(self.broker, self.prefix + suffix)
 
 
-def read_topic(broker: Server, topic: str, idle: float = 1.0) -> list[Any]:
-    """All records of ``topic``, read until ``idle`` seconds pass without a new one."""
+def read_topic(broker: Server, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its end when the read starts (read_all)."""
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
-    return read_all(consumer, topic, idle)
+    return read_all(consumer, topic)
 
 
-def read_all(consumer: KafkaConsumer, topic: str, idle: float) -> list[Any]:
-    """Every record of ``topic`` with ``consumer`` (closed afterwards), read from the
-    beginning until ``idle`` seconds pass without a new one."""
+def read_all(consumer: KafkaConsumer, topic: str, timeout: float = 30) -> list[Any]:
+    """Every record of ``topic`` with ``consumer`` (closed afterwards), from the beginning
+    up to each partition's end offset, fetched before the first record is read.
+
+    Whatever was acknowledged before the call is in the result, however slow the
+    broker; nothing is inferred from a quiet moment. tansu's ListOffsets can say
+    less than the end (the last batch's base + 1, docs/tansu.md), but never 0 for
+    a partition with records, so the read fetches that last batch, whose Fetch
+    response carries the true high watermark, and goes on up to it.
+    """
     try:
         parts = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
@@ -195,12 +203,18 @@ def read_all(consumer: KafkaConsumer, topic: str, idle: float) -> list[Any]:
             return []
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
+        ends: dict[TopicPartition, int] = consumer.end_offsets(parts)
         records: list[Any] = []
-        last = time.monotonic()
-        while time.monotonic() - last < idle:
+        deadline = time.monotonic() + timeout
+
+        def behind() -> list[TopicPartition]:
+            return [tp for tp in parts
+                    if consumer.position(tp) < max(ends[tp], consumer.highwater(tp) or 0)]
+
+        while waiting := behind():
+            assert time.monotonic() < deadline, f"{topic}: not read to its end: {waiting}"
             for batch in consumer.poll(timeout_ms=100).values():
                 records += batch
-                last = time.monotonic()
         return records
     finally:
         consumer.close()

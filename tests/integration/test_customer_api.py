@@ -70,8 +70,8 @@ def test_customers_as_the_replay_grades_them_from_any_worker(stream: Stream,
         for policy in POLICIES:
             graded = body["policies"][policy]
             assert graded["tier"] == want[customer, policy]
-            exact = Fraction(graded["score"])
-            assert float(round2(exact)) == graded["score_rounded"]  # half up, as everywhere
+            exact = Fraction(graded["score_exact"])
+            assert float(round2(exact)) == graded["score"]  # half away from zero, as everywhere
             assert list(graded["breakdown"]) == list(line_keys[policy])
             assert list(graded["metrics"]) == list(line_keys[policy])
             assert graded["sequence"] >= 1 and isinstance(graded["pinned"], bool)

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from grader.services import RedisServer, free_port
+from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_metrics import samples, scrape
 from tests.integration.test_stream import events_file, expected, final_tick_equals_replay
@@ -42,12 +43,12 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 
 
 def need_prometheus() -> Path:
-    """Debian's prometheus; missing: a failure in CI (CI=true), else a skip saying why."""
+    """Debian's prometheus; missing: a failure in CI (`CI` set), else a skip saying why."""
     if os.access(PROMETHEUS, os.X_OK):
         return PROMETHEUS
     why = (f"{PROMETHEUS} not installed (Debian's prometheus package, "
            "scripts/install-debian-packages)")
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail(f"{why}: needed in CI")
     pytest.skip(why)
 
@@ -70,15 +71,31 @@ class Prometheus:
         except urllib.error.HTTPError as exc:  # 400/422: the body says why
             return json.load(exc)
 
-    def query(self, expr: str) -> Any:
-        return self.get("/api/v1/query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> Any:
+        """An instant query, now or evaluated ``at`` a Unix time."""
+        if at is None:
+            return self.get("/api/v1/query", query=expr)
+        return self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
 
-    def vector(self, expr: str) -> list[dict[str, Any]]:
+    def vector(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """The result of an instant query that must succeed."""
-        answer = self.query(expr)
+        answer = self.query(expr, at)
         assert answer["status"] == "success", (expr, answer)
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
+
+    def last_scrape(self, target: str) -> float:
+        """When Prometheus last scraped ``target`` (its sample time, Unix seconds)."""
+        found = self.vector(f'timestamp(up{{job="grader",instance="{target}"}})')
+        return value(found[0]) if found else 0.0
+
+    def first_time(self, expr: str, reached: float, start: float, end: float) -> float:
+        """The first second in [start, end] at which the scalar ``expr`` was ``reached``."""
+        answer = self.get("/api/v1/query_range", query=expr, start=f"{start:.3f}",
+                          end=f"{end:.3f}", step="1")
+        assert answer["status"] == "success", (expr, answer)
+        [series] = answer["data"]["result"]
+        return min(float(t) for t, v in series["values"] if float(v) >= reached)
 
 
 @contextmanager
@@ -153,6 +170,7 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
                         tmp_path / "prometheus.log") as prometheus:
         wait_for(lambda: [s for s in prometheus.vector(f'up{{job="grader",instance="{target}"}}')
                           if value(s) == 1], 30, "Prometheus to scrape the worker")
+        started = prometheus.last_scrape(target)
         produced = stream.grader("produce", str(tmp_path / "events.jsonl"))
         assert produced.returncode == 0, produced.stderr
         final_tick_equals_replay(stream, lines, want)
@@ -173,14 +191,24 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
             return got == dict(population) and rejected == codes
 
         wait_for(caught_up, 30, "Prometheus to scrape the final population and rejections")
-        # a few more scrapes, so every rate() window holds at least two samples after
-        # the last change
-        time.sleep(3)
+        # Every query is evaluated at one instant of Prometheus' own time, two scrapes
+        # after the final state, whatever the wall clock did meanwhile; the latency
+        # panels a second after their histogram's last observation, so that their
+        # [$__rate_interval] window holds it however long the test's waits took.
+        final = prometheus.last_scrape(target)
+        wait_for(lambda: prometheus.last_scrape(target) >= final + 2, 30,
+                 "Prometheus to scrape the worker twice more")
+        at = prometheus.last_scrape(target)
+        count = 'sum(grader_event_to_tier_change_seconds_count{job="grader"})'
+        observed = value(prometheus.vector(count, at)[0])
+        assert observed > 0, "tier changes caused by events were timed"
+        last_observed = min(prometheus.first_time(count, observed, started, at) + 1, at)
 
         results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for title, ref, expr in panel_queries(dashboard()):
             query = promql(expr)
-            answer = prometheus.query(query)
+            latency = "grader_event_to_tier_change_seconds_bucket" in query
+            answer = prometheus.query(query, last_observed if latency else at)
             assert answer["status"] == "success", (title, ref, query, answer)
             result = answer["data"]["result"]
             assert answer["data"]["resultType"] == "vector", (title, ref, query)
@@ -203,7 +231,7 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
     # rejections by code: the codes the worker counted
     assert {s["metric"]["code"] for s in
             by_title["Rejections per minute by code"]} == set(codes)
-    # latency: tiers changed within the last minute, so both quantiles are numbers
+    # latency: evaluated just after the last observation, so both quantiles are numbers
     latency = results["Event to tier change latency (p50, p99)", "A"]
     latency += results["Event to tier change latency (p50, p99)", "B"]
     assert all(math.isfinite(value(s)) and value(s) >= 0 for s in latency), latency

@@ -1,7 +1,7 @@
 """A real Apache Kafka 4.x broker (grader.kafkabroker), checked with kafka-python.
 
 One broker for the module. Without java (or without both mvn and the cached
-jars) the tests skip with the reason, except under CI=true, where they fail.
+jars) the tests skip with the reason, except in CI (`CI` set), where they fail.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from grader.kafkabroker import KafkaBroker, kafka_available, start_kafka
 from grader.services import ServiceError, free_port
+from tests.conftest import in_ci
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def kafka() -> Iterator[KafkaBroker]:
     """One Kafka broker for this module, or skip (fail under CI) when it cannot run."""
     reason = kafka_available()
     if reason:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Kafka cannot run on this CI machine: {reason}")
         pytest.skip(reason)
     with start_kafka() as broker:

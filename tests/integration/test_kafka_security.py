@@ -31,6 +31,7 @@ from kafka import KafkaConsumer
 
 from grader.kafkabroker import KafkaBroker, SaslSslListener, kafka_available, start_kafka
 from grader.services import free_port
+from tests.conftest import in_ci
 from tests.integration.conftest import ROOT, Stream, read_all
 from tests.integration.test_stream import AS_OF, events_file, expected, wait_applied, wait_for_tiers
 from tests.pki import Pki, make_pki, openssl_or_skip
@@ -66,7 +67,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
     """Apache Kafka with a SASL_SSL listener; skipped (failed in CI) where Kafka cannot run."""
     why = kafka_available()
     if why is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Apache Kafka is needed in CI: {why}")
         pytest.skip(f"Apache Kafka cannot run here: {why}")
     openssl_or_skip()
@@ -87,8 +88,8 @@ class SecureStream(Stream):
     def env(self, data_dir: str = "data", **extra: str) -> dict[str, str]:
         return super().env(data_dir, **{**self.secure.env(), **extra})
 
-    def read(self, suffix: str, idle: float = 1.0) -> list[Any]:
-        return read_over_sasl_ssl(self.secure, self.prefix + suffix, idle)
+    def read(self, suffix: str) -> list[Any]:
+        return read_over_sasl_ssl(self.secure, self.prefix + suffix)
 
 
 @pytest.fixture
@@ -100,14 +101,14 @@ def stream(secure: SecureKafka, tmp_path: Path) -> Iterator[SecureStream]:
             worker.kill()
 
 
-def read_over_sasl_ssl(secure: SecureKafka, topic: str, idle: float) -> list[Any]:
+def read_over_sasl_ssl(secure: SecureKafka, topic: str) -> list[Any]:
     """Every record of ``topic``, read by a kafka-python consumer configured here by hand."""
     consumer = KafkaConsumer(
         bootstrap_servers=secure.broker.sasl_ssl_url.removeprefix("kafka://"),
         security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
         sasl_plain_username=USER, sasl_plain_password=secure.password,
         ssl_cafile=str(secure.pki.ca), enable_auto_commit=False)
-    return read_all(consumer, topic, idle)
+    return read_all(consumer, topic)
 
 
 def timed(stream: Stream, *args: str, **extra: str) -> tuple[Any, float]:

@@ -4,7 +4,6 @@ what the test produced and the topics hold."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import urllib.request
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from grader.events import TOPIC_OF_TYPE, Event, parse_event
 from grader.services import free_port
+from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import (
     CTX,
@@ -50,7 +50,7 @@ def promtool_check(text: str, tmp_path: Path) -> None:
     """`promtool check metrics` (Debian's prometheus package), where it is installed."""
     promtool = shutil.which("promtool")
     if promtool is None:  # scripts/install-debian-packages installs it
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("promtool (Debian's prometheus package) is needed in CI")
         return  # the parser still checks the format
     done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
@@ -84,7 +84,7 @@ def test_metrics_count_what_the_worker_did(stream: Stream, tmp_path: Path) -> No
     # it cannot route itself), by code; a redelivered bad message is counted and
     # dead-lettered again, so the two stay equal
     by_worker = Counter(d["code"] for d in (orjson.loads(r.value) for r in
-                                            stream.read("dead-letters", idle=0.5))
+                                            stream.read("dead-letters"))
                         if d["topic"].startswith(stream.prefix))
     assert by_worker and len(dead) > sum(by_worker.values())
     rejected = sum(v for k, v in events_total.items() if dict(k)["outcome"] == "rejected")
@@ -94,7 +94,7 @@ def test_metrics_count_what_the_worker_did(stream: Stream, tmp_path: Path) -> No
 
     # tier changes: as on the topic, by policy and direction
     on_topic = Counter((c["policy"], c["direction"]) for c in
-                       (orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5)))
+                       (orjson.loads(r.value) for r in stream.read("tier-changes")))
     changes = {(dict(k)["policy"], dict(k)["direction"]): v
                for k, v in samples(text, "grader_tier_changes_total").items()}
     assert changes == dict(on_topic)

@@ -14,12 +14,11 @@ ACL password, an unknown CA or a missing client certificate each end in one
 error line naming the setting to check, with a non-zero exit, within 15 s.
 The password is in no line any command or worker writes, at debug level too.
 Where Debian's redis-server is missing these tests are skipped saying why,
-except in CI (CI=true), where that fails.
+except in CI (`CI` set), where that fails.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pytest
 import redis
 
 from grader.services import RedisServer, RedisTls, start_secure_redis, tls_redis_available
+from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import write_lines
 from tests.integration.test_support_queues import order_events, redis_keys
@@ -45,10 +45,10 @@ MODES = ("optional", "yes")  # redis-server's tls-auth-clients
 
 
 def tls_redis_or_skip() -> None:
-    """Skip without Debian's redis-server; fail in CI (CI=true), where it must run."""
+    """Skip without Debian's redis-server; fail in CI, where it must run."""
     why = tls_redis_available()
     if why is not None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"Debian's redis-server is needed in CI: {why}")
         pytest.skip(why)
 

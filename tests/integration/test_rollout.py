@@ -59,7 +59,7 @@ def tiers_under(lines: list[bytes], policies: tuple[str, ...]) -> dict[tuple[str
 
 
 def policy_changes(stream: Stream) -> list[dict[str, Any]]:
-    return [c for c in (orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5))
+    return [c for c in (orjson.loads(r.value) for r in stream.read("tier-changes"))
             if c["cause"]["kind"] == "policy"]
 
 
@@ -94,6 +94,8 @@ def test_a_new_version_regrades_every_customer_once(stream: Stream, tmp_path: Pa
         if during == "kill_9":
             second = stream.start_worker(GRADER_POLICIES=policies)
     second.wait_ready(45)
+    if third is not None:  # stopped below: a worker still starting up dies of SIGTERM
+        third.wait_ready(45)
     wait_for_tiers(stream, want2, timeout=60)
 
     changes = policy_changes(stream)

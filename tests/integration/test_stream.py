@@ -83,7 +83,7 @@ def wait_applied(stream: Stream, lines: list[bytes], timeout: float = 45) -> Non
     seen: dict[str, set[str]] = {}
 
     def applied() -> bool:
-        latest = {r.key: r.value for r in stream.read("worker-customers-changelog", idle=0.3)}
+        latest = {r.key: r.value for r in stream.read("worker-customers-changelog")}
         seen.clear()
         seen.update({k.decode(): set(decode_record(v).state.seen) for k, v in latest.items()})
         return all(ids <= seen.get(c, set()) for c, ids in want.items())
@@ -102,7 +102,7 @@ def wait_applied(stream: Stream, lines: list[bytes], timeout: float = 45) -> Non
 def changelog_history(stream: Stream, missing: dict[str, list[str]]) -> str:
     """Each changelog record of these customers: where, how many events, which missing ones."""
     rows = []
-    for record in stream.read("worker-customers-changelog", idle=0.3):
+    for record in stream.read("worker-customers-changelog"):
         customer = record.key.decode()
         if customer in missing:
             stored = decode_record(record.value)
@@ -118,7 +118,7 @@ def streamed_tiers(stream: Stream) -> dict[tuple[str, str], str]:
     Only tiers are compared: a snapshot is published when a tier changes, so
     its score is the score of that moment (section 5), not of the last tick.
     """
-    latest = {r.key: orjson.loads(r.value) for r in stream.read("customer-tiers", idle=0.5)}
+    latest = {r.key: orjson.loads(r.value) for r in stream.read("customer-tiers")}
     return {(snap["customer_id"], policy): t["tier"]
             for snap in latest.values() for policy, t in snap["tiers"].items()}
 
@@ -159,7 +159,7 @@ def applied_once(stream: Stream, lines: list[bytes]) -> None:
         apply_event(want.setdefault(event.customer_id, new_state(event.customer_id)), event,
                     grading, 0)
     latest = {r.key.decode(): decode_record(r.value).state
-              for r in stream.read("worker-customers-changelog", idle=0.5)}
+              for r in stream.read("worker-customers-changelog")}
 
     def facts(state: CustomerState) -> tuple[Any, ...]:
         invoices = {n: (sorted(i.sales), sorted(i.payments)) for n, i in state.invoices.items()}
@@ -202,7 +202,7 @@ def dead_letter_codes(stream: Stream) -> list[tuple[str | None, str]]:
     """(original text, code) of each dead letter; the base64 of bytes that are not UTF-8
     or were cut; None for a message without a value."""
     return sorted(((d.get("raw", d.get("raw_base64")), d["code"]) for d in
-                   (orjson.loads(r.value) for r in stream.read("dead-letters", idle=0.5))),
+                   (orjson.loads(r.value) for r in stream.read("dead-letters"))),
                   key=str)
 
 
@@ -221,7 +221,7 @@ def test_end_to_end_equals_replay(stream: Stream, tmp_path: Path) -> None:
     wait_for_tiers(stream, want)
     applied_once(stream, lines)
     assert dead_letter_codes(stream) == sorted((d["raw"], d["code"]) for d in dead)
-    changes = [orjson.loads(r.value) for r in stream.read("tier-changes", idle=0.5)]
+    changes = [orjson.loads(r.value) for r in stream.read("tier-changes")]
     ids = [c["event_id"] for c in changes]
     assert len(ids) == len(set(ids)), "one worker, no restart: no tier change twice"
     assert "event loop: uvloop." in stream.workers[0].log()  # grader.stream.worker.use_uvloop
@@ -246,7 +246,7 @@ def test_bad_setting_stops_the_worker_before_connecting(stream: Stream, variable
 def assert_changes_consistent(stream: Stream) -> None:
     """A tier change seen twice (at-least-once) is the same change both times."""
     by_id: dict[str, tuple[Any, ...]] = {}
-    for record in stream.read("tier-changes", idle=0.5):
+    for record in stream.read("tier-changes"):
         change = orjson.loads(record.value)
         what = (change["customer_id"], change["policy"], change["sequence"], change["to_tier"])
         assert by_id.setdefault(change["event_id"], what) == what
@@ -269,12 +269,12 @@ def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:
     first = stream.start_worker()
     first.wait_ready()
     producing = stream.grader_process("produce", str(tmp_path / "events.jsonl"))
-    wait_for(lambda: stream.read("customer-tiers", idle=0.1), 30,
+    wait_for(lambda: stream.read("customer-tiers"), 30,
              "the first worker to grade some customers")
     first.kill()  # while events are still being produced (on Kafka it grades 4,000 in ~1 s)
     assert producing.wait(60) == 0
     graded = {r.key: len(decode_record(r.value).state.seen)
-              for r in stream.read("worker-customers-changelog", idle=0.3)}
+              for r in stream.read("worker-customers-changelog")}
     valid = sum(isinstance(parse_event(line, CTX), Event) for line in lines)
     assert sum(graded.values()) < valid, "killed too late to test anything"
     second = stream.start_worker()  # same data dir, same group

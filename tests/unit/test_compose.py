@@ -31,6 +31,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from grader.kafkabroker import kafka_version
+from tests.conftest import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -384,7 +385,7 @@ def test_the_prometheus_config_the_stack_mounts_scrapes_both_workers() -> None:
 def test_promtool_checks_the_prometheus_config() -> None:
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
     if not os.access(promtool, os.X_OK):  # scripts/install-debian-packages installs it
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("promtool (Debian's prometheus package) is needed in CI")
         pytest.skip("promtool not installed (Debian's prometheus package, "
                     "scripts/install-debian-packages)")
