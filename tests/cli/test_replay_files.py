@@ -24,7 +24,7 @@ from grader.events import RAW_KEPT
 from tests.conftest import ROOT
 
 AS_OF = "2026-11-22T00:00:00+08:00"
-POLICY = ROOT / "config" / "policies" / "abc-100.toml"
+POLICY = ROOT / "grader" / "policies" / "abc-100.toml"
 _SALE = ('{{"event_id":"{e}","type":"sale","customer_id":"{c}",'
          '"occurred_at":"2026-0{m}-01T10:00:00Z","amount":{a},"currency":"CNY"}}')
 HUGE = ["1e308", "1e400", "-0", "12345678901234567890123456789", "1" + "0" * 400,

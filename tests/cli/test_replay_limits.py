@@ -25,7 +25,7 @@ from grader.errors import GraderError
 from grader.eventfile import MAX_EVENT_BYTES
 from grader.events import RAW_KEPT
 from tests.cli.test_cli import DATA, one_line_error
-from tests.conftest import ROOT
+from tests.conftest import ROOT, in_ci
 
 AS_OF = "2026-11-22T00:00:00+08:00"
 MAX_RSS = 300 * 1024 * 1024  # the 2 GB file took 4.3 GB before lines were bounded
@@ -147,7 +147,7 @@ def mounted(folder: Path, options: str) -> Iterator[None]:
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         why = f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(why)
         pytest.skip(why)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +39,7 @@ from grader.services import (
 )
 from grader.sinks.redis import WRITE_CUSTOMER, SupportQueues, reason, script_args, unavailable
 from grader.state import CustomerState, Ticket, TierState
+from tests.conftest import in_ci
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_stream import expected, final_tick_equals_replay, write_lines
 from tests.integration.test_support_queues import (
@@ -204,7 +204,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     else:
         why = tls_redis_available()
         if why is not None:
-            if os.environ.get("CI") == "true":
+            if in_ci():
                 pytest.fail(f"Debian's redis-server is needed in CI: {why}")
             pytest.skip(why)
         running = start_secure_redis()
