@@ -216,7 +216,7 @@ def test_an_installed_worker_grades_and_answers_metrics(installed: Installed, br
                   (tmp_path / "replayed" / "tiers.csv").read_text().splitlines()[1:]}
         assert len(wanted) == 4, wanted
         wait_for(lambda: {r.key.decode() for r in
-                          read_topic(broker, prefix + "customer-tiers", idle=0.5)} >= wanted,
+                          read_topic(broker, prefix + "customer-tiers")} >= wanted,
                  60, "every customer graded by the installed worker")
         metrics = http_get(port, "/metrics")
         assert re.search(r'^grader_events_total\{[^}]*outcome="applied"[^}]*\} [1-9]', metrics,
