@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from grader import __version__, core_kind, terminal
 from grader.clock import TimestampError, format_instant, parse_instant
-from grader.errors import GraderError
+from grader.errors import GraderError, one_line
 from grader.policy import Policy
 from grader.stream import commands as stream_commands
 
@@ -93,21 +94,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `grader` console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "replay":
-            return _replay(args)
-        if args.command == "dev":
-            return _dev(args)
-        if args.command == "whatif":
-            return _whatif(args)
-        if args.command in stream_commands.COMMANDS:
-            return stream_commands.run(args)
-        return _policy_check(args)
+        code = _run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen here, not at exit
+        return code
+    except BrokenPipeError:  # `grader ... | head -1`: the reader has all it wants
+        # The Python docs' recipe (signal.html, "Note on SIGPIPE"): the interpreter's
+        # last flush of stdout would fail again, so point stdout at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except GraderError as exc:
-        print(f"grader: error: {exc}", file=sys.stderr)
+        print(f"grader: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("grader: interrupted", file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "dev":
+        return _dev(args)
+    if args.command == "whatif":
+        return _whatif(args)
+    if args.command in stream_commands.COMMANDS:
+        return stream_commands.run(args)
+    return _policy_check(args)
 
 
 def _policies(names: list[str] | None) -> tuple[Policy, ...]:

@@ -18,3 +18,8 @@ class PolicyError(GraderError):
 
 class SettingsError(GraderError):
     """A setting that is missing or invalid; the message names the setting."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with each newline or other unprintable character escaped (``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

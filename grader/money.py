@@ -45,6 +45,9 @@ def _text_minor(text: str) -> int:
     if match is None:
         raise MoneyError("must be a plain decimal with at most 2 decimals")
     whole, cents = match.groups()
+    whole = whole.lstrip("0") or "0"
+    if len(whole) > 12:  # >= 10^12; and int() of thousands of digits is refused or slow
+        raise MoneyError("must be < 10^12")
     minor = int(whole) * MINOR_PER_MAJOR
     return minor + int(cents.ljust(2, "0")) if cents else minor
 

@@ -8,7 +8,6 @@ message naming the file, the line and the key.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -18,6 +17,7 @@ from math import lcm
 from pathlib import Path, PurePath
 from typing import Any
 
+from grader import tomlguard
 from grader.clock import zone
 from grader.errors import PolicyError
 from grader.metricref import DEPENDS_ON, MetricRef, parse_metric
@@ -25,6 +25,13 @@ from grader.rational import Ratio, ratio
 from grader.tomlpos import Locator
 
 KINDS = ("scorecard", "linear")
+# Bounds on a policy (docs/policies.md, "Limits"; the file's size and nesting: tomlguard):
+# far above any real policy, low enough that a malformed or hostile file is refused at
+# once instead of taking minutes.
+MAX_TIERS = 100
+MAX_LINES = 100
+MAX_BANDS = 100  # per line
+MAX_DIGITS = 30  # before, and after, the decimal point of any number
 ONE: Ratio = (1, 1)
 ZERO: Ratio = (0, 1)
 
@@ -154,8 +161,8 @@ def meaning_digest(doc: dict[str, Any]) -> str:
 def parse_policy(text: str, *, source: str, default_name: str) -> Policy:
     """Validate policy TOML text; ``source`` names it in errors."""
     try:
-        doc = tomllib.loads(text, parse_float=Decimal)
-    except tomllib.TOMLDecodeError as exc:
+        doc = tomlguard.loads(text, parse_float=Decimal)
+    except tomlguard.UnreadableToml as exc:
         raise PolicyError(f"{source}: invalid TOML: {exc}") from None
     return _Builder(doc, Locator(text, source), default_name).build()
 
@@ -256,6 +263,9 @@ class _Builder:
             raise self.fail(key, "must be a number", **where)
         if not value.is_finite() if isinstance(value, Decimal) else False:
             raise self.fail(key, "must be a finite number", **where)
+        if not _within_digits(value):
+            raise self.fail(key, f"at most {MAX_DIGITS} digits before and after the point",
+                            **where)
         if positive and value <= 0:
             raise self.fail(key, "must be > 0", **where)
         if nonnegative and value < 0:
@@ -291,15 +301,18 @@ class _Builder:
         raw = self.doc.get("tiers")
         if not isinstance(raw, list) or len(raw) < 2:
             raise self.fail("tiers", "needs at least two [[tiers]] tables, best first")
+        if len(raw) > MAX_TIERS:
+            raise self.fail("tiers", f"{len(raw)} tiers: a policy has at most {MAX_TIERS}")
         tiers: list[Tier] = []
         for i, entry in enumerate(raw):
             tiers.append(self._tier(i, entry, last=i == len(raw) - 1))
-        names = [t.name for t in tiers]
-        for i, name in enumerate(names):
-            if name in names[:i]:
+        seen: set[str] = set()
+        for i, tier in enumerate(tiers):
+            if tier.name in seen:
                 raise self.fail(
-                    f"tiers[{i}].name", f"duplicate tier {name!r}", table="tiers", index=i
+                    f"tiers[{i}].name", f"duplicate tier {tier.name!r}", table="tiers", index=i
                 )
+            seen.add(tier.name)
         for i in range(1, len(tiers) - 1):
             self._check_descending(tiers[i - 1], tiers[i], i)
         return tuple(tiers)
@@ -352,7 +365,8 @@ class _Builder:
         value = self.doc.get("support_priority", list(names))
         if (
             not isinstance(value, list)
-            or sorted(map(str, value)) != sorted(names)
+            or not all(isinstance(name, str) for name in value)
+            or sorted(value) != sorted(names)
             or len(set(value)) != len(value)
         ):
             raise self.fail(
@@ -369,10 +383,12 @@ class _Builder:
         raw = self.doc.get(table)
         if not isinstance(raw, list) or not raw:
             raise self.fail(table, f"needs at least one [[{table}]] table")
+        if len(raw) > MAX_LINES:
+            raise self.fail(table, f"{len(raw)} [[{table}]]: a policy has at most {MAX_LINES}")
         lines = tuple(self._line(kind, table, i, entry) for i, entry in enumerate(raw))
-        keys = [ln.metric.key for ln in lines]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
+        seen: set[str] = set()
+        for i, key in enumerate(ln.metric.key for ln in lines):
+            if key in seen:
                 raise self.fail(
                     f"{table}[{i}].metric",
                     f"metric {key} is used twice",
@@ -380,6 +396,7 @@ class _Builder:
                     index=i,
                     needle="metric",
                 )
+            seen.add(key)
         if kind == "scorecard":
             self._check_weights(lines, raw)
         return lines
@@ -436,6 +453,9 @@ class _Builder:
             raise self.fail(
                 f"{key}.bands", "must be a list of [condition, points]", needle="bands", **where
             )
+        if len(raw) > MAX_BANDS:
+            raise self.fail(f"{key}.bands", f"{len(raw)} bands: a line has at most {MAX_BANDS}",
+                            needle="bands", **where)
         bands = [self._band(b, f"{key}.bands[{j}]", where) for j, b in enumerate(raw)]
         return self._tile(bands, metric, f"{key}.bands", where)
 
@@ -524,10 +544,10 @@ def parse_condition(text: object) -> tuple[Bound | None, Bound | None]:
         if match is None:
             raise ValueError(f"bad condition {text!r}: write e.g. '>= 80' or '> 5 and <= 10'")
         op, num = match.groups()
-        try:
-            value = ratio(Decimal(num))
-        except ArithmeticError:
-            raise ValueError(f"bad condition {text!r}: {num!r} is not a number") from None
+        if not _within_digits(Decimal(num)):
+            raise ValueError(f"bad condition {text!r}: at most {MAX_DIGITS} digits before and "
+                             "after the point")
+        value = ratio(Decimal(num))
         if op in (">", ">=", "=="):
             if lo is not None:
                 raise ValueError(f"bad condition {text!r}: two lower bounds")
@@ -537,6 +557,16 @@ def parse_condition(text: object) -> tuple[Bound | None, Bound | None]:
                 raise ValueError(f"bad condition {text!r}: two upper bounds")
             hi = Bound(value, op != "<")
     return lo, hi
+
+
+def _within_digits(value: int | Decimal) -> bool:
+    """Whether a finite number has at most MAX_DIGITS digits before and after the point."""
+    if isinstance(value, int):
+        limit: int = 10**MAX_DIGITS
+        return abs(value) < limit
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= -MAX_DIGITS and (
+        not value or value.adjusted() < MAX_DIGITS)
 
 
 _COMPARISON = re.compile(r"(>=|<=|==|>|<)\s*([-+]?\d+(?:\.\d+)?)", re.ASCII)

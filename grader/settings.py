@@ -8,13 +8,12 @@ Kafka password comes only from the environment (``GRADER_KAFKA_PASSWORD``).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlparse
 
+from grader import tomlguard
 from grader.errors import PolicyError, SettingsError
 from grader.kafkaauth import (
     MECHANISMS,
@@ -27,6 +26,7 @@ from grader.kafkaauth import (
 )
 from grader.policy import Policy, load_policy
 from grader.resources import packaged
+from grader.urlcheck import kafka_url_problem, redis_url_problem
 
 DEFAULTS: dict[str, str] = {
     "kafka_url": "kafka://127.0.0.1:9092",
@@ -114,8 +114,8 @@ def _read_file(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        doc = tomlguard.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomlguard.UnreadableToml) as exc:
         raise SettingsError(f"{path}: cannot read settings: {exc}") from None
     out: dict[str, str] = {}
     for key, value in doc.items():
@@ -130,11 +130,21 @@ def _read_file(path: Path) -> dict[str, str]:
         if key == "redis_url" and "@" in str(value):  # the value is not shown
             raise SettingsError(f"{path}: redis_url holds a user name or password, which is "
                                 "not read from a file: set GRADER_REDIS_URL in the environment")
-        out[key] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        out[key] = _file_value(path, key, value)
     return out
 
 
+def _file_value(path: Path, key: str, value: object) -> str:
+    """A setting from the file as text: a list (of policies) is joined with commas."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(item, dict | list) for item in items):
+        raise SettingsError(f"{path}: setting {key}: a table or a nested list is not a value")
+    return ",".join(map(str, items))
+
+
 def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings:
+    for key, text in raw.items():
+        _printable(key, text)
     policies = tuple(p.strip() for p in raw["policies"].split(",") if p.strip())
     if not policies:
         raise SettingsError("setting policies (GRADER_POLICIES): names at least one policy")
@@ -147,9 +157,9 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
     if "@" in raw["kafka_url"]:  # checked first: the value is not shown
         raise SettingsError("setting kafka_url (GRADER_KAFKA_URL): holds a user name or "
                             "password; use GRADER_KAFKA_USERNAME and GRADER_KAFKA_PASSWORD")
-    _url(raw, "kafka_url", ("kafka", "aiokafka"))
+    _url(raw, "kafka_url", kafka_url_problem)
     if raw["redis_url"].strip():  # empty: no support queues
-        _url(raw, "redis_url", ("redis", "rediss", "unix"))
+        _url(raw, "redis_url", redis_url_problem)
     redis_files = tuple(raw[key].strip() or None for key in REDIS_FILES)
     for key, value in zip(REDIS_FILES, redis_files, strict=True):
         if value is not None and not Path(value).is_file():
@@ -176,8 +186,8 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         partitions=_int(raw, "partitions", 1, 10_000),
         web_host=raw["web_host"],
         web_port=_int(raw, "web_port", 1, 65_535),
-        data_dir=Path(raw["data_dir"]),
-        api_token=raw["api_token"] or None,
+        data_dir=_data_dir(raw["data_dir"]),
+        api_token=_api_token(raw["api_token"]),
         config_dir=cdir,
         broker_quirks=raw["broker_quirks"],
         live_ticks=raw["live_ticks"] in ("1", "true"),
@@ -253,13 +263,51 @@ def _choice(raw: dict[str, str], key: str, options: tuple[str, ...],
         )
 
 
-def _url(raw: dict[str, str], key: str, schemes: tuple[str, ...]) -> None:
-    parsed = urlparse(raw[key])
-    if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+def _url(raw: dict[str, str], key: str, problem_of: Callable[[str], str | None]) -> None:
+    problem = problem_of(raw[key].strip())
+    if problem is not None:
         shown = "the value" if "@" in raw[key] else repr(raw[key])  # may hold a password
-        raise SettingsError(
-            f"setting {key} (GRADER_{key.upper()}): {shown} is not a {schemes[0]}:// URL"
-        )
+        _refuse(key, f"{shown}: {problem}")
+
+
+def _printable(key: str, value: str) -> None:
+    """Refuse a control character (a newline read with a secret, ...), never showing the value."""
+    for i, char in enumerate(value):
+        if not char.isprintable() and not (key == "api_token" and char.isspace()):
+            _refuse(key, f"holds the character {char!r} at position {i + 1} (a stray newline?); "
+                         "the value is not shown")
+
+
+def _api_token(token: str) -> str | None:
+    """The token the customer endpoint asks for: one word, compared exactly."""
+    if any(char.isspace() for char in token):  # "token\n" from a file would never match
+        _refuse("api_token", "holds a space, tab or newline, so no request could give it; "
+                             "the value is not shown")
+    return token or None
+
+
+def _data_dir(text: str) -> Path:
+    """The local table state's directory: one that exists, or that can be made."""
+    path = Path(text)
+    try:
+        if path.exists():
+            if not path.is_dir():
+                _refuse("data_dir", f"{text} is not a directory")
+            return path
+        parent = next(p for p in path.absolute().parents if p.exists())
+    except OSError as exc:  # a name too long, a directory we may not look in
+        _refuse("data_dir", f"{text}: {exc.strerror}")
+    if not parent.is_dir():
+        _refuse("data_dir", f"cannot create {text}: {parent} is not a directory")
+    return path  # made by the worker, which alone needs it (make_data_dir)
+
+
+def make_data_dir(settings: Settings) -> None:
+    """Create the worker's data dir, before it touches Kafka; one line if it cannot be."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _refuse("data_dir", f"cannot create {settings.data_dir}: {exc.strerror}")
 
 
 def _int(raw: dict[str, str], key: str, low: int, high: int) -> int:

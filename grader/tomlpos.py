@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from grader.errors import PolicyError
+from grader.errors import PolicyError, one_line
 
 _HEADER = re.compile(r"\s*\[\[?\s*([A-Za-z0-9_.\-\"]+)\s*\]\]?")
 
@@ -66,4 +66,4 @@ class Locator:
         """A PolicyError naming file, line and key."""
         line = self.line_of(key, table, index, needle)
         where = f"{self.source}:{line}" if line else self.source
-        return PolicyError(f"{where}: {key}: {message}")
+        return PolicyError(one_line(f"{where}: {key}: {message}"))  # a key may hold "\n"

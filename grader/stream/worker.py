@@ -13,7 +13,7 @@ from pathlib import Path
 from grader.core import Grading
 from grader.errors import GraderError
 from grader.policy import Policy
-from grader.settings import Settings, resolve_policy
+from grader.settings import Settings, make_data_dir, resolve_policy
 from grader.stream.options import StreamOptions
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,12 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
     from grader.stream.admin import ensure_topics
     from grader.stream.topology import load_topics
 
+    make_data_dir(settings)
     ensure_topics(settings.kafka,
                   load_topics(settings.topic_prefix, settings.partitions).values())
     from grader.stream.policyregistry import check_and_record
 
     check_and_record(settings.kafka, settings.topic_prefix, grading.policies)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     use_uvloop()
     import faust

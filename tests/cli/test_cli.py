@@ -295,3 +295,77 @@ def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
     two = replay_outputs(events, tmp_path / "w2", "2")
     assert one == two
     assert one["tiers.csv"].count(b"\n") > 2000  # type: ignore[attr-defined]
+
+
+# -- issue 19: one line, exit 2, never a traceback ---------------------------------------
+
+NOWHERE = "kafka://127.0.0.1:1"  # nothing listens: a command that got this far would say so
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "needles"),
+    [
+        (["redis-sync"], {"GRADER_REDIS_URL": "redis://localhost:abc/0"},
+         ["(GRADER_REDIS_URL)", "port 'abc'"]),
+        (["worker"], {"GRADER_REDIS_URL": "redis://localhost:99999/0"},
+         ["(GRADER_REDIS_URL)", "port '99999'"]),
+        (["worker"], {"GRADER_REDIS_URL": "redis://[::1"}, ["(GRADER_REDIS_URL)", "IPv6"]),
+        (["tick", "--as-of", AS_OF], {"GRADER_KAFKA_URL": "kafka://[::1:9092"},
+         ["(GRADER_KAFKA_URL)", "'[::1:9092' is not host:port"]),
+        (["produce", str(DATA / "small.jsonl")], {"GRADER_KAFKA_URL": "kafka://h:x"},
+         ["(GRADER_KAFKA_URL)", "port 'x'"]),
+        (["worker"], {"GRADER_DATA_DIR": "README.md", "GRADER_KAFKA_URL": NOWHERE},
+         ["(GRADER_DATA_DIR)", "README.md is not a directory"]),
+        (["worker"], {"GRADER_API_TOKEN": "s3cret\n", "GRADER_KAFKA_URL": NOWHERE},
+         ["(GRADER_API_TOKEN)", "the value is not shown"]),
+        (["worker"], {"GRADER_API_TOKEN": "s3 cret", "GRADER_KAFKA_URL": NOWHERE},
+         ["(GRADER_API_TOKEN)"]),
+    ],
+)
+def test_bad_settings_are_one_line_exit_2_before_any_connection(
+    command: list[str], env: dict[str, str], needles: list[str]
+) -> None:
+    result = grader(*command, env=env)
+    one_line_error(result, *needles)  # not "connecting to Kafka ...": settings come first
+    assert result.returncode == 2 and "s3" not in result.stderr
+
+
+def deep_policy(tmp_path: Path) -> Path:
+    path = tmp_path / "deep.toml"
+    text = (ROOT / "grader" / "policies" / "abc-100.toml").read_text()
+    path.write_text(text.replace('version = "1"', 'version = "2"')
+                    + "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    return path
+
+
+def test_a_policy_nested_thousands_deep_is_one_line(tmp_path: Path) -> None:
+    deep = deep_policy(tmp_path)
+    for command in (["policy", "check", deep],
+                    ["whatif", DATA / "small.jsonl", "--as-of", AS_OF, "--current", "abc-100",
+                     "--candidate", deep, "--out", tmp_path / "out"]):
+        result = grader(*command)
+        one_line_error(result, "deep.toml: invalid TOML: nested deeper than 16 levels")
+        assert result.returncode == 2
+
+
+def test_a_policy_with_100000_tiers_is_refused_at_once(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.toml"
+    huge.write_text('[[lines]]\nmetric = "sales(12)"\nbands = [["<= 0", 0], ["> 0", 1]]\n'
+                    + "".join(f'[[tiers]]\nname = "T{i}"\nmin = ">= {100_000 - i}"\n'
+                              for i in range(100_000)) + '[[tiers]]\nname = "last"\n')
+    result = grader("policy", "check", huge)
+    one_line_error(result, "huge.toml: invalid TOML:", "more than the 1,000,000 read")
+    assert result.returncode == 2
+
+
+def test_output_into_a_closed_pipe_is_a_quiet_exit() -> None:
+    """`grader policy check abc-100 | head -1`: the reader is gone before grader writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the child starts: its first write fails
+    try:
+        done = subprocess.run([sys.executable, "-m", "grader", "policy", "check", "abc-100"],
+                              cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "" and done.returncode == 1

@@ -59,3 +59,11 @@ def test_float_sum_trap_is_exact() -> None:
     # 0.1 + 0.2 != 0.3 in binary floats; in minor units it is exact.
     assert parse_minor(0.1) + parse_minor(0.2) == parse_minor(0.3)
     assert str(to_decimal(parse_minor("166.67") * 2 + parse_minor("166.66"))) == "500.00"
+
+
+@pytest.mark.parametrize("text", ["1" * 5000, "0" * 5000 + "1" * 13, "9" * 13 + ".99"])
+def test_an_amount_of_many_digits_is_refused_not_a_crash(text: str) -> None:
+    """Found by the replay file property test: 5,000 digits raised ValueError from int()."""
+    with pytest.raises(MoneyError, match=r"must be < 10\^12"):
+        parse_minor(text)
+    assert parse_minor("0" * 5000 + "12.5") == 1250

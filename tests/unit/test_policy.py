@@ -3,6 +3,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from grader.errors import PolicyError
 from grader.policy import parse_condition
@@ -179,3 +181,93 @@ def test_every_preset_file_is_valid() -> None:
     assert names == ["abc-100", "sabcd-weighted", "stars"]
     for name in names:
         assert preset(name).name == name
+
+
+# -- issue 19: any text is a Policy or one PolicyError line naming the file -------------
+
+def many_tiers(count: int) -> str:
+    tiers = "".join(f'[[tiers]]\nname = "T{i}"\nmin = ">= {count - i}"\n' for i in range(count))
+    return HEAD + tiers + '[[tiers]]\nname = "last"\n' + LINE
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "invalid TOML: nested deeper than 16 levels"),
+        ("x = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n", "nested deeper than 16 levels"),
+        ("[" + ".".join(["t"] * 20) + "]\n", "a dotted key of more than 16 parts"),
+        ("description" + ".d" * 20_000 + " = 1\n", "a dotted key of more than 16 parts"),
+        ("scale = " + "9" * 5000 + "\n", "a number with too many digits"),
+        ("scale = 1e999999999\n" + TIERS + LINE, "scale: at most 30 digits"),
+        ("scale = 1e-31\n" + TIERS + LINE, "scale: at most 30 digits"),
+        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [["<= 1e9", 0]]\n',
+         "bad condition"),
+        (HEAD + TIERS + '[[lines]]\nmetric = "sales(12)"\nbands = [["<= ' + "9" * 31
+         + '", 0], ["> 0", 1]]\n', "at most 30 digits"),
+        (many_tiers(100_000), "more than the 1,000,000 read"),
+        (many_tiers(101), "tiers: 102 tiers: a policy has at most 100"),
+        (HEAD + TIERS + "".join(f'[[lines]]\nmetric = "sales({i})"\nbands = [["<= 0", 0], '
+                                '["> 0", 1]]\n' for i in range(1, 102)),
+         "lines: 101 [[lines]]: a policy has at most 100"),
+        (HEAD + TIERS + '[[lines]]\nmetric = "purchase_count(12)"\nbands = ['
+         + ", ".join(f'["== {i}", 0]' for i in range(101)) + ', ["> 100", 0]]\n',
+         "102 bands: a line has at most 100"),
+        (HEAD + TIERS + LINE + '[rules]\n"a\\nb" = 1\n', "rules.a\\nb: unknown key"),
+        (HEAD + 'support_priority = [{}, "B"]\n[[tiers]]\nname = "{}"\nmin = ">= 1"\n'
+         '[[tiers]]\nname = "B"\n' + LINE, "support_priority: must list every tier"),
+    ],
+)
+def test_nested_huge_or_odd_policies_are_one_line(text: str, needle: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        policy_text(text)
+    message = str(info.value)
+    assert message.startswith("test.toml") and needle in message, message
+    assert "\n" not in message
+
+
+def test_the_bounds_leave_room_for_every_preset() -> None:
+    policy = policy_text(many_tiers(99))
+    assert len(policy.tiers) == 100
+
+
+def toml_value(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.lists(children, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.dictionaries(st.sampled_from(["name", "min", "metric", "bands", "a", "b.c"]),
+                        children, max_size=3).map(
+            lambda d: "{" + ", ".join(f"{k} = {v}" for k, v in d.items()) + "}"),
+    )
+
+
+SCALARS = st.one_of(
+    st.integers().map(str), st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.text(max_size=20).map(lambda t: '"' + t.replace("\\", "\\\\").replace('"', '\\"')
+                             .encode("unicode_escape").decode().replace("\\\\", "\\") + '"'),
+    st.sampled_from(['">= 80"', '"> 0 and <= 10"', '"sales(12)"', "true", "1e400", "-0",
+                     '"value"', "'A'", '"Asia/Shanghai"', "1979-05-27"]),
+)
+VALUES = st.recursive(SCALARS, toml_value, max_leaves=12)
+KEYS = st.sampled_from(["name", "version", "kind", "currency", "timezone", "scale",
+                        "support_priority", "rules", "tiers", "lines", "terms", "description",
+                        "min", "metric", "bands", "points", "missing", "weight", "coefficient",
+                        "downgrade_margin", "min_days_in_tier", "x", '"q\\nk"', "a.b"])
+BASE = HEAD + TIERS + LINE
+
+
+@settings(max_examples=400, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, BASE.count("\n")), KEYS, VALUES), max_size=4),
+       noise=st.text(max_size=40), nesting=st.integers(0, 3000))
+def test_any_policy_text_is_a_policy_or_one_line_naming_the_file(
+    edits: list[tuple[int, str, str]], noise: str, nesting: int
+) -> None:
+    lines = BASE.splitlines()
+    for where, key, value in edits:
+        lines.insert(where, f"{key} = {value}")
+    texts = ["\n".join(lines) + "\n", "\n".join(lines) + noise,
+             f"x = {'[' * nesting}{']' * nesting}\n" + BASE]
+    for text in texts:
+        try:
+            policy_text(text)
+        except PolicyError as exc:
+            message = str(exc)
+            assert message.startswith("test.toml") and "\n" not in message, message
