@@ -253,3 +253,45 @@ def test_lookahead_end_is_the_longest_window_plus_a_month() -> None:
     assert date.fromordinal(lookahead_end(today, ABC)) == date(2027, 12, 22)
     jan31 = date(2026, 1, 31).toordinal()
     assert date.fromordinal(lookahead_end(jan31, ABC)) == date(2027, 2, 28)
+
+
+def test_replay_writes_the_rows_that_would_drop() -> None:
+    """at-risk.csv: one row per customer and policy whose tier would drop, sorted like
+    tiers.csv, with tiers.csv's tier; equal to drops_on of each customer's state, and
+    (on a sample) to ticking every day."""
+    import csv
+    import io
+    import sys
+
+    from grader.eventfile import parse_line
+    from grader.replay import replay
+    from tests.conftest import ROOT, grading
+
+    sys.path.insert(0, str(ROOT))
+    from bench.generate_events import generate
+
+    lines = list(generate(200, 2500, seed=11, as_of="2026-11-22T00:00:00+08:00"))
+    as_of = at("2026-11-22T00:00:00+08:00")
+    three = grading("abc-100", "sabcd-weighted", "stars")
+    result = replay(lines, as_of, three, 0, workers=1)
+    rows = list(csv.reader(io.StringIO(result.at_risk.decode(), newline="")))
+    tiers = {(c, p): t for c, p, t, _s in result.tiers}
+    by_customer: dict[str, list[Event]] = {}
+    for raw in lines:
+        parsed = parse_line(raw, three.parse_context())
+        if isinstance(parsed, Event) and parsed.ts <= as_of:
+            by_customer.setdefault(parsed.customer_id, []).append(parsed)
+    expected = []
+    for n, (customer, evs) in enumerate(sorted(by_customer.items())):
+        state = graded(evs, three, as_of)
+        state.customer_id = customer
+        for policy in three.policies:
+            found = drops_on(state, policy)
+            if n % 20 == 0:
+                assert found == day_by_day(state, three, policy)
+            if found[0] is not None and state.graded:
+                expected.append([customer, policy.name, state.tiers[policy.name].tier,
+                                 found[0].isoformat(), found[1]])
+    assert rows == expected
+    assert rows == sorted(rows, key=lambda r: (r[0], r[1])) and len(rows) > 50
+    assert all(tiers[(c, p)] == t for c, p, t, _d, _to in rows)
