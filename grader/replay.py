@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from datetime import date
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -291,9 +292,15 @@ def _at_risk(state: CustomerState, grading: Grading) -> bytes:
         day, to_tier = drops_on(state, policy)
         if day is not None and to_tier is not None:
             tier = state.tiers[policy.name].tier
-            rows.append((policy.name, f"{_csv(state.customer_id)},{_csv(policy.name)},"
-                         f"{_csv(tier)},{day.isoformat()},{_csv(to_tier)}\n"))
+            rows.append((policy.name, at_risk_row(state.customer_id, policy.name, tier, day,
+                                                  to_tier)))
     return "".join(row for _name, row in sorted(rows)).encode("utf-8")
+
+
+def at_risk_row(customer_id: str, policy: str, tier: str, day: date, to_tier: str) -> str:
+    """One at-risk.csv row (with its line end)."""
+    return (f"{_csv(customer_id)},{_csv(policy)},{_csv(tier)},{day.isoformat()},"
+            f"{_csv(to_tier)}\n")
 
 
 def _merge(parts: list[Graded], lines: int) -> ReplayResult:

@@ -295,3 +295,41 @@ def test_replay_writes_the_rows_that_would_drop() -> None:
     assert rows == expected
     assert rows == sorted(rows, key=lambda r: (r[0], r[1])) and len(rows) > 50
     assert all(tiers[(c, p)] == t for c, p, t, _d, _to in rows)
+
+
+def test_whatif_live_counts_as_the_file_does() -> None:
+    """From the workers' states (ticked at T), `whatif --live` finds the same at-risk rows
+    for a candidate without downgrade rules as a replay under it, and the same days ahead
+    under the current policy."""
+    import sys
+
+    from grader.eventfile import parse_line
+    from grader.replay import replay
+    from grader.whatif import live_what_if, what_if
+    from tests.conftest import ROOT, grading, preset
+
+    sys.path.insert(0, str(ROOT))
+    from bench.generate_events import generate
+
+    lines = list(generate(150, 1500, seed=3, as_of="2026-11-22T00:00:00+08:00"))
+    as_of = at("2026-11-22T00:00:00+08:00")
+    abc, stars = preset("abc-100"), preset("stars")
+    live_grading = grading("abc-100")
+    by_customer: dict[str, list[Event]] = {}
+    for raw in lines:
+        parsed = parse_line(raw, grading("abc-100", "stars").parse_context())
+        if isinstance(parsed, Event) and parsed.ts <= as_of and parsed.type != "override":
+            by_customer.setdefault(parsed.customer_id, []).append(parsed)
+    states = []
+    for customer, evs in by_customer.items():
+        state = graded(evs, live_grading, as_of)
+        state.customer_id = customer
+        states.append(state)
+    live = live_what_if(states, abc, stars)
+    kept = [raw for raw in lines if b'"override"' not in raw]
+    offline = what_if(kept, as_of, abc, stars, 0, workers=1)
+    assert live.at_risk == offline.at_risk == replay(kept, as_of, grading("stars"), 0,
+                                                     workers=1).at_risk
+    assert sorted(live.days_ahead[0]) == sorted(offline.days_ahead[0])
+    assert live.at_risk_within() == offline.at_risk_within()
+    assert live.at_risk_within()[1][90] > 0
