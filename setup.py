@@ -29,7 +29,7 @@ SWITCH = "GRADER_MYPYC"
 #: they import from grader (policy, errors, tomlpos) stay Python; the core is type-checked
 #: against them.
 CORE = ("rational", "money", "clock", "events", "metricref", "state", "metrics", "scoring",
-        "tiering", "core")
+        "tiering", "core", "atrisk")
 #: The setuptools commands that build modules; others (egg_info, dist_info, sdist) need no C.
 BUILDING = {"bdist_wheel", "build", "build_ext", "editable_wheel", "develop", "install"}
 

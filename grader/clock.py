@@ -138,3 +138,19 @@ def month_label(month: int) -> str:
     """A month index as ``YYYY-MM``."""
     year, month0 = divmod(month, 12)
     return f"{year:04d}-{month0 + 1:02d}"
+
+
+def month_first_day(month: int) -> int:
+    """The day ordinal of the first day of month index ``month``."""
+    year, month0 = divmod(month, 12)
+    return date(year, month0 + 1, 1).toordinal()
+
+
+def months_later(ordinal: int, months: int) -> int:
+    """The date ``months`` months after day ``ordinal``, on the same day of the month
+    (the month's last day when it is shorter)."""
+    d = date.fromordinal(ordinal)
+    year, month0 = divmod(d.year * 12 + d.month - 1 + months, 12)
+    first = date(year, month0 + 1, 1).toordinal()
+    length = month_first_day(year * 12 + month0 + 1) - first
+    return first + min(d.day, length) - 1

@@ -24,10 +24,12 @@ class MetricView:
 
     __slots__ = ("_deps", "_values", "_windows", "month", "state", "today", "tz")
 
-    def __init__(self, state: CustomerState, tz: str) -> None:
+    def __init__(self, state: CustomerState, tz: str, today: int | None = None) -> None:
+        """``today``: another local day (ordinal) to compute the metrics on, as if the
+        clock had ticked then with no new event (grader.atrisk looks ahead so)."""
         self.state = state
         self.tz = tz
-        self.today = local_day(state.as_of, tz)
+        self.today = local_day(state.as_of, tz) if today is None else today
         self.month = month_of_day(self.today)
         self._windows: dict[int, Window] = {}
         self._values: dict[str, Ratio | None] = {}
@@ -139,6 +141,26 @@ def avg_payment_days(view: MetricView, ref: MetricRef) -> Ratio | None:
             days = (today if paid_day is None else paid_day) - first_day
             weighted += amount * max(0, days)
     return (weighted, w[0])
+
+
+def payment_days_slope(view: MetricView, ref: MetricRef) -> Ratio:
+    """How much avg_payment_days(N) grows each day while the window keeps its months.
+
+    Only open invoices age: each adds its window amount over the window's sales
+    per day (their days are never negative, as no sale is dated after as_of).
+    """
+    w = view.window(_n(ref))
+    if w[4] == 0:
+        return (0, 1)
+    first, last = view.month - _n(ref) + 1, view.month
+    growing = 0
+    for invoice in view.state.invoices.values():
+        if invoice.first_ts is None or invoice.paid_ts is not None:
+            continue
+        for month, sold in invoice.local(view.tz)[2]:
+            if first <= month <= last:
+                growing += sold
+    return (growing, w[0])
 
 
 def interactions(view: MetricView, ref: MetricRef) -> Ratio:

@@ -2,7 +2,7 @@
 
 Events with occurred_at <= T are applied per customer in occurred_at order
 (ties by event_id), then a clock tick at T. Outputs: tiers.csv,
-tier-changes.jsonl and dead-letters.jsonl (see docs/replay.md).
+tier-changes.jsonl, at-risk.csv and dead-letters.jsonl (see docs/replay.md).
 
 Customers are independent, so large files are parsed and graded in several
 processes (this one and forked ones), each taking one range of customer ids
@@ -29,22 +29,28 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from datetime import date
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from grader.atrisk import drops_on
 from grader.core import Grading, apply_event, apply_tick, new_state
 from grader.eventfile import Line, LongLine, original_line_fields, parse_line
 from grader.events import Event, ParseContext, Rejection
 from grader.outputs import write_whole
 from grader.rational import round2
+from grader.state import CustomerState
 
 Progress = Callable[[int], None]
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
 TIERS_HEADER = b"customer_id,policy,tier,score\n"
-OUTPUTS = ("tiers.csv", "tier-changes.jsonl", "dead-letters.jsonl")  # in --out
+AT_RISK_HEADER = b"customer_id,policy,tier,drops_on,to_tier\n"
+OUTPUTS = ("tiers.csv", "tier-changes.jsonl", "at-risk.csv", "dead-letters.jsonl")  # in --out
+#: The output bytes a shard renders, in customer order (concatenated across shards).
+BLOBS = ("tiers_csv", "changes", "at_risk", "also_at_risk")
 PARALLEL_MIN_EVENTS = 20_000  # below this, forking costs more than it saves
 PIVOT_SAMPLE = 4096  # lines sampled to split the customer ids into ranges
 RANGES_PER_SHARD = 32  # customer ranges per process, taken one at a time
@@ -81,10 +87,13 @@ class Graded:
 
     stats: ReplayStats = field(default_factory=ReplayStats)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    # The tiers.csv rows and the tier-change JSON lines, in customer order
-    # (read back from a forked shard as views of its temporary files).
+    # The tiers.csv rows, the tier-change JSON lines and the at-risk.csv rows (of
+    # ``grading``, and of the ``also`` gradings), in customer order (BLOBS; read back
+    # from a forked shard as views of its temporary files).
     tiers_csv: bytes | memoryview = b""
     changes: bytes | memoryview = b""
+    at_risk: bytes | memoryview = b""
+    also_at_risk: bytes | memoryview = b""
 
 
 @dataclass
@@ -95,6 +104,8 @@ class ReplayResult:
     tiers_csv: bytes  # the rows of tiers.csv (without its header), as written
     changes: bytes
     dead_letters: list[dict[str, Any]]
+    at_risk: bytes = b""  # the rows of at-risk.csv (without its header)
+    also_at_risk: bytes = b""  # at-risk rows under the ``also`` gradings (grader whatif)
 
     @property
     def tiers(self) -> list[Row]:
@@ -228,15 +239,21 @@ def _process(
             by_customer.setdefault(parsed.customer_id, []).append(parsed)
     tiers: list[bytes] = []
     changes: list[bytes] = []
+    at_risk: list[bytes] = []
+    also_at_risk: list[bytes] = []
     for customer_id in sorted(by_customer):
-        rows, lines_out = _grade(customer_id, by_customer[customer_id], as_of, grading,
-                                 now_us, out.stats)
+        rows, lines_out, risks = _grade(customer_id, by_customer[customer_id], as_of, grading,
+                                        now_us, out.stats)
         tiers.append(rows)
         changes.append(lines_out)
+        at_risk.append(risks)
         for other in also:
-            tiers.append(_grade(customer_id, by_customer[customer_id], as_of, other, now_us,
-                                ReplayStats())[0])
+            rows, _lines, risks = _grade(customer_id, by_customer[customer_id], as_of, other,
+                                         now_us, ReplayStats())
+            tiers.append(rows)
+            also_at_risk.append(risks)
     out.tiers_csv, out.changes = b"".join(tiers), b"".join(changes)
+    out.at_risk, out.also_at_risk = b"".join(at_risk), b"".join(also_at_risk)
     return out
 
 
@@ -247,7 +264,7 @@ def _grade(
     grading: Grading,
     now_us: int,
     stats: ReplayStats,
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, bytes, bytes]:
     state = new_state(customer_id)
     changes = bytearray()
     events.sort(key=_IN_ORDER)
@@ -265,7 +282,25 @@ def _grade(
         f"{_csv(customer_id)},{_csv(policy)},{_csv(t.tier)},{_csv(str(round2(t.score)))}\n"
         for policy, t in sorted(state.tiers.items())
     )
-    return rows.encode("utf-8"), bytes(changes)
+    return rows.encode("utf-8"), bytes(changes), _at_risk(state, grading)
+
+
+def _at_risk(state: CustomerState, grading: Grading) -> bytes:
+    """The customer's at-risk.csv rows: its tiers that would drop, by policy name."""
+    rows = []
+    for policy in grading.policies:
+        day, to_tier = drops_on(state, policy)
+        if day is not None and to_tier is not None:
+            tier = state.tiers[policy.name].tier
+            rows.append((policy.name, at_risk_row(state.customer_id, policy.name, tier, day,
+                                                  to_tier)))
+    return "".join(row for _name, row in sorted(rows)).encode("utf-8")
+
+
+def at_risk_row(customer_id: str, policy: str, tier: str, day: date, to_tier: str) -> str:
+    """One at-risk.csv row (with its line end)."""
+    return (f"{_csv(customer_id)},{_csv(policy)},{_csv(tier)},{day.isoformat()},"
+            f"{_csv(to_tier)}\n")
 
 
 def _merge(parts: list[Graded], lines: int) -> ReplayResult:
@@ -275,7 +310,9 @@ def _merge(parts: list[Graded], lines: int) -> ReplayResult:
         stats.add(part.stats)
     dead = sorted((d for p in parts for d in p.dead_letters), key=lambda d: int(d["line"]))
     return ReplayResult(stats, b"".join(p.tiers_csv for p in parts),
-                        b"".join(p.changes for p in parts), dead)
+                        b"".join(p.changes for p in parts), dead,
+                        b"".join(p.at_risk for p in parts),
+                        b"".join(p.also_at_risk for p in parts))
 
 
 _SHARED: dict[str, Any] = {}  # set before forking; the children read it
@@ -355,18 +392,19 @@ def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
                                      s["grading"], s["now_us"], s["also"])
 
 
-Sizes = dict[int, tuple[int, int]]  # range -> sizes of its tiers_csv and changes
+Sizes = dict[int, tuple[int, ...]]  # range -> sizes of its BLOBS
 
 
-def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
-    """Grade ranges in a forked process; their output bytes go to two temporary files."""
+def _forked_shard() -> tuple[Any, ...]:
+    """Grade ranges in a forked process; their output bytes go to temporary files, one
+    per output (BLOBS): returns the ranges, their sizes and the files' paths."""
     gc.disable()  # this forked process lives for this replay only (see _gc_paused)
     graded = _take_ranges()
-    sizes = {r: (len(g.tiers_csv), len(g.changes)) for r, g in graded.items()}
+    sizes = {r: tuple(len(getattr(g, name)) for name in BLOBS) for r, g in graded.items()}
     paths: list[str] = []
     try:
-        for blobs in ([g.tiers_csv for _, g in sorted(graded.items())],
-                      [g.changes for _, g in sorted(graded.items())]):
+        for blobs in ([getattr(g, name) for _, g in sorted(graded.items())]
+                      for name in BLOBS):
             handle, path = tempfile.mkstemp(prefix="grader-replay-")
             paths.append(path)
             with os.fdopen(handle, "wb") as out:
@@ -379,26 +417,25 @@ def _forked_shard() -> tuple[dict[int, Graded], Sizes, str, str]:
         _remove(paths)
         raise
     for g in graded.values():
-        g.tiers_csv = g.changes = b""
-    return graded, sizes, paths[0], paths[1]
+        for name in BLOBS:
+            setattr(g, name, b"")
+    return (graded, sizes, *paths)
 
 
-def _received(graded: dict[int, Graded], sizes: Sizes, tiers_path: str,
-              changes_path: str) -> dict[int, Graded]:
+def _received(graded: dict[int, Graded], sizes: Sizes, *paths: str) -> dict[int, Graded]:
     """A forked shard's ranges, their output bytes read back from its temporary files."""
     blobs = []
-    for path in (tiers_path, changes_path):
-        try:
+    try:
+        for path in paths:
             blobs.append(memoryview(Path(path).read_bytes()))
-        finally:
-            os.unlink(path)
-    tiers_at = changes_at = 0
+    finally:
+        _remove(list(paths))
+    at = [0] * len(BLOBS)
     for r in sorted(graded):
-        tiers_size, changes_size = sizes[r]
-        graded[r].tiers_csv = blobs[0][tiers_at:tiers_at + tiers_size]
-        graded[r].changes = blobs[1][changes_at:changes_at + changes_size]
-        tiers_at += tiers_size
-        changes_at += changes_size
+        for i, name in enumerate(BLOBS):
+            size = sizes[r][i]
+            setattr(graded[r], name, blobs[i][at[i]:at[i] + size])
+            at[i] += size
     return graded
 
 
@@ -416,11 +453,12 @@ def dead_letter(number: int, raw: Line, rejection: Rejection) -> dict[str, Any]:
 
 
 def write_outputs(result: ReplayResult, out_dir: Path) -> None:
-    """Write tiers.csv, tier-changes.jsonl and dead-letters.jsonl into ``out_dir``,
-    each whole or not at all (grader.outputs)."""
+    """Write tiers.csv, tier-changes.jsonl, at-risk.csv and dead-letters.jsonl into
+    ``out_dir``, each whole or not at all (grader.outputs)."""
     write_whole(out_dir, {
         "tiers.csv": (TIERS_HEADER, result.tiers_csv),
         "tier-changes.jsonl": (result.changes,),
+        "at-risk.csv": (AT_RISK_HEADER, result.at_risk),
         "dead-letters.jsonl": (orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
                                for item in result.dead_letters),
     })

@@ -10,8 +10,11 @@ two sets of tiers:
   candidate's;
 - ``movers.csv``: ``customer_id,current_tier,candidate_tier,current_score,
   candidate_score`` for every customer whose tier differs, by customer id;
+- ``at-risk.csv``: the candidate's tiers that would drop, as `grader replay`
+  writes them (GRADING.md section 4);
 - on the terminal: the matrix, each tier's population under each policy,
-  and how many customers go up, down or stay. Where both policies have the
+  how many customers go up, down or stay, and how many customers' tiers
+  would drop within 30 and 90 days under each policy. Where both policies have the
   same tier names a move is judged by the candidate's tier order (best
   first); otherwise by each tier's rank in its own policy's support
   priority (docs/whatif.md).
@@ -23,20 +26,24 @@ import csv
 import io
 from collections import Counter
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
+from grader.atrisk import drops_on
+from grader.clock import local_day
 from grader.core import Grading
 from grader.eventfile import Line
 from grader.metrics import MetricView
 from grader.outputs import write_whole
 from grader.policy import Policy
 from grader.rational import round2
-from grader.replay import ReplayResult, replay
+from grader.replay import AT_RISK_HEADER, ReplayResult, at_risk_row, replay
 from grader.scoring import ScoreMemo, earned_tier, rescore
-from grader.state import CustomerState
+from grader.state import CustomerState, TierState
 
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
-OUTPUTS = ("matrix.csv", "movers.csv")  # in --out
+OUTPUTS = ("matrix.csv", "movers.csv", "at-risk.csv")  # in --out
+RISK_DAYS = (30, 90)  # the report counts the tiers that would drop within these days
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,17 @@ class WhatIf:
     tiers: dict[str, tuple[str, str, str, str]]  # customer -> cur tier, cand tier, scores
     results: tuple[ReplayResult, ...] | None = None  # None: from live state
     notes: tuple[str, ...] = ()  # what the terminal must say up front
+    at_risk: bytes = b""  # the candidate's at-risk.csv rows (without header)
+    # For each tier that would drop, under the current policy and under the candidate:
+    # the days from the customer's as_of date to its drops_on.
+    days_ahead: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+
+    def at_risk_within(self) -> tuple[dict[int, int], dict[int, int]]:
+        """How many customers' tiers would drop within each of RISK_DAYS days, under
+        the current policy and under the candidate."""
+        cur, cand = ({n: sum(d <= n for d in ahead) for n in RISK_DAYS}
+                     for ahead in self.days_ahead)
+        return cur, cand
 
     def matrix(self) -> list[tuple[str, str, int]]:
         counts = Counter((cur, cand) for cur, cand, _s, _t in self.tiers.values())
@@ -103,14 +121,25 @@ def what_if(lines: list[Line], as_of: int, current: Policy, candidate: Policy,
         cur = {c: (t, s) for c, _p, t, s in results[0].tiers}
         cand = {c: (t, s) for c, _p, t, s in results[1].tiers}
         tiers = {c: (cur[c][0], cand[c][0], cur[c][1], cand[c][1]) for c in cur if c in cand}
-        return WhatIf(current, candidate, tiers, results)
+        return WhatIf(current, candidate, tiers, results, at_risk=results[1].at_risk,
+                      days_ahead=(_days_ahead(results[0].at_risk, as_of, current),
+                                  _days_ahead(results[1].at_risk, as_of, candidate)))
     both = replay(lines, as_of, grading, now_us, workers=workers, also=(other,))
     rows = both.tiers  # per customer: its row under current, then under candidate
     tiers = {c: (t, t2, s, s2) for (c, _p, t, s), (c2, _p2, t2, s2) in zip(rows[::2], rows[1::2],
                                                                           strict=True)
              if c == c2}
     assert len(tiers) * 2 == len(rows), "each graded customer has one row under each policy"
-    return WhatIf(current, candidate, tiers, (both,))
+    return WhatIf(current, candidate, tiers, (both,), at_risk=both.also_at_risk,
+                  days_ahead=(_days_ahead(both.at_risk, as_of, current),
+                              _days_ahead(both.also_at_risk, as_of, candidate)))
+
+
+def _days_ahead(rows: bytes, as_of: int, policy: Policy) -> tuple[int, ...]:
+    """The days from the as_of date to drops_on of each at-risk.csv row."""
+    today = date.fromordinal(local_day(as_of, policy.timezone))
+    return tuple((date.fromisoformat(row[3]) - today).days
+                 for row in csv.reader(io.StringIO(rows.decode("utf-8"), newline="")))
 
 
 def live_refusal(current: Policy, candidate: Policy, active: Grading) -> str | None:
@@ -133,7 +162,9 @@ def live_what_if(states: list[CustomerState], current: Policy,
     """The candidate's tiers from each customer's current state, as of its own ``as_of``:
     the tier the score earns (or a pin), next to the live tier under ``current``."""
     tiers = {}
-    for state in states:
+    rows: list[str] = []
+    ahead: tuple[list[int], list[int]] = ([], [])
+    for state in sorted(states, key=lambda s: s.customer_id):
         live = state.tiers.get(current.name)
         if live is None:
             continue  # not graded
@@ -144,21 +175,45 @@ def live_what_if(states: list[CustomerState], current: Policy,
         tier = pinned if pinned in candidate.tier_names else earned_tier(candidate, value)
         tiers[state.customer_id] = (live.tier, tier or "", str(round2(live.score)),
                                     str(round2(value)))
+        _live_risk(state, current, candidate, TierState(tier or "", value, 0, state.as_of,
+                                                        pinned is not None), rows, ahead)
     notes: tuple[str, ...] = ()
     if candidate.downgrade_margin[0] != 0 or candidate.min_days_in_tier:
         notes = (f"note: {candidate.name} v{candidate.version} has downgrade rules; from the "
                  "state, each customer gets the tier its score earns, not the tier the rules' "
                  "path would keep",)
-    return WhatIf(current, candidate, tiers, None, notes)
+    return WhatIf(current, candidate, tiers, None, notes, "".join(rows).encode("utf-8"),
+                  (tuple(ahead[0]), tuple(ahead[1])))
+
+
+def _live_risk(state: CustomerState, current: Policy, candidate: Policy, held: TierState,
+               rows: list[str], ahead: tuple[list[int], list[int]]) -> None:
+    """Add the customer's at-risk figures: under ``current`` from its live tier, under
+    ``candidate`` from the tier ``held`` it would have (as if it had just been given)."""
+    live = state.tiers
+    for i, (policy, tiers) in enumerate(((current, live), (candidate, {candidate.name: held}))):
+        state.tiers = tiers
+        try:
+            day, to_tier = drops_on(state, policy)
+        finally:
+            state.tiers = live
+        if day is None or to_tier is None:
+            continue
+        ahead[i].append(day.toordinal() - local_day(state.as_of, policy.timezone))
+        if i:
+            rows.append(at_risk_row(state.customer_id, policy.name, held.tier, day, to_tier))
 
 
 def write(result: WhatIf, out: Path) -> None:
-    """``matrix.csv`` and ``movers.csv`` in ``out`` (created if needed), each whole or
-    not at all (grader.outputs)."""
+    """``matrix.csv``, ``movers.csv`` and (from a file) ``at-risk.csv`` in ``out``
+    (created if needed), each whole or not at all (grader.outputs)."""
     matrix = _csv([("current_tier", "candidate_tier", "customers"), *result.matrix()])
     movers = _csv([("customer_id", "current_tier", "candidate_tier", "current_score",
                     "candidate_score"), *result.movers()])
-    write_whole(out, {"matrix.csv": (matrix.encode(),), "movers.csv": (movers.encode(),)})
+    files: dict[str, tuple[bytes, ...]] = {"matrix.csv": (matrix.encode(),),
+                                           "movers.csv": (movers.encode(),)}
+    files["at-risk.csv"] = (AT_RISK_HEADER, result.at_risk)
+    write_whole(out, files)
 
 
 def _csv(rows: list[tuple[object, ...]]) -> str:
@@ -195,5 +250,8 @@ def report(result: WhatIf) -> str:
                   + ", ".join(f"{t} {n}" for t, n in populations[1]))
     console.print(f"up {moves['up']}, down {moves['down']}, same {moves['same']} "
                   f"({len(result.tiers)} customers)")
+    for name, within in zip((name_cur, name_cand), result.at_risk_within(), strict=True):
+        console.print(f"at risk {name}: " + ", ".join(
+            f"{within[n]} within {n} days" for n in RISK_DAYS))
     output: io.StringIO = console.file  # type: ignore[assignment]
     return output.getvalue()

@@ -284,6 +284,7 @@ def replay_outputs(
     changes = [orjson.loads(x) for x in (out / "tier-changes.jsonl").read_bytes().splitlines()]
     return {
         "tiers.csv": (out / "tiers.csv").read_bytes(),
+        "at-risk.csv": (out / "at-risk.csv").read_bytes(),
         "dead-letters.jsonl": (out / "dead-letters.jsonl").read_bytes(),
         "changes": [{k: v for k, v in c.items() if k != "emitted_at"} for c in changes],
     }
@@ -295,6 +296,7 @@ def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
     two = replay_outputs(events, tmp_path / "w2", "2")
     assert one == two
     assert one["tiers.csv"].count(b"\n") > 2000  # type: ignore[attr-defined]
+    assert one["at-risk.csv"].count(b"\n") > 100  # type: ignore[attr-defined]
 
 
 # -- issue 19: one line, exit 2, never a traceback ---------------------------------------

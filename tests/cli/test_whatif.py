@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,15 @@ def test_whatif_equals_two_replays(events: Path, tmp_path: Path, candidate: str)
                           for c in sorted(current) if current[c][0] != other[c][0]]
 
     assert f"({len(current)} customers)" in done.stdout
+    # at-risk.csv is the candidate's, as replay writes it; the report counts both policies'.
+    assert (tmp_path / "out" / "at-risk.csv").read_bytes() == \
+        (tmp_path / "r2" / "at-risk.csv").read_bytes()
+    for folder in ("r1", "r2"):
+        ahead = [(date.fromisoformat(row[3]) - date(2026, 11, 22)).days
+                 for row in read_csv(tmp_path / folder / "at-risk.csv")[1:]]
+        counts = [sum(days <= n for days in ahead) for n in (30, 90)]
+        assert f"{counts[0]} within 30 days, {counts[1]} within 90 days" in done.stdout
+    assert done.stdout.count(" within 30 days") == 2
     for tier, n in Counter(t for t, _s in current.values()).items():
         assert f"{tier} {n}" in done.stdout
     if candidate == "moved-threshold":

@@ -49,9 +49,10 @@ def test_sharded_replay_equals_one_process() -> None:
     one = replay(LINES, AS_OF, GRADING, 0, workers=1)
     many = replay(LINES * 2000, AS_OF, GRADING, 0, workers=2)  # above PARALLEL_MIN_EVENTS
     again = replay(LINES * 2000, AS_OF, GRADING, 0, workers=1)
-    assert (many.tiers_csv, many.changes, many.dead_letters) == (
+    assert (many.tiers_csv, many.changes, many.at_risk, many.dead_letters) == (
         again.tiers_csv,
         again.changes,
+        again.at_risk,
         again.dead_letters,
     )
     assert many.stats == again.stats and one.tiers == again.tiers
