@@ -197,7 +197,8 @@ class Processor:
 
         A record stored by another process may hold outputs that were never
         published (it was stopped between storing and publishing): they are
-        published again with this batch, and stored again with this epoch.
+        published again with this batch, and stored again with this epoch;
+        of its customer-tiers snapshots only the last (step.republished).
         """
         if key in batch.states:
             return batch.states[key]
@@ -211,7 +212,9 @@ class Processor:
                 record = step.decode_record(stored)
                 state = record.state
                 if record.epoch != self.epoch and record.pending:
-                    batch.add(key, partition, step.Outcome("republished", record.pending, state))
+                    batch.add(key, partition, step.Outcome("republished",
+                                                           step.republished(record.pending),
+                                                           state))
         batch.states[key] = state
         return state
 
