@@ -448,6 +448,18 @@ def test_a_republish_never_sends_a_snapshot_older_than_one_published() -> None:
     assert [o for o in sink.published if o.topic == "tier-changes"] == changes * 2
 
 
+def test_a_sweep_stops_on_a_partition_that_moved() -> None:
+    # Its local store may be behind what the new owner published: nothing may come of it.
+    store, before, _msgs = crashed_after_storing()
+    partition = partition_of(b"C1", PARTITIONS)
+    sink = RecordingSink()
+    proc = processor(grading("abc-100"), sink, store)
+    assert asyncio.run(proc.sweep_policies([partition], lambda _p: False)) == 0
+    assert sink.published == [] and stored(store, b"C1") == before
+    asyncio.run(proc.sweep_policies([partition], lambda _p: True))  # still owned
+    assert sink.published == kafka_outputs(step.republished(before.pending))
+
+
 def test_a_record_replaced_under_the_processor_is_read_again() -> None:
     # As after a rebalance: the table holds bytes this process did not write.
     store, before, msgs = crashed_after_storing()
