@@ -197,7 +197,8 @@ class Processor:
 
         A record stored by another process may hold outputs that were never
         published (it was stopped between storing and publishing): they are
-        published again with this batch, and stored again with this epoch.
+        published again with this batch, and stored again with this epoch;
+        of its customer-tiers snapshots only the last (step.republished).
         """
         if key in batch.states:
             return batch.states[key]
@@ -211,7 +212,9 @@ class Processor:
                 record = step.decode_record(stored)
                 state = record.state
                 if record.epoch != self.epoch and record.pending:
-                    batch.add(key, partition, step.Outcome("republished", record.pending, state))
+                    batch.add(key, partition, step.Outcome("republished",
+                                                           step.republished(record.pending),
+                                                           state))
         batch.states[key] = state
         return state
 
@@ -238,10 +241,16 @@ class Processor:
                                       if key in batch.store
                                       and any(out.topic == SUPPORT for out in outs)])
 
-    async def sweep_policies(self, partitions: Iterable[int]) -> int:
+    async def sweep_policies(self, partitions: Iterable[int],
+                             owns: Callable[[int], bool] = lambda _partition: True) -> int:
         """Grade again, under the active policies, every customer of these partitions that
         was graded under other ones (a roll-out); a chunk at a time, between batches.
-        Returns how many were graded again."""
+        Returns how many were graded again.
+
+        ``owns`` says, under the lock, before each chunk, whether this worker still owns
+        the partition: once it moved (or a rebalance began), this worker's local store may
+        be behind what the new owner published and stored, and a chunk from it would
+        republish and store older records after newer ones (issue 20). The sweep stops."""
         swept = 0
         signature = orjson.dumps(sorted(self.grading.signature.items()))
         for partition in partitions:
@@ -252,6 +261,10 @@ class Processor:
             done = changes = 0
             for start in range(0, len(keys), TICK_BATCH):
                 async with self.lock:
+                    if not owns(partition):
+                        log.info("policy roll-out: partition %d moved, its sweep stops",
+                                 partition)
+                        return swept
                     batch = Batch()
                     now = now_us()
                     for key in keys[start:start + TICK_BATCH]:
@@ -452,6 +465,18 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
     swept: set[int] = set()  # partitions swept for a roll-out since the last assignment
 
+    def still_mine(partition: int) -> bool:
+        """No rebalance begun (Faust sets the flag first thing), and the partition owned."""
+        return not app.rebalancing and partition in owned()
+
+    @app.on_partitions_revoked.connect
+    async def settle_before_revoking(_app: Any, /, *_args: Any, **_kw: Any) -> None:
+        # Faust waits for the agents' batches, not for the sweep timer: a sweep chunk in
+        # flight is settled before the partitions can go to another worker (the eager
+        # protocol rejoins only after this returns); the next chunk sees still_mine false.
+        async with processor.lock:
+            pass
+
     @app.on_partitions_assigned.connect
     async def on_assignment(_app: Any, /, *_args: Any, **_kw: Any) -> None:
         telemetry.rebalances.inc()
@@ -466,7 +491,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         telemetry.sweep_pending.set(len(todo))
         for partition in todo:
             try:
-                await processor.sweep_policies([partition])
+                await processor.sweep_policies([partition], still_mine)
             except Exception as exc:  # a timer's error would crash the worker; retried
                 log.warning("policy roll-out of partition %d failed, retried: %s", partition,
                             reason(exc))

@@ -173,6 +173,21 @@ def decode_record(value: bytes) -> Record:
                   [Output(topic, key, text.encode()) for topic, text in meta["pending"]])
 
 
+def republished(pending: list[Output]) -> list[Output]:
+    """What to publish again of a record's pending outputs: every tier change (the same
+    bytes under the same event_id) and mark, but of its customer-tiers snapshots only the
+    last one.
+
+    A record's outputs may have gone out already, newest last. A snapshot is the
+    customer's whole current value: sending an earlier one of the record again
+    would put an older sequence after a newer one on customer-tiers, which a
+    follower takes for the current tiers, and which compaction keeps if nothing
+    newer follows (issue 20). The last one is the stored state's own.
+    """
+    last = max((n for n, out in enumerate(pending) if out.topic == CUSTOMER_TIERS), default=-1)
+    return [out for n, out in enumerate(pending) if out.topic != CUSTOMER_TIERS or n == last]
+
+
 def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
     """Tier changes in order, then the customer's snapshot if any step changed it."""
     key = customer_id.encode()

@@ -224,6 +224,7 @@ def test_end_to_end_equals_replay(stream: Stream, tmp_path: Path) -> None:
     changes = [orjson.loads(r.value) for r in stream.read("tier-changes")]
     ids = [c["event_id"] for c in changes]
     assert len(ids) == len(set(ids)), "one worker, no restart: no tier change twice"
+    assert_outputs_consistent(stream)
     assert "event loop: uvloop." in stream.workers[0].log()  # grader.stream.worker.use_uvloop
     assert stream.workers[0].stop() == 0
 
@@ -244,12 +245,68 @@ def test_bad_setting_stops_the_worker_before_connecting(stream: Stream, variable
 
 
 def assert_changes_consistent(stream: Stream) -> None:
-    """A tier change seen twice (at-least-once) is the same change both times."""
+    """A tier change seen twice (at-least-once) is the same change both times: one event_id
+    never names two different changes (customer, policy, sequence, from, to, cause)."""
     by_id: dict[str, tuple[Any, ...]] = {}
     for record in stream.read("tier-changes"):
         change = orjson.loads(record.value)
-        what = (change["customer_id"], change["policy"], change["sequence"], change["to_tier"])
-        assert by_id.setdefault(change["event_id"], what) == what
+        what = (change["customer_id"], change["policy"], change["sequence"],
+                change["from_tier"], change["to_tier"], orjson.dumps(change["cause"]))
+        first = by_id.setdefault(change["event_id"], what)
+        assert first == what, (f"tier change {change['event_id']} published as {first} and "
+                               f"as {what} (p{record.partition}@{record.offset})")
+
+
+def assert_sequences_never_go_back(stream: Stream) -> None:
+    """Read in offset order, each customer's customer-tiers records never carry a lower
+    sequence under a policy than an earlier record: a follower never sees a tier go back
+    in time, and compaction never keeps an older one (issue 20)."""
+    last: dict[tuple[str, str], tuple[int, int, int, int]] = {}  # -> (sequence, where, when)
+    backwards = []
+    for record in stream.read("customer-tiers"):  # offset order within each partition
+        snap = orjson.loads(record.value)
+        for policy, tier in snap["tiers"].items():
+            key = (snap["customer_id"], policy)
+            before = last.get(key)
+            if before is not None and tier["sequence"] < before[0]:
+                backwards.append(f"{key[0]} under {policy}: sequence {before[0]} at "
+                                 f"p{before[1]}@{before[2]} (ts {before[3]}), then "
+                                 f"{tier['sequence']} at p{record.partition}@{record.offset} "
+                                 f"(ts {record.timestamp})")
+            last[key] = (tier["sequence"], record.partition, record.offset, record.timestamp)
+    assert not backwards, (f"{len(backwards)} customer-tiers records went back in sequence, "
+                           f"e.g. {backwards[:5]}\n"
+                           f"{sequence_history(stream, {b.split()[0] for b in backwards[:3]})}")
+
+
+def sequence_history(stream: Stream, customers: set[str]) -> str:
+    """Each changelog and customer-tiers record of these customers, with its sequences."""
+    def seqs(tiers: dict[str, Any]) -> str:
+        return ",".join(f"{p}={t['sequence'] if isinstance(t, dict) else t.sequence}"
+                        for p, t in sorted(tiers.items()))
+
+    rows = []
+    for record in stream.read("worker-customers-changelog"):
+        if record.key.decode() in customers:
+            stored = decode_record(record.value)
+            pending = [(o.topic, seqs(orjson.loads(o.value)["tiers"]) if o.topic ==
+                        "customer-tiers" else orjson.loads(o.value)["sequence"])
+                       for o in stored.pending if o.topic in ("customer-tiers", "tier-changes")]
+            rows.append(f"changelog {record.key.decode()} p{record.partition}@{record.offset} "
+                        f"ts={record.timestamp} epoch={stored.epoch[:8]} "
+                        f"seq {seqs(stored.state.tiers)} pending {pending}")
+    for record in stream.read("customer-tiers"):
+        if record.key.decode() in customers:
+            rows.append(f"customer-tiers {record.key.decode()} p{record.partition}@"
+                        f"{record.offset} ts={record.timestamp} "
+                        f"seq {seqs(orjson.loads(record.value)['tiers'])}")
+    return "\n".join(rows)
+
+
+def assert_outputs_consistent(stream: Stream) -> None:
+    """The output invariants of every stream test (at-least-once, never back in time)."""
+    assert_changes_consistent(stream)
+    assert_sequences_never_go_back(stream)
 
 
 def final_tick_equals_replay(stream: Stream, lines: list[bytes],
@@ -259,7 +316,7 @@ def final_tick_equals_replay(stream: Stream, lines: list[bytes],
     assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
     wait_for_tiers(stream, want)
     applied_once(stream, lines)
-    assert_changes_consistent(stream)
+    assert_outputs_consistent(stream)
 
 
 def test_kill_9_mid_stream_and_restart(stream: Stream, tmp_path: Path) -> None:

@@ -426,6 +426,40 @@ def test_republished_outputs_come_before_a_newer_event_of_the_customer() -> None
     assert set(stored(store, b"C1").state.seen) == {"e0", "e1", "e2"}
 
 
+def snapshot_sequences(outputs: Sequence[Output]) -> list[int]:
+    """The abc-100 sequence of each customer-tiers output, in order."""
+    return [orjson.loads(o.value)["tiers"]["abc-100"]["sequence"] for o in outputs
+            if o.topic == "customer-tiers"]
+
+
+def test_a_republish_never_sends_a_snapshot_older_than_one_published() -> None:
+    # Issue 20: one batch graded C1 twice (sequence 1, then 2) and published both
+    # snapshots; a restarted worker that republished the whole record sent 1 after 2.
+    store = MemoryTableStore()
+    g = grading("abc-100")
+    msgs = [message(sale("C1", f"e{n}", f"2026-10-0{n + 1}T10:00:00+08:00", amount), b"C1",
+                    offset=n) for n, amount in enumerate(["100", "300000"])]
+    sink = RecordingSink()
+    asyncio.run(processor(g, sink, store).on_batch(msgs))
+    assert snapshot_sequences(sink.published) == [1, 2]
+    changes = [o for o in sink.published if o.topic == "tier-changes"]
+    asyncio.run(processor(g, sink, store).on_message(msgs[1]))  # restarted: a duplicate now
+    assert snapshot_sequences(sink.published) == [1, 2, 2], "only the latest snapshot again"
+    assert [o for o in sink.published if o.topic == "tier-changes"] == changes * 2
+
+
+def test_a_sweep_stops_on_a_partition_that_moved() -> None:
+    # Its local store may be behind what the new owner published: nothing may come of it.
+    store, before, _msgs = crashed_after_storing()
+    partition = partition_of(b"C1", PARTITIONS)
+    sink = RecordingSink()
+    proc = processor(grading("abc-100"), sink, store)
+    assert asyncio.run(proc.sweep_policies([partition], lambda _p: False)) == 0
+    assert sink.published == [] and stored(store, b"C1") == before
+    asyncio.run(proc.sweep_policies([partition], lambda _p: True))  # still owned
+    assert sink.published == kafka_outputs(step.republished(before.pending))
+
+
 def test_a_record_replaced_under_the_processor_is_read_again() -> None:
     # As after a rebalance: the table holds bytes this process did not write.
     store, before, msgs = crashed_after_storing()
