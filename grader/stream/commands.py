@@ -46,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
 def _worker() -> int:
     from grader.settings import load_settings
     from grader.stream.options import load_options
-    from grader.stream.worker import load_grading, reach_redis, run_worker
+    from grader.stream.worker import (exit_on_signal_until_started, load_grading, reach_redis,
+                                      run_worker)
 
+    exit_on_signal_until_started()
     settings = load_settings()
     options = load_options(settings)
     grading = load_grading(settings)

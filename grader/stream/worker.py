@@ -105,6 +105,26 @@ def use_uvloop() -> None:
 SHUTDOWN_GRACE = 4.0  # seconds from SIGTERM/SIGINT to the exit, whatever is still pending
 
 
+def exit_on_signal_until_started() -> None:
+    """Until Faust's worker installs its own handlers, SIGTERM or SIGINT ends the process at
+    once, exit code 0, with one line.
+
+    Start-up (checks, topic creation, table recovery) grades nothing and commits nothing,
+    so stopping there loses nothing; without this, a SIGTERM during start-up (a deploy
+    rolled back, a test stopping a joining worker) killed the process with exit -15 and no
+    word. mode replaces these handlers when the worker starts (Worker.on_first_start).
+    """
+    def stop(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"grader: {name} during start-up: stopped before grading anything",
+              file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
 def exit_if_stuck(grace: float = SHUTDOWN_GRACE) -> threading.Timer:
     """From now, exit the process in ``grace`` seconds unless it has exited by then.
 

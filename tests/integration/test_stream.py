@@ -244,6 +244,20 @@ def test_bad_setting_stops_the_worker_before_connecting(stream: Stream, variable
     assert lines[0].startswith("grader: error:") and named in lines[0]
 
 
+@pytest.mark.parametrize("after", [
+    "grader: connecting to Kafka",  # before Faust is imported: grader's own handler
+    "[^Worker]: Starting...",  # Faust's worker starting: mode's handler
+    "Updating subscribed topics",  # joining the group
+])
+def test_sigterm_during_start_up_stops_at_once(stream: Stream, after: str) -> None:
+    """A worker told to stop while it starts (a deploy rolled back, a scale-down) exits 0
+    within the shutdown grace, never dying of the signal (exit -15)."""
+    worker = stream.start_worker()
+    wait_for(lambda: after in worker.log() or worker.process.poll() is not None, 60,
+             f"the worker's log line {after!r}")
+    assert worker.stop() == 0, worker.log()[-3000:]
+
+
 def assert_changes_consistent(stream: Stream) -> None:
     """A tier change seen twice (at-least-once) is the same change both times: one event_id
     never names two different changes (customer, policy, sequence, from, to, cause)."""
