@@ -46,12 +46,19 @@ def run(args: argparse.Namespace) -> int:
 def _worker() -> int:
     from grader.settings import load_settings
     from grader.stream.options import load_options
-    from grader.stream.worker import load_grading, reach_redis, run_worker
+    from grader.stream.worker import (
+        load_access,
+        load_grading,
+        reach_redis,
+        run_worker,
+        support_policy,
+    )
 
     settings = load_settings()
     options = load_options(settings)
     grading = load_grading(settings)
     _check_web_access(settings)
+    load_access(settings, support_policy(settings, grading))  # a bad tokens file: one line
     _reach(settings)
     reach_redis(settings, grading)
     return run_worker(settings, grading, options)
@@ -66,9 +73,10 @@ def _check_web_access(settings: Settings) -> None:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback and not settings.api_token:
+    if not loopback and not settings.api_token and settings.api_tokens_file is None:
         raise GraderError(f"setting web_host (GRADER_WEB_HOST): {host} is not a loopback "
-                          "address, so the customer endpoint needs GRADER_API_TOKEN")
+                          "address, so the customer endpoint needs GRADER_API_TOKEN or "
+                          "GRADER_API_TOKENS_FILE")
 
 
 def _redis_sync() -> int:

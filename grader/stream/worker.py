@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from grader.access import Access, read_tokens_file
 from grader.core import Grading
 from grader.errors import GraderError
 from grader.policy import Policy
@@ -32,6 +33,15 @@ def support_policy(settings: Settings, grading: Grading) -> Policy:
     """The active policy named by the support_policy setting (a name or a file's stem)."""
     stems = [Path(name).stem for name in settings.policies]
     return grading.policies[stems.index(settings.support_policy)]
+
+
+def load_access(settings: Settings, support: Policy) -> Access:
+    """The callers of the customer endpoint: GRADER_API_TOKEN's and the tokens file's,
+    whose detail_up_to must be tiers of the support policy; a bad file is one line."""
+    entries = []
+    if settings.api_tokens_file is not None:
+        entries = read_tokens_file(settings.api_tokens_file, support.tier_names)
+    return Access(entries, settings.api_token)
 
 
 def reach_redis(settings: Settings, grading: Grading) -> None:
