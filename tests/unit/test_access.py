@@ -123,7 +123,7 @@ def test_a_file_others_may_read_or_write_is_refused(tmp_path: Path, mode: int) -
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(TokensFileError, match="tokens file .*nope.toml: cannot read it"):
+    with pytest.raises(TokensFileError, match=r"tokens file .*nope\.toml: cannot read it"):
         read_tokens_file(tmp_path / "nope.toml", TIERS)
 
 
