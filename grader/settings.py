@@ -78,7 +78,7 @@ class Settings:
     web_host: str
     web_port: int
     data_dir: Path
-    api_token: str | None
+    api_token: str | None = field(repr=False)  # a secret; the worker keeps only its digest
     config_dir: Path
     broker_quirks: str = "none"  # "tansu": workarounds for the local broker (docs/streaming.md)
     live_ticks: bool = True  # tick every customer at each local midnight

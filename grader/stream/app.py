@@ -27,7 +27,7 @@ import faust
 import orjson
 
 from grader import kafkaauth
-from grader.access import Caller, access_record
+from grader.access import Access, Caller, access_record
 from grader.clock import NEVER, format_instant
 from grader.core import Grading, policy_stale
 from grader.events import Rejection
@@ -375,8 +375,9 @@ class Processor:
 
 
 def create_app(settings: Settings, grading: Grading, options: StreamOptions,
-               sink: OutputSink | None = None) -> faust.App:
-    """The worker's Faust app, wired to its topics, tables and sink."""
+               sink: OutputSink | None = None, access: Access | None = None) -> faust.App:
+    """The worker's Faust app, wired to its topics, tables and sink; ``access``: the
+    customer endpoint's callers (default: from ``settings``)."""
     prefix, partitions = settings.topic_prefix, settings.partitions
     store = table_store()
     servers = bootstrap_servers(settings.kafka_url)
@@ -449,7 +450,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     support_of = support_policy(settings, grading)
     web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
                 partitions, lambda partition: partition in owned(),
-                load_access(settings, support_of), support_of, record_access)
+                access or load_access(settings, support_of), support_of, record_access)
 
     @app.page("/metrics")
     async def metrics(web: Any, _request: Any) -> Any:

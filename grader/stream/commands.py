@@ -8,6 +8,7 @@ a bad setting or policy is one line and a non-zero exit before any connection.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,10 +59,12 @@ def _worker() -> int:
     options = load_options(settings)
     grading = load_grading(settings)
     _check_web_access(settings)
-    load_access(settings, support_policy(settings, grading))  # a bad tokens file: one line
+    access = load_access(settings, support_policy(settings, grading))  # bad file: one line
+    # From here on the worker keeps GRADER_API_TOKEN's digest only (in ``access``).
+    settings = dataclasses.replace(settings, api_token=None)
     _reach(settings)
     reach_redis(settings, grading)
-    return run_worker(settings, grading, options)
+    return run_worker(settings, grading, options, access)
 
 
 def _check_web_access(settings: Settings) -> None:

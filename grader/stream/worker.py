@@ -135,8 +135,10 @@ def exit_if_stuck(grace: float = SHUTDOWN_GRACE) -> threading.Timer:
     return timer
 
 
-def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> int:
-    """Create missing topics, then run the Faust worker until a signal stops it."""
+def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
+               access: Access | None = None) -> int:
+    """Create missing topics, then run the Faust worker until a signal stops it; ``access``:
+    the endpoint's callers (default: from ``settings``)."""
     from grader.stream.admin import ensure_topics
     from grader.stream.topology import load_topics
 
@@ -153,7 +155,7 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
     from grader.stream.app import create_app
     from grader.stream.localstate import changelogs_of, check_local_tables
 
-    app = create_app(settings, grading, options)
+    app = create_app(settings, grading, options, access=access)
     check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 
