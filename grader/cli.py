@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from grader import __version__, core_kind, terminal
+from grader import __version__, core_kind, terminal, tokencmd
 from grader.clock import TimestampError, format_instant, parse_instant
 from grader.errors import GraderError, one_line
 from grader.policy import Policy
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = pol_sub.add_parser("check", help="validate a policy file and print it")
     check.add_argument("file", help="policy file or preset name")
     stream_commands.register(sub)
+    tokencmd.register(sub, _Parser)
     return parser
 
 
@@ -120,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
         return _whatif(args)
     if args.command in stream_commands.COMMANDS:
         return stream_commands.run(args)
+    if args.command == "token":
+        return tokencmd.run(args)
     return _policy_check(args)
 
 

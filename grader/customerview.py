@@ -23,6 +23,12 @@ from grader.rational import display, to_fraction
 from grader.scoring import ScoreMemo, rescore
 from grader.state import CustomerState
 
+#: What a caller of scope ``tier`` sees (GRADING.md section 7), a whitelist: of the body,
+#: and of each policy's entry. Scores, breakdown, metrics and the override trail are
+#: never in it; a field the body gains is not shown to a tier caller until named here.
+TIER_SCOPE_FIELDS = ("customer_id", "graded", "blacklisted", "as_of", "policies")
+TIER_SCOPE_POLICY_FIELDS = ("tier", "pinned", "drops_on", "to_tier")
+
 #: GRADING.md section 1: 1..64 chars of [A-Za-z0-9._:-].
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 
@@ -64,3 +70,14 @@ def customer_document(state: CustomerState, grading: Grading) -> dict[str, Any]:
             for a in state.audit
         ],
     }
+
+
+def tier_scope(document: dict[str, Any]) -> dict[str, Any]:
+    """The part of a customer document that a caller of scope ``tier`` sees: the fields of
+    TIER_SCOPE_FIELDS and, per policy, those of TIER_SCOPE_POLICY_FIELDS that it has."""
+    shown = {key: document[key] for key in TIER_SCOPE_FIELDS if key in document}
+    shown["policies"] = {
+        name: {key: grade[key] for key in TIER_SCOPE_POLICY_FIELDS if key in grade}
+        for name, grade in document.get("policies", {}).items()
+    }
+    return shown

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, str] = {
     "web_idle_timeout": "10",
     "data_dir": "./data",
     "api_token": "",
+    "api_tokens_file": "",
     "broker_quirks": "none",
     "live_ticks": "1",
     "log_level": "info",
@@ -77,7 +78,7 @@ class Settings:
     web_host: str
     web_port: int
     data_dir: Path
-    api_token: str | None
+    api_token: str | None = field(repr=False)  # a secret; the worker keeps only its digest
     config_dir: Path
     broker_quirks: str = "none"  # "tansu": workarounds for the local broker (docs/streaming.md)
     live_ticks: bool = True  # tick every customer at each local midnight
@@ -85,6 +86,7 @@ class Settings:
     kafka_security: KafkaSecurity = PLAINTEXT  # repr shows no password
     redis_files: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, cert, key
     web_idle_timeout: int = 10  # seconds a web connection may wait for a whole request
+    api_tokens_file: Path | None = None  # the customer endpoint's callers (grader/access.py)
 
     @property
     def kafka(self) -> KafkaTarget:
@@ -195,6 +197,8 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         kafka_security=_kafka_security(raw, password),
         redis_files=redis_files,  # type: ignore[arg-type]
         web_idle_timeout=_int(raw, "web_idle_timeout", 1, 3600),
+        api_tokens_file=Path(raw["api_tokens_file"].strip()) if raw["api_tokens_file"].strip()
+        else None,
     )
 
 

@@ -105,6 +105,20 @@ return replaced
 """
 
 
+#: What a support desk's ACL user may run (GRADING.md section 7; docs/support-queues.md,
+#: "A support desk's ACL user"): reads of the queues, tickets and customers, nothing else.
+DESK_COMMANDS = ("zrange", "zcard", "zscore", "zrank", "hget", "hmget", "hgetall", "ping")
+DESK_KEYS = ("queue", "ticket", "customer")
+
+
+def desk_acl(prefix: str) -> list[str]:
+    """The ``ACL SETUSER NAME on >PASSWORD ...`` rules of a support desk's user under
+    ``prefix``: no key, channel or command but DESK_COMMANDS, and those read-only on the
+    queue, ticket and customer keys (``%R~``)."""
+    return ["resetkeys", "resetchannels", "-@all", *(f"+{c}" for c in DESK_COMMANDS),
+            *(f"%R~{prefix}{kind}:*" for kind in DESK_KEYS)]
+
+
 class RedisSetupError(Exception):
     """Redis cannot be used as configured; the message names the setting."""
 

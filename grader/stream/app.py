@@ -27,6 +27,7 @@ import faust
 import orjson
 
 from grader import kafkaauth
+from grader.access import Access, Caller, access_record
 from grader.clock import NEVER, format_instant
 from grader.core import Grading, policy_stale
 from grader.events import Rejection
@@ -44,8 +45,16 @@ from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
 from grader.stream.telemetry import CONTENT_TYPE, Telemetry, TierIndex
-from grader.stream.topology import INPUTS, REPARTITION, SUPPORT, TICKS, TIER_CHANGES
-from grader.stream.worker import support_policy
+from grader.stream.topology import (
+    ACCESS_LOG,
+    INPUTS,
+    REPARTITION,
+    SUPPORT,
+    TICKS,
+    TIER_CHANGES,
+    partition_of,
+)
+from grader.stream.worker import load_access, support_policy
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -366,8 +375,9 @@ class Processor:
 
 
 def create_app(settings: Settings, grading: Grading, options: StreamOptions,
-               sink: OutputSink | None = None) -> faust.App:
-    """The worker's Faust app, wired to its topics, tables and sink."""
+               sink: OutputSink | None = None, access: Access | None = None) -> faust.App:
+    """The worker's Faust app, wired to its topics, tables and sink; ``access``: the
+    customer endpoint's callers (default: from ``settings``)."""
     prefix, partitions = settings.topic_prefix, settings.partitions
     store = table_store()
     servers = bootstrap_servers(settings.kafka_url)
@@ -428,8 +438,19 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
     telemetry.index = TierIndex(processor.stored_states)
     telemetry.source = owned_and_lags
+    worker_name = str(app.conf.canonical_url)
+
+    async def record_access(caller: Caller, customer_id: str, status: int) -> None:
+        key = customer_id.encode()
+        record = access_record(format_instant(now_us()), caller, customer_id, status,
+                               worker_name)
+        await sender.send([(prefix + ACCESS_LOG, partition_of(key, partitions), key,
+                            orjson.dumps(record))])
+
+    support_of = support_policy(settings, grading)
     web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
-                partitions, lambda partition: partition in owned(), settings.api_token)
+                partitions, lambda partition: partition in owned(),
+                access or load_access(settings, support_of), support_of, record_access)
 
     @app.page("/metrics")
     async def metrics(web: Any, _request: Any) -> Any:

@@ -8,6 +8,7 @@ a bad setting or policy is one line and a non-zero exit before any connection.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,17 +47,26 @@ def run(args: argparse.Namespace) -> int:
 def _worker() -> int:
     from grader.settings import load_settings
     from grader.stream.options import load_options
-    from grader.stream.worker import (exit_on_signal_until_started, load_grading, reach_redis,
-                                      run_worker)
+    from grader.stream.worker import (
+        exit_on_signal_until_started,
+        load_access,
+        load_grading,
+        reach_redis,
+        run_worker,
+        support_policy,
+    )
 
     exit_on_signal_until_started()
     settings = load_settings()
     options = load_options(settings)
     grading = load_grading(settings)
     _check_web_access(settings)
+    access = load_access(settings, support_policy(settings, grading))  # bad file: one line
+    # From here on the worker keeps GRADER_API_TOKEN's digest only (in ``access``).
+    settings = dataclasses.replace(settings, api_token=None)
     _reach(settings)
     reach_redis(settings, grading)
-    return run_worker(settings, grading, options)
+    return run_worker(settings, grading, options, access)
 
 
 def _check_web_access(settings: Settings) -> None:
@@ -68,9 +78,10 @@ def _check_web_access(settings: Settings) -> None:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback and not settings.api_token:
+    if not loopback and not settings.api_token and settings.api_tokens_file is None:
         raise GraderError(f"setting web_host (GRADER_WEB_HOST): {host} is not a loopback "
-                          "address, so the customer endpoint needs GRADER_API_TOKEN")
+                          "address, so the customer endpoint needs GRADER_API_TOKEN or "
+                          "GRADER_API_TOKENS_FILE")
 
 
 def _redis_sync() -> int:

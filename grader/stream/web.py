@@ -8,11 +8,18 @@ and relays its answer. A forward that fails (the owner left, a rebalance
 is under way) is tried once more with fresh metadata, then answered 503;
 it never waits longer than FORWARD_TIMEOUT.
 
-With an API token (``GRADER_API_TOKEN``), every request but ``/metrics``
-needs ``Authorization: Bearer <token>`` (the scheme in any case, as RFC 9110
-says; the token compared in constant time, as bytes), else 401. Every error is
+With an API token (``GRADER_API_TOKEN``) or a tokens file (``api_tokens_file``,
+grader/access.py), every request but ``/metrics`` needs ``Authorization: Bearer
+<token>`` (the scheme in any case, as RFC 9110 says; the token's SHA-256 compared
+with each caller's by ``hmac.compare_digest``), else 401; a token anywhere else (a
+query string) is not looked at. The caller's scope decides what the owner answers:
+``tier`` gets the whitelisted fields of customerview.tier_scope; ``detail`` limited
+to a tier gets 403 for a customer above it. A forward carries the caller's
+credentials, and the owner decides on them. Every 200, 403 and 404 of the customer
+endpoint is recorded once on the access-log topic, by the worker that answers,
+before the answer is sent (if it cannot be, the answer is 503). Every error is
 a JSON object ``{"error": ...}``: 400 for a malformed customer id or request,
-401, 404 for an unknown customer or path, 405 for a method other than GET,
+401, 403, 404 for an unknown customer or path, 405 for a method other than GET,
 503 while the owner cannot be reached or is recovering (grader/stream/webserver.py
 makes aiohttp's own answers JSON too).
 """
@@ -20,7 +27,6 @@ makes aiohttp's own answers JSON too).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,8 +37,10 @@ import faust
 from aiohttp import web
 from yarl import URL
 
+from grader.access import Access, Caller, may_see_detail
 from grader.core import Grading
-from grader.customerview import CUSTOMER_ID, customer_document
+from grader.customerview import CUSTOMER_ID, customer_document, tier_scope
+from grader.policy import Policy
 from grader.stream import step, webserver
 from grader.stream.tables import TableStore
 from grader.stream.topology import partition_of
@@ -42,6 +50,12 @@ FORWARD_TIMEOUT = 5.0  # seconds for one forwarded request
 FORWARDED = "X-Grader-Forwarded"  # set on a forwarded request: it is never forwarded again
 OPEN_PATHS = frozenset({"/metrics"})
 RELAYED = ("Retry-After", "WWW-Authenticate")  # headers of the owner's answer a forward keeps
+CALLER = "grader.caller"  # the request's key for the authenticated Caller
+LOGGED = (200, 403, 404)  # the customer endpoint's answers the access-log records
+
+#: Records one answer of the customer endpoint: (caller, customer id, status); raises if
+#: the record could not be written.
+AccessLog = Callable[[Caller, str, int], Awaitable[None]]
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -65,18 +79,20 @@ def customer_path(customer_id: str) -> str:
     return "/customers/" + quote(customer_id, safe="").replace(".", "%2E")
 
 
-def access_middleware(token: str | None) -> Any:
-    """The token check, and JSON bodies for aiohttp's own errors (404, 405)."""
-    expected = token.encode() if token else None
+def access_middleware(access: Access) -> Any:
+    """The token check (the caller, in ``request[CALLER]``), and JSON bodies for aiohttp's
+    own errors (404, 405)."""
 
     @web.middleware
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
-        if (expected is not None and request.path not in OPEN_PATHS
-                and not hmac.compare_digest(bearer_token(request), expected)):
-            return error(401, "a valid bearer token is needed (Authorization header)",
-                         **{"WWW-Authenticate": 'Bearer realm="grader"'})
+        if request.path not in OPEN_PATHS:
+            caller = access.caller(bearer_token(request))
+            if caller is None:
+                return error(401, "a valid bearer token is needed (Authorization header)",
+                             **{"WWW-Authenticate": 'Bearer realm="grader"'})
+            request[CALLER] = caller
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -88,11 +104,24 @@ def access_middleware(token: str | None) -> Any:
     return middleware
 
 
+def answer_for(caller: Caller, document: dict[str, Any], support: Policy
+                ) -> tuple[int, dict[str, Any]]:
+    """(status, body) of a known customer's ``document`` for ``caller`` (GRADING.md 7)."""
+    if caller.scope == "tier":
+        return 200, tier_scope(document)
+    grade = document["policies"].get(support.name)
+    if not may_see_detail(caller, None if grade is None else grade["tier"], support.tier_names):
+        return 403, {"error": f"caller {caller.name} may see the detail of customers up to "
+                              f"tier {caller.detail_up_to} of {support.name} only"}
+    return 200, document
+
+
 def install(app: faust.App, grading: Grading, customers: TableStore, changelog: str,
-            partitions: int, owns: Callable[[int], bool], token: str | None) -> None:
+            partitions: int, owns: Callable[[int], bool], access: Access, support: Policy,
+            access_log: AccessLog) -> None:
     """Add the access middleware and the customer endpoint to ``app``'s web server."""
     server: Any = app.web  # Faust's aiohttp driver; its aiohttp Application is not started yet
-    server.web_app.middlewares.append(access_middleware(token))
+    server.web_app.middlewares.append(access_middleware(access))
     webserver.install_json_errors(server)
 
     def owner_url(partition: int) -> str | None:
@@ -144,10 +173,20 @@ def install(app: faust.App, grading: Grading, customers: TableStore, changelog: 
                 return error(503, "this worker is recovering its state; retry",
                              **{"Retry-After": "1"})
             stored = customers.get(key, partition)
+            caller: Caller = request[CALLER]
             if stored is None:
-                return error(404, f"no customer {customer_id}")
-            state = step.decode_record(stored).state
-            return web.json_response(customer_document(state, grading))
+                status, body = 404, {"error": f"no customer {customer_id}"}
+            else:
+                document = customer_document(step.decode_record(stored).state, grading)
+                status, body = answer_for(caller, document, support)
+            try:
+                await access_log(caller, customer_id, status)
+            except Exception as exc:  # no answer goes out unrecorded
+                log.warning("the access-log record of a customer request could not be "
+                            "written, answered 503: %s", type(exc).__name__)
+                return error(503, "the access could not be recorded; retry",
+                             **{"Retry-After": "1"})
+            return web.json_response(body, status=status)
 
         async def post(self, request: Any, **_kw: Any) -> Any:
             return error(405, "only GET", Allow="GET")

@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from grader.access import Access, read_tokens_file
 from grader.core import Grading
 from grader.errors import GraderError
 from grader.policy import Policy
@@ -32,6 +33,15 @@ def support_policy(settings: Settings, grading: Grading) -> Policy:
     """The active policy named by the support_policy setting (a name or a file's stem)."""
     stems = [Path(name).stem for name in settings.policies]
     return grading.policies[stems.index(settings.support_policy)]
+
+
+def load_access(settings: Settings, support: Policy) -> Access:
+    """The callers of the customer endpoint: GRADER_API_TOKEN's and the tokens file's,
+    whose detail_up_to must be tiers of the support policy; a bad file is one line."""
+    entries = []
+    if settings.api_tokens_file is not None:
+        entries = read_tokens_file(settings.api_tokens_file, support.tier_names)
+    return Access(entries, settings.api_token)
 
 
 def reach_redis(settings: Settings, grading: Grading) -> None:
@@ -145,8 +155,10 @@ def exit_if_stuck(grace: float = SHUTDOWN_GRACE) -> threading.Timer:
     return timer
 
 
-def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> int:
-    """Create missing topics, then run the Faust worker until a signal stops it."""
+def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
+               access: Access | None = None) -> int:
+    """Create missing topics, then run the Faust worker until a signal stops it; ``access``:
+    the endpoint's callers (default: from ``settings``)."""
     from grader.stream.admin import ensure_topics
     from grader.stream.topology import load_topics
 
@@ -163,7 +175,7 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions) -> 
     from grader.stream.app import create_app
     from grader.stream.localstate import changelogs_of, check_local_tables
 
-    app = create_app(settings, grading, options)
+    app = create_app(settings, grading, options, access=access)
     check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 

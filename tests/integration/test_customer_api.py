@@ -146,7 +146,8 @@ def test_an_open_endpoint_off_loopback_is_refused(stream: Stream, host: str) -> 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0] == (f"grader: error: setting web_host (GRADER_WEB_HOST): {host} is not a "
-                        "loopback address, so the customer endpoint needs GRADER_API_TOKEN")
+                        "loopback address, so the customer endpoint needs GRADER_API_TOKEN or "
+                        "GRADER_API_TOKENS_FILE")
 
 
 def test_the_endpoint_keeps_its_openapi_document(stream: Stream, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import pytest
 import redis
 
 from grader.services import RedisServer, RedisTls, start_secure_redis, tls_redis_available
+from grader.sinks.redis import desk_acl
 from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import write_lines
@@ -237,3 +238,47 @@ def test_a_client_key_that_does_not_match_is_one_line(stream: Stream,
     assert line.endswith(f"with the key redis_key_file ({secure.pki.server_key}): "
                          f"KEY_VALUES_MISMATCH")
     assert_no_password(done.stdout + done.stderr, secure.password)
+
+
+def test_a_support_desk_user_reads_the_queues_and_nothing_else(
+        stream: Stream, secure_redis: dict[str, SecureRedis], tmp_path: Path) -> None:
+    """GRADING.md section 7: a desk's ACL user (docs/support-queues.md, desk_acl) reads the
+    queues, tickets and customers the worker wrote, and Redis refuses it anything else."""
+    secure = secure_redis["optional"]
+    prefix = stream.prefix
+    tickets_file(tmp_path / "events.jsonl")
+    worker = stream.start_worker(**secure.env(stream))
+    worker.wait_ready(45)
+    assert stream.grader("produce", str(tmp_path / "events.jsonl")).returncode == 0
+    admin = secure.client()
+    desk_name, desk_password = f"desk-{secrets.token_hex(4)}", f"pw-{secrets.token_hex(12)}"
+    admin.execute_command("ACL", "SETUSER", desk_name, "on", f">{desk_password}",
+                          *desk_acl(prefix))
+    admin.set("elsewhere:secret", "x")
+    admin.hset("other:customer:BIG", "tier:abc-100", "A")
+    desk = redis.Redis(host="127.0.0.1", port=secure.server.port, username=desk_name,
+                       password=desk_password, ssl=True, ssl_ca_certs=str(secure.pki.ca),
+                       socket_timeout=10)
+    queue = f"{prefix}queue:desk"
+    wait_for(lambda: desk.zrange(queue, 0, -1) == [b"B1", b"S1", b"S2"], 45,
+             "the desk to read the queue in service order")
+    assert desk.hgetall(f"{prefix}ticket:B1")[b"customer_id"] == b"BIG"
+    assert desk.hget(f"{prefix}customer:BIG", "tier:abc-100") == b"A"
+    assert desk.zcard(queue) == 3 and desk.ping()
+    refused: list[tuple[Any, ...]] = [
+        ("ZADD", queue, "0", "X1"), ("ZREM", queue, "B1"), ("HSET", f"{prefix}customer:BIG",
+                                                           "tier:abc-100", "C"),
+        ("DEL", queue), ("SET", f"{prefix}queue:new", "x"), ("EXPIRE", queue, "1"),
+        ("KEYS", "*"), ("KEYS", f"{prefix}*"), ("SCAN", "0"), ("GET", "elsewhere:secret"),
+        ("HGETALL", "other:customer:BIG"), ("ZRANGE", "elsewhere:secret", "0", "-1"),
+        ("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("CONFIG", "SET", "save", ""),
+        ("EVAL", "return redis.call('FLUSHALL')", "0"), ("EVAL", "return 1", "0"),
+        ("FUNCTION", "LIST"), ("ACL", "LIST"), ("ACL", "SETUSER", desk_name, "+@all"),
+        ("SUBSCRIBE", "x"), ("CLIENT", "LIST"), ("INFO",), ("MONITOR",),
+    ]
+    for command in refused:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            desk.execute_command(*command)
+    assert admin.zrange(queue, 0, -1) == [b"B1", b"S1", b"S2"]  # nothing was changed
+    assert admin.get("elsewhere:secret") == b"x"
+    assert worker.stop() == 0

@@ -124,3 +124,13 @@ def test_the_docs_name_no_stream_helper_that_does_not_exist() -> None:
     for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         for helper in re.findall(r"`Stream\.(\w+)`", path.read_text(encoding="utf-8")):
             assert f"    def {helper}(" in source, f"{path.name}: Stream.{helper} does not exist"
+
+
+def test_the_desk_acl_of_the_docs_is_the_one_grader_gives() -> None:
+    """docs/support-queues.md's ACL SETUSER line is grader.sinks.redis.desk_acl, which
+    tests/integration/test_redis_security.py checks on a real redis-server."""
+    from grader.sinks.redis import desk_acl
+
+    text = (DOCS / "support-queues.md").read_text(encoding="utf-8")
+    [line] = [ln for ln in text.splitlines() if ln.startswith("ACL SETUSER desk ")]
+    assert line.split()[5:] == desk_acl("grader:")
