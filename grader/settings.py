@@ -39,6 +39,7 @@ DEFAULTS: dict[str, str] = {
     "web_host": "127.0.0.1",
     "web_port": "6066",
     "web_idle_timeout": "10",
+    "warn_days": "30",
     "data_dir": "./data",
     "api_token": "",
     "broker_quirks": "none",
@@ -85,6 +86,7 @@ class Settings:
     kafka_security: KafkaSecurity = PLAINTEXT  # repr shows no password
     redis_files: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, cert, key
     web_idle_timeout: int = 10  # seconds a web connection may wait for a whole request
+    warn_days: int = 30  # tier-warnings: a drop at most this many days ahead (0: none)
 
     @property
     def kafka(self) -> KafkaTarget:
@@ -195,6 +197,7 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         kafka_security=_kafka_security(raw, password),
         redis_files=redis_files,  # type: ignore[arg-type]
         web_idle_timeout=_int(raw, "web_idle_timeout", 1, 3600),
+        warn_days=_int(raw, "warn_days", 0, 3660),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -59,6 +60,10 @@ REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
 REDIS_CHECK_EVERY = 2.0  # seconds between two checks that Redis did not restart empty
 SWEEP_EVERY = 2.0  # seconds between two looks for partitions to sweep after a roll-out
 SWEEP_PAUSE = 0.5  # seconds between two partitions of a sweep: the stream goes first
+#: A process environment switch, not a setting: "1" leaves the tier at risk out of the
+#: worker (no drops_on in customer-tiers, no tier-warnings), only to measure its cost
+#: (docs/performance.md, bench/worker_bench.py --without-at-risk).
+AT_RISK_SWITCH = "GRADER_BENCH_WITHOUT_AT_RISK"
 
 
 def now_us() -> int:
@@ -83,6 +88,7 @@ class Batch:
         self.unstored: list[step.Output] = []  # dead letters, forwards: follow from the message
         self.applied: dict[bytes, list[step.Incoming]] = {}  # what changed each live state
         self.clocks: dict[int, int] = {}  # partition -> its clock, read once per batch
+        self.republished: dict[bytes, int] = {}  # how many outputs first are republished ones
 
     def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
         """Keep what one step did to customer ``key``."""
@@ -94,7 +100,7 @@ class Batch:
 
     def forget(self, key: bytes) -> list[step.Incoming]:
         """Drop customer ``key``'s live state and outputs; the messages that had changed it."""
-        for kept in (self.states, self.store, self.outputs):
+        for kept in (self.states, self.store, self.outputs, self.republished):
             kept.pop(key, None)
         return self.applied.pop(key, [])
 
@@ -105,8 +111,11 @@ class Processor:
     def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
                  sink: OutputSink, ticks_topic: str, partitions: int,
                  support: SupportQueues | None = None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, warn_days: int = 30,
+                 at_risk: bool = True) -> None:
         self.grading = grading
+        self.warn_days = warn_days  # tier-warnings (settings.warn_days; 0: none)
+        self.at_risk = at_risk  # False only to measure its cost (AT_RISK_SWITCH)
         self.telemetry = telemetry or Telemetry()
         self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
         self.support = support  # Redis support queues, written after the Kafka outputs
@@ -212,14 +221,23 @@ class Processor:
                 record = step.decode_record(stored)
                 state = record.state
                 if record.epoch != self.epoch and record.pending:
-                    batch.add(key, partition, step.Outcome("republished",
-                                                           step.republished(record.pending),
-                                                           state))
+                    again = step.republished(record.pending)
+                    batch.add(key, partition, step.Outcome("republished", again, state))
+                    batch.republished[key] = len(again)  # sent again as they are
         batch.states[key] = state
         return state
 
     async def settle(self, batch: Batch) -> None:
-        """Store the changed customers with their outputs, then publish; wait for both."""
+        """Store the changed customers with their outputs, then publish; wait for both.
+
+        First each customer to store gets its tier at risk refreshed, once for the
+        whole batch (step.with_risk): its snapshot and warnings are stored with it."""
+        if self.at_risk:
+            now = now_us()
+            for key, (_partition, state) in batch.store.items():
+                outputs, again = batch.outputs.get(key, []), batch.republished.get(key, 0)
+                batch.outputs[key] = outputs[:again] + self.with_risk(state, outputs[again:],
+                                                                      now)
         writes = [(partition, key, step.encode_record(state, self.epoch,
                                                       batch.outputs.get(key, [])))
                   for key, (partition, state) in batch.store.items()]
@@ -240,6 +258,17 @@ class Processor:
             await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
                                       if key in batch.store
                                       and any(out.topic == SUPPORT for out in outs)])
+
+    def with_risk(self, state: CustomerState, outputs: list[step.Output],
+                  now: int) -> list[step.Output]:
+        """step.with_risk; a customer whose refresh raises keeps the outputs it had."""
+        try:
+            return step.with_risk(state, outputs, self.grading, self.warn_days, now)
+        except Exception as exc:  # a defect in grader: it must not stop the worker
+            log.error("the tier at risk of customer %s failed (%s), not refreshed:\n%s",
+                      state.customer_id, type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            return outputs
 
     async def sweep_policies(self, partitions: Iterable[int],
                              owns: Callable[[int], bool] = lambda _partition: True) -> int:
@@ -409,7 +438,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     customer_store = FaustTableStore(customers, sender, partitions)
     processor = Processor(grading, customer_store, FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
-                          partitions, support, telemetry)
+                          partitions, support, telemetry, settings.warn_days,
+                          os.environ.get(AT_RISK_SWITCH) != "1")
 
     def owned() -> set[int]:
         """The partitions this worker owns now (every source topic is co-partitioned)."""
@@ -426,7 +456,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                 lags[tp.topic.removeprefix(prefix), tp.partition] = max(0, end - next_offset)
         return owned(), lags
 
-    telemetry.index = TierIndex(processor.stored_states)
+    telemetry.index = TierIndex(processor.stored_states,
+                                {p.name: p.timezone for p in grading.policies})
     telemetry.source = owned_and_lags
     web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
                 partitions, lambda partition: partition in owned(), settings.api_token)
@@ -483,6 +514,17 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         swept.clear()  # a new assignment: look at every partition again
 
     @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
+    def with_risk(self, state: CustomerState, outputs: list[step.Output],
+                  now: int) -> list[step.Output]:
+        """step.with_risk; a customer whose refresh raises keeps the outputs it had."""
+        try:
+            return step.with_risk(state, outputs, self.grading, self.warn_days, now)
+        except Exception as exc:  # a defect in grader: it must not stop the worker
+            log.error("the tier at risk of customer %s failed (%s), not refreshed:\n%s",
+                      state.customer_id, type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            return outputs
+
     async def sweep_policies() -> None:
         if app.in_recovery or app.rebalancing:
             return
