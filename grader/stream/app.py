@@ -514,17 +514,6 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         swept.clear()  # a new assignment: look at every partition again
 
     @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
-    def with_risk(self, state: CustomerState, outputs: list[step.Output],
-                  now: int) -> list[step.Output]:
-        """step.with_risk; a customer whose refresh raises keeps the outputs it had."""
-        try:
-            return step.with_risk(state, outputs, self.grading, self.warn_days, now)
-        except Exception as exc:  # a defect in grader: it must not stop the worker
-            log.error("the tier at risk of customer %s failed (%s), not refreshed:\n%s",
-                      state.customer_id, type(exc).__name__,
-                      "".join(traceback.format_tb(exc.__traceback__)))
-            return outputs
-
     async def sweep_policies() -> None:
         if app.in_recovery or app.rebalancing:
             return
