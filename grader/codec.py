@@ -15,8 +15,8 @@ from grader.state import CustomerState, Invoice, Risk, Ticket, TierState
 VERSION = 5  # 2 added "digests" (a version 1 state loads with none: no conflict is seen);
 # 3 added "tickets" (an older state loads with none: tickets were not kept before);
 # 4 added "under" (an older state loads with none: it is graded again once, as in a roll-out);
-# 5 added "risk" (an older state loads with none: its next refresh computes drops_on, says
-# so in a customer-tiers message, and warns about a date within warn_days once)
+# 5 added "risk" and "risk_stale" (an older state loads with none: its next refresh computes
+# drops_on, says so in a customer-tiers message, and warns about a date within warn_days once)
 
 
 def dump_state(state: CustomerState) -> bytes:
@@ -54,6 +54,7 @@ def dump_state(state: CustomerState) -> bytes:
             },
             "under": state.graded_under,
             "risk": {p: [r.drops_on, r.to_tier, r.warned] for p, r in state.risk.items()},
+            "risk_stale": state.risk_stale,
         }
     )
 
@@ -95,4 +96,5 @@ def load_state(data: bytes) -> CustomerState:
     state.tickets = {i: Ticket(*t) for i, t in raw.get("tickets", {}).items()}
     state.graded_under = {p: (v[0], v[1]) for p, v in raw.get("under", {}).items()}
     state.risk = {p: Risk(r[0], r[1], list(r[2])) for p, r in raw.get("risk", {}).items()}
+    state.risk_stale = raw.get("risk_stale", False)
     return state

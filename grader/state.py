@@ -142,6 +142,8 @@ class CustomerState:
     graded_under: dict[str, tuple[str, str]] = field(default_factory=dict)
     # policy name -> its tier at risk, refreshed after the customer's state changed
     risk: dict[str, Risk] = field(default_factory=dict)
+    # True: changed since ``risk`` was refreshed (the worker defers refreshes while behind)
+    risk_stale: bool = False
     # Not persisted (codec): revisions of the details metrics read, bumped by record()
     # and prune() on every change, and the scoring memo keyed by them (grader.scoring).
     # A state loaded from bytes starts with an empty memo, so its revisions restart at 0.

@@ -45,7 +45,14 @@ from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
 from grader.stream.telemetry import CONTENT_TYPE, Telemetry, TierIndex
-from grader.stream.topology import INPUTS, REPARTITION, SUPPORT, TICKS, TIER_CHANGES
+from grader.stream.topology import (
+    CUSTOMER_TIERS,
+    INPUTS,
+    REPARTITION,
+    SUPPORT,
+    TICKS,
+    TIER_CHANGES,
+)
 from grader.stream.worker import support_policy
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,9 @@ REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
 REDIS_CHECK_EVERY = 2.0  # seconds between two checks that Redis did not restart empty
 SWEEP_EVERY = 2.0  # seconds between two looks for partitions to sweep after a roll-out
 SWEEP_PAUSE = 0.5  # seconds between two partitions of a sweep: the stream goes first
+BEHIND_AFTER = 1.0  # seconds: a batch whose newest message is older is a backlog's
+STALE_CHUNK = 500  # customers whose deferred tier at risk one batch (or timer) refreshes
+REFRESH_EVERY = 1.0  # seconds between two looks for deferred refreshes while idle
 #: A process environment switch, not a setting: "1" leaves the tier at risk out of the
 #: worker (no drops_on in customer-tiers, no tier-warnings), only to measure its cost
 #: (docs/performance.md, bench/worker_bench.py --without-at-risk).
@@ -116,6 +126,10 @@ class Processor:
         self.grading = grading
         self.warn_days = warn_days  # tier-warnings (settings.warn_days; 0: none)
         self.at_risk = at_risk  # False only to measure its cost (AT_RISK_SWITCH)
+        # Customers this process stored with their tier at risk deferred (risk_stale): key ->
+        # partition, refreshed STALE_CHUNK at a time once the stream is not behind.
+        self.stale: dict[bytes, int] = {}
+        self.owns: Callable[[int], bool] = lambda _partition: True  # set by create_app
         self.telemetry = telemetry or Telemetry()
         self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
         self.support = support  # Redis support queues, written after the Kafka outputs
@@ -133,22 +147,39 @@ class Processor:
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
+        messages = list(messages)
+        behind = self.behind(messages)
         async with self.lock:
             started = time.monotonic()
             try:
                 batch = Batch()
                 for msg in messages:
                     if msg.topic == self.ticks_topic:
-                        await self.settle(batch)
+                        await self.settle(batch, behind)
                         batch = Batch()
                         await self.on_tick(msg)
                     else:
                         self.grade(msg, batch)
-                await self.settle(batch)
+                await self.settle(batch, behind)
             except BaseException:
                 self.decoded.clear()  # states may have changed in place without being stored
                 raise
             self.telemetry.batch_seconds.observe(time.monotonic() - started)
+
+    @staticmethod
+    def behind(messages: list[step.Incoming]) -> bool:
+        """Whether the batch is a backlog's: its newest message is older than BEHIND_AFTER."""
+        stamps = [m.timestamp for m in messages if m.timestamp is not None]
+        return bool(stamps) and time.time() - max(stamps) > BEHIND_AFTER
+
+    async def refresh_stale(self) -> int:
+        """Refresh up to STALE_CHUNK deferred tiers at risk (the worker is idle); how many."""
+        if not self.stale or not self.at_risk:
+            return 0
+        async with self.lock:
+            batch = Batch()
+            await self.settle(batch)
+            return len(batch.store)
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -227,17 +258,24 @@ class Processor:
         batch.states[key] = state
         return state
 
-    async def settle(self, batch: Batch) -> None:
+    async def settle(self, batch: Batch, behind: bool = False) -> None:
         """Store the changed customers with their outputs, then publish; wait for both.
 
         First each customer to store gets its tier at risk refreshed, once for the
-        whole batch (step.with_risk): its snapshot and warnings are stored with it."""
-        if self.at_risk:
+        whole batch (step.with_risk): its snapshot and warnings are stored with it.
+        A backlog's batch (``behind``) defers that instead (defer_risk); a batch that
+        is not refreshes, with its own customers, up to STALE_CHUNK deferred ones."""
+        if self.at_risk and behind:
+            self.defer_risk(batch)
+        elif self.at_risk:
+            self.take_stale(batch)
             now = now_us()
             for key, (_partition, state) in batch.store.items():
                 outputs, again = batch.outputs.get(key, []), batch.republished.get(key, 0)
+                force = state.risk_stale
+                self.stale.pop(key, None)
                 batch.outputs[key] = outputs[:again] + self.with_risk(state, outputs[again:],
-                                                                      now)
+                                                                      now, force)
         writes = [(partition, key, step.encode_record(state, self.epoch,
                                                       batch.outputs.get(key, [])))
                   for key, (partition, state) in batch.store.items()]
@@ -259,11 +297,45 @@ class Processor:
                                       if key in batch.store
                                       and any(out.topic == SUPPORT for out in outs)])
 
+    def defer_risk(self, batch: Batch) -> None:
+        """While behind: each graded customer to store keeps its tier at risk as it was,
+        marked stale (stored so, risk_stale), and its customer-tiers snapshots of this
+        batch are held back; a later refresh (take_stale, a tick, its next event when not
+        behind) sends its snapshot. A backlog's customer is so refreshed once, not once a
+        batch (docs/performance.md, "Tier at risk in the worker")."""
+        for key, (partition, state) in batch.store.items():
+            if not state.tiers:
+                continue
+            state.risk_stale = True
+            self.stale[key] = partition
+            outputs, again = batch.outputs.get(key, []), batch.republished.get(key, 0)
+            batch.outputs[key] = outputs[:again] + [o for o in outputs[again:]
+                                                    if o.topic != CUSTOMER_TIERS]
+
+    def take_stale(self, batch: Batch) -> None:
+        """Add up to STALE_CHUNK customers whose tier at risk was deferred to ``batch``'s
+        customers to store (those of partitions this worker no longer owns are dropped)."""
+        taken = 0
+        for key, partition in list(self.stale.items()):
+            if taken >= STALE_CHUNK:
+                break
+            if not self.owns(partition):
+                del self.stale[key]
+                continue
+            if key in batch.store:
+                continue
+            state = self.state_of(key, partition, batch)
+            if state is None or not state.risk_stale:
+                del self.stale[key]
+                continue
+            batch.store[key] = (partition, state)
+            taken += 1
+
     def with_risk(self, state: CustomerState, outputs: list[step.Output],
-                  now: int) -> list[step.Output]:
+                  now: int, force: bool = False) -> list[step.Output]:
         """step.with_risk; a customer whose refresh raises keeps the outputs it had."""
         try:
-            return step.with_risk(state, outputs, self.grading, self.warn_days, now)
+            return step.with_risk(state, outputs, self.grading, self.warn_days, now, force)
         except Exception as exc:  # a defect in grader: it must not stop the worker
             log.error("the tier at risk of customer %s failed (%s), not refreshed:\n%s",
                       state.customer_id, type(exc).__name__,
@@ -373,7 +445,10 @@ class Processor:
         if state is None:
             return
         try:
-            batch.add(key, msg.partition, step.handle_tick(state, as_of, self.grading, now))
+            outcome = step.handle_tick(state, as_of, self.grading, now)
+            if outcome.state is None and state.risk_stale and self.at_risk:
+                outcome = step.Outcome("refreshed", state=state)  # deferred: refresh it now
+            batch.add(key, msg.partition, outcome)
         except Exception as exc:  # a defect in grader: it must not stop the worker
             log.error("tick %s[%d]@%d failed for customer %s (%s), which keeps its stored "
                       "state:\n%s", msg.topic, msg.partition, msg.offset, key.decode(),
@@ -499,6 +574,17 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     def still_mine(partition: int) -> bool:
         """No rebalance begun (Faust sets the flag first thing), and the partition owned."""
         return not app.rebalancing and partition in owned()
+
+    processor.owns = still_mine
+
+    @app.timer(REFRESH_EVERY)  # type: ignore[untyped-decorator]
+    async def refresh_stale() -> None:
+        if app.in_recovery or app.rebalancing:
+            return
+        try:
+            await processor.refresh_stale()
+        except Exception as exc:  # a timer's error would crash the worker; retried
+            log.warning("refreshing deferred tiers at risk failed, retried: %s", reason(exc))
 
     @app.on_partitions_revoked.connect
     async def settle_before_revoking(_app: Any, /, *_args: Any, **_kw: Any) -> None:

@@ -203,7 +203,7 @@ def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
 
 
 def with_risk(state: CustomerState, outputs: list[Output], grading: Grading, warn_days: int,
-              now_us: int) -> list[Output]:
+              now_us: int, force: bool = False) -> list[Output]:
     """A batch's outputs for one customer, once its tier at risk is refreshed
     (grader.risk.refresh_risk, once per customer and batch: never per message).
 
@@ -211,9 +211,12 @@ def with_risk(state: CustomerState, outputs: list[Output], grading: Grading, war
     drops_on and to_tier), in the place of the last of them, sent when one of
     them was there (a tier, pin or the blacklist flag changed, or a republished
     record's) or a drops_on or to_tier changed (then last); then the tier
-    warnings due. The other outputs stay as they are.
+    warnings due. The other outputs stay as they are. ``force``: send the snapshot
+    anyway (the customer's last ones were held back while the worker was behind).
     """
     changed, warnings = refresh_risk(state, grading, warn_days, now_us)
+    changed = changed or force
+    state.risk_stale = False
     last = max((n for n, out in enumerate(outputs) if out.topic == CUSTOMER_TIERS), default=-1)
     key = state.customer_id.encode()
     if last < 0 and not changed:

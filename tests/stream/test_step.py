@@ -573,3 +573,47 @@ def test_a_customer_whose_tick_raises_keeps_its_stored_state(
     assert dump_state(stored(store, keys[0]).state) == before
     assert [stored(store, k).state.as_of == as_of for k in keys] == [False, True, True]
     assert proc.clock(part) == as_of
+
+
+def backlog(msg: Incoming) -> Incoming:
+    """The same message, produced long ago: the worker is behind (app.BEHIND_AFTER)."""
+    return Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value, 1.0)
+
+
+def snapshots(outputs: Sequence[Output]) -> list[dict[str, Any]]:
+    return [orjson.loads(o.value) for o in outputs if o.topic == "customer-tiers"]
+
+
+def test_a_backlog_defers_the_tier_at_risk_and_refreshes_it_once_caught_up() -> None:
+    """Issue 23: while behind, a customer's drops_on is not computed at each batch; its
+    customer-tiers record waits for the one refresh once the worker is idle."""
+    g, store, sink = grading("stars"), MemoryTableStore(), RecordingSink()
+    proc = processor(g, sink, store)
+    for n, (day, amount) in enumerate([("2026-03-10", "1000"), ("2026-04-10", "5000")]):
+        msg = message(sale("C1", f"e{n}", f"{day}T10:00:00+08:00", amount), b"C1", offset=n)
+        asyncio.run(proc.on_batch([backlog(msg)]))
+    assert [o.topic for o in sink.published] == ["tier-changes", "tier-changes"]
+    assert stored(store, b"C1").state.risk_stale and b"C1" in proc.stale
+    assert asyncio.run(proc.refresh_stale()) == 1
+    [snapshot] = snapshots(sink.published)
+    assert snapshot["tiers"]["stars"] == {"tier": "4-star", "score": 600, "sequence": 2,
+                                          "pinned": False, "drops_on": "2027-04-01",
+                                          "to_tier": "unrated"}
+    assert not stored(store, b"C1").state.risk_stale and not proc.stale
+    assert asyncio.run(proc.refresh_stale()) == 0
+
+
+def test_a_deferred_tier_at_risk_survives_a_restart_and_a_tick_refreshes_it() -> None:
+    g, store = grading("stars"), MemoryTableStore()
+    msg = message(sale("C1", "e0", "2026-03-10T10:00:00+08:00", "1000"), b"C1")
+    asyncio.run(processor(g, RecordingSink(), store).on_batch([backlog(msg)]))
+    sink = RecordingSink()
+    restarted = processor(g, sink, store)  # another process: its stale set is empty
+    assert not restarted.stale and stored(store, b"C1").state.risk_stale
+    as_of = stored(store, b"C1").state.as_of  # a tick that moves nothing still refreshes
+    tick = message(step.tick_message(as_of, "t1"), None, topic="g.ticks",
+                   partition=partition_of(b"C1", PARTITIONS))
+    asyncio.run(restarted.on_batch([tick]))
+    [snapshot] = snapshots(sink.published)
+    assert snapshot["tiers"]["stars"]["drops_on"] == "2027-03-01"
+    assert not stored(store, b"C1").state.risk_stale
