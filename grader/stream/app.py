@@ -129,6 +129,7 @@ class Processor:
         # Customers this process stored with their tier at risk deferred (risk_stale): key ->
         # partition, refreshed STALE_CHUNK at a time once the stream is not behind.
         self.stale: dict[bytes, int] = {}
+        self.behind_at = 0.0  # time.monotonic() of the last batch that was behind
         self.owns: Callable[[int], bool] = lambda _partition: True  # set by create_app
         self.telemetry = telemetry or Telemetry()
         self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
@@ -149,6 +150,8 @@ class Processor:
         """Handle consecutive messages; a tick settles what came before it first."""
         messages = list(messages)
         behind = self.behind(messages)
+        if behind:
+            self.behind_at = time.monotonic()
         async with self.lock:
             started = time.monotonic()
             try:
@@ -173,8 +176,10 @@ class Processor:
         return bool(stamps) and time.time() - max(stamps) > BEHIND_AFTER
 
     async def refresh_stale(self) -> int:
-        """Refresh up to STALE_CHUNK deferred tiers at risk (the worker is idle); how many."""
-        if not self.stale or not self.at_risk:
+        """Refresh up to STALE_CHUNK deferred tiers at risk, unless a batch was behind in
+        the last BEHIND_AFTER seconds (the backlog goes first); how many."""
+        if not self.stale or not self.at_risk or \
+                time.monotonic() - self.behind_at < BEHIND_AFTER:
             return 0
         async with self.lock:
             batch = Batch()

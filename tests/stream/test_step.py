@@ -20,7 +20,7 @@ from grader.codec import dump_state
 from grader.core import Grading
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
-from grader.stream.app import Processor, grade_batches
+from grader.stream.app import BEHIND_AFTER, Processor, grade_batches
 from grader.stream.progress import SourceProgress
 from grader.stream.step import Incoming, Output
 from grader.stream.tables import MemoryTableStore
@@ -594,6 +594,8 @@ def test_a_backlog_defers_the_tier_at_risk_and_refreshes_it_once_caught_up() -> 
         asyncio.run(proc.on_batch([backlog(msg)]))
     assert [o.topic for o in sink.published] == ["tier-changes", "tier-changes"]
     assert stored(store, b"C1").state.risk_stale and b"C1" in proc.stale
+    assert asyncio.run(proc.refresh_stale()) == 0  # just behind: the backlog goes first
+    proc.behind_at -= BEHIND_AFTER  # a second later, idle
     assert asyncio.run(proc.refresh_stale()) == 1
     [snapshot] = snapshots(sink.published)
     assert snapshot["tiers"]["stars"] == {"tier": "4-star", "score": 600, "sequence": 2,
