@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -41,6 +42,7 @@ from tests.integration.test_stream import (
     expected,
     expected_risk,
     final_tick_equals_replay,
+    write_lines,
 )
 from tests.unit.test_compose import PROMETHEUS_CONFIG, dashboard, panel_queries, promql
 
@@ -166,6 +168,12 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
                                         tmp_path: Path) -> None:
     binary = need_prometheus()
     lines = events_file(tmp_path / "events.jsonl", customers=40, events=800, seed=53)
+    # A customer whose only sale leaves the 12-month window on 2026-12-01, 9 days after
+    # AS_OF: at risk within 30 days under both policies (the generated ones may not be).
+    lines.append(orjson.dumps({"event_id": "risk-1", "type": "sale", "customer_id": "RISK-1",
+                               "occurred_at": "2025-12-23T10:00:00+08:00", "amount": "1000",
+                               "currency": "CNY"}))
+    write_lines(tmp_path / "events.jsonl", lines)
     want, _dead = expected(lines)
     port = free_port()
     worker = stream.start_worker(GRADER_WEB_PORT=str(port), GRADER_REDIS_URL=redis_server.url,
