@@ -4,6 +4,7 @@
                                  [--partitions 4] [--policies abc-100,sabcd-weighted,stars]
                                  [--fraction 0.5] [--rate R] [--seconds 20] [--rounds 1]
                                  [--skip-baseline] [--skip-latency] [--keep DIR]
+                                 [--at-risk-ab]
 
 One broker is started (tansu in memory, or a single-node Apache Kafka in
 KRaft mode, grader.kafkabroker), and on it, with the same generated input,
@@ -27,6 +28,10 @@ message, updates one table entry and sends one record).
    timestamp of the event that caused it (``cause.event_id``); for the
    baseline, every event gives one record naming its ``event_id``. Both on
    this machine's clock.
+
+``--at-risk-ab`` measures, instead of the baseline, the same worker without
+the tier at risk (``GRADER_BENCH_WITHOUT_AT_RISK=1``; throughput only, with
+``--skip-latency``), and prints the ratio: the cost of issue 23 in the worker.
 
 With ``--rounds N`` this is repeated N times, the order of the two systems
 alternating (grader first in odd rounds), and the medians are printed too.
@@ -66,6 +71,7 @@ from bench.faust_baseline import OUTPUT as BASELINE_OUTPUT  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
 from grader.services import KafkaProtocolServer, free_port, start_broker  # noqa: E402
 from grader.stream.admin import kafka_module  # noqa: E402
+from grader.stream.app import AT_RISK_SWITCH  # noqa: E402
 from grader.stream.produce import route  # noqa: E402
 
 AS_OF = "2026-11-22T00:00:00+08:00"
@@ -111,9 +117,13 @@ def quirks(broker_name: str) -> str:
     return "tansu" if broker_name == "tansu" else "none"
 
 
-def start_grader(broker: KafkaProtocolServer, args: Any, prefix: str, workdir: Path) -> Process:
-    """One `grader worker` on ``prefix``; its consumer group is ``prefix`` + "worker"."""
+def start_grader(broker: KafkaProtocolServer, args: Any, prefix: str, workdir: Path,
+                 at_risk: bool = True) -> Process:
+    """One `grader worker` on ``prefix``; its consumer group is ``prefix`` + "worker".
+    ``at_risk`` False: without the tier at risk (grader.stream.app.AT_RISK_SWITCH)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADER_")}
+    if not at_risk:
+        env[AT_RISK_SWITCH] = "1"
     env.update({
         "GRADER_KAFKA_URL": broker.url, "GRADER_TOPIC_PREFIX": prefix,
         "GRADER_PARTITIONS": str(args.partitions), "GRADER_POLICIES": args.policies,
@@ -138,8 +148,9 @@ def start_baseline(broker: KafkaProtocolServer, args: Any, prefix: str,
 
 
 STARTERS: dict[str, Callable[[KafkaProtocolServer, Any, str, Path], Process]] = {
-    "grader": start_grader, "baseline": start_baseline}
-GROUPS = {"grader": "worker", "baseline": "baseline"}
+    "grader": start_grader, "baseline": start_baseline,
+    "grader-without-at-risk": lambda *a: start_grader(*a, at_risk=False)}
+GROUPS = {"grader": "worker", "baseline": "baseline", "grader-without-at-risk": "worker"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -393,12 +404,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat both systems this many times, alternating their order")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--at-risk-ab", action="store_true",
+                        help="instead of the baseline, grader without the tier at risk "
+                             "(its cost: docs/performance.md)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the worker logs in this directory")
     graderexe.add_argument(parser)
     args = parser.parse_args()
     systems = ("grader",) if args.skip_baseline else SYSTEMS
+    if args.at_risk_ab:
+        systems = ("grader", "grader-without-at-risk")
     lines = list(generate(args.customers, args.events, seed=7, as_of=AS_OF, months=11))
     fresh = [] if args.skip_latency else list(
         generate(args.customers, args.events, seed=8, as_of=AS_OF, months=11))
@@ -441,6 +457,11 @@ def summary(args: Any, systems: tuple[str, ...], rates: dict[str, list[float]],
     parts = [f"events/s {s} {med(rates[s]):,.0f} ({' / '.join(f'{r:,.0f}' for r in rates[s])})"
              for s in systems]
     print("  " + "; ".join(parts))
+    if "grader-without-at-risk" in systems:
+        ratios = [g / b for g, b in zip(rates["grader"], rates["grader-without-at-risk"],
+                                        strict=True)]
+        print(f"  ratio with/without the tier at risk events/s: {med(ratios):.3f} "
+              f"({' / '.join(f'{r:.3f}' for r in ratios)})")
     if "baseline" in systems:
         ratios = [g / b for g, b in zip(rates["grader"], rates["baseline"], strict=True)]
         print(f"  ratio grader/baseline events/s: {med(ratios):.2f} "

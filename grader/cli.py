@@ -166,6 +166,7 @@ def _replay(args: argparse.Namespace) -> int:
     from grader.eventfile import read_lines
     from grader.outputs import check_replaceable
     from grader.replay import OUTPUTS, replay, write_outputs
+    from grader.settings import load_settings
 
     as_of = _file_and_as_of(args)
     try:
@@ -178,7 +179,7 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         with _one_line(args.events):
             result = replay(read_lines(args.events), as_of, grading, now_us, progress,
-                            args.workers)
+                            args.workers, warn_days=load_settings().warn_days)
     finally:
         if progress is not None:
             terminal.clear_progress()

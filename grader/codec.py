@@ -10,11 +10,13 @@ from typing import Any
 
 import orjson
 
-from grader.state import CustomerState, Invoice, Ticket, TierState
+from grader.state import CustomerState, Invoice, Risk, Ticket, TierState
 
-VERSION = 4  # 2 added "digests" (a version 1 state loads with none: no conflict is seen);
+VERSION = 5  # 2 added "digests" (a version 1 state loads with none: no conflict is seen);
 # 3 added "tickets" (an older state loads with none: tickets were not kept before);
-# 4 added "under" (an older state loads with none: it is graded again once, as in a roll-out)
+# 4 added "under" (an older state loads with none: it is graded again once, as in a roll-out);
+# 5 added "risk" and "risk_stale" (an older state loads with none: its next refresh computes
+# drops_on, says so in a customer-tiers message, and warns about a date within warn_days once)
 
 
 def dump_state(state: CustomerState) -> bytes:
@@ -51,6 +53,8 @@ def dump_state(state: CustomerState) -> bytes:
                 for i, t in state.tickets.items()
             },
             "under": state.graded_under,
+            "risk": {p: [r.drops_on, r.to_tier, r.warned] for p, r in state.risk.items()},
+            "risk_stale": state.risk_stale,
         }
     )
 
@@ -58,7 +62,7 @@ def dump_state(state: CustomerState) -> bytes:
 def load_state(data: bytes) -> CustomerState:
     """Rebuild a customer's state from ``dump_state`` output."""
     raw: dict[str, Any] = orjson.loads(data)
-    if raw.get("v") not in (1, 2, 3, VERSION):
+    if raw.get("v") not in (1, 2, 3, 4, VERSION):
         raise ValueError(f"unsupported state version {raw.get('v')!r}")
     state = CustomerState(
         raw["id"],
@@ -91,4 +95,6 @@ def load_state(data: bytes) -> CustomerState:
     }
     state.tickets = {i: Ticket(*t) for i, t in raw.get("tickets", {}).items()}
     state.graded_under = {p: (v[0], v[1]) for p, v in raw.get("under", {}).items()}
+    state.risk = {p: Risk(r[0], r[1], list(r[2])) for p, r in raw.get("risk", {}).items()}
+    state.risk_stale = raw.get("risk_stale", False)
     return state

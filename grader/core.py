@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from datetime import date
 from functools import lru_cache
 from typing import Any
 
@@ -304,7 +305,17 @@ def snapshot(state: CustomerState) -> dict[str, Any]:
                 "score": display(t.score),
                 "sequence": t.sequence,
                 "pinned": t.pinned,
+                **risk_fields(state, name),
             }
             for name, t in sorted(state.tiers.items())
         },
     }
+
+
+def risk_fields(state: CustomerState, policy: str) -> dict[str, str | None]:
+    """``{"drops_on": "YYYY-MM-DD" | None, "to_tier": ...}`` of one policy, as last computed
+    (grader.risk.refresh_risk); both None before that."""
+    risk = state.risk.get(policy)
+    if risk is None or risk.drops_on is None:
+        return {"drops_on": None, "to_tier": None}
+    return {"drops_on": date.fromordinal(risk.drops_on).isoformat(), "to_tier": risk.to_tier}

@@ -5,7 +5,8 @@ GRADING.md section 5 reports scores (half away from zero, like the
 tier-change records) and the exact score that decided it (a fraction
 string, ``"1703/20"``), the
 points per line and the metric values behind them as of the customer's
-``as_of``, whether the tier is pinned, and its sequence. Then the blacklist
+``as_of``, whether the tier is pinned, its sequence, and its tier at risk
+(``drops_on``, ``to_tier``: as the worker last computed them, grader.risk). Then the blacklist
 flag, the override audit trail and ``as_of``. Amounts and scores are
 confidential (GRADING.md section 7): they leave only through this endpoint,
 never through a log line.
@@ -17,7 +18,7 @@ import re
 from typing import Any
 
 from grader.clock import NEVER, format_instant
-from grader.core import Grading
+from grader.core import Grading, risk_fields
 from grader.metrics import MetricView
 from grader.rational import display, to_fraction
 from grader.scoring import ScoreMemo, rescore
@@ -56,6 +57,7 @@ def customer_document(state: CustomerState, grading: Grading) -> dict[str, Any]:
                 "pinned": tier.pinned,
                 "sequence": tier.sequence,
                 "changed_at": format_instant(tier.changed_at),
+                **risk_fields(state, policy.name),
             }
     return {
         "customer_id": state.customer_id,

@@ -432,7 +432,16 @@ class TierView:
             (f"  {tier['score']}", "dim"),
             (" pinned" if tier["pinned"] else "", "italic"),
             (f" {arrow[0]}" if arrow[0] else "", arrow[1]),
+            (drop_text(tier), "yellow"),
         )
+
+
+def drop_text(tier: dict[str, Any]) -> str:
+    """The tier's drop date from a customer-tiers record: ``"  drops 2027-03-01→B"``, or
+    "" when it would not drop (GRADING.md section 4, "Tier at risk")."""
+    if not tier.get("drops_on"):
+        return ""
+    return f"  drops {tier['drops_on']}→{tier['to_tier']}"
 
 
 _STYLE = {"up": "green", "down": "red"}

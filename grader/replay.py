@@ -2,7 +2,8 @@
 
 Events with occurred_at <= T are applied per customer in occurred_at order
 (ties by event_id), then a clock tick at T. Outputs: tiers.csv,
-tier-changes.jsonl, at-risk.csv and dead-letters.jsonl (see docs/replay.md).
+tier-changes.jsonl, at-risk.csv, tier-warnings.jsonl and dead-letters.jsonl (see
+docs/replay.md).
 
 Customers are independent, so large files are parsed and graded in several
 processes (this one and forked ones), each taking one range of customer ids
@@ -36,21 +37,23 @@ from typing import Any
 
 import orjson
 
-from grader.atrisk import drops_on
 from grader.core import Grading, apply_event, apply_tick, new_state
 from grader.eventfile import Line, LongLine, original_line_fields, parse_line
 from grader.events import Event, ParseContext, Rejection
 from grader.outputs import write_whole
 from grader.rational import round2
+from grader.risk import refresh_risk
 from grader.state import CustomerState
 
 Progress = Callable[[int], None]
 Row = tuple[str, str, str, str]  # customer_id, policy, tier, score
 TIERS_HEADER = b"customer_id,policy,tier,score\n"
 AT_RISK_HEADER = b"customer_id,policy,tier,drops_on,to_tier\n"
-OUTPUTS = ("tiers.csv", "tier-changes.jsonl", "at-risk.csv", "dead-letters.jsonl")  # in --out
+OUTPUTS = ("tiers.csv", "tier-changes.jsonl", "at-risk.csv", "tier-warnings.jsonl",
+           "dead-letters.jsonl")  # in --out
 #: The output bytes a shard renders, in customer order (concatenated across shards).
-BLOBS = ("tiers_csv", "changes", "at_risk", "also_at_risk")
+BLOBS = ("tiers_csv", "changes", "at_risk", "also_at_risk", "warnings")
+WARN_DAYS = 30  # the warn_days setting's default
 PARALLEL_MIN_EVENTS = 20_000  # below this, forking costs more than it saves
 PIVOT_SAMPLE = 4096  # lines sampled to split the customer ids into ranges
 RANGES_PER_SHARD = 32  # customer ranges per process, taken one at a time
@@ -94,6 +97,7 @@ class Graded:
     changes: bytes | memoryview = b""
     at_risk: bytes | memoryview = b""
     also_at_risk: bytes | memoryview = b""
+    warnings: bytes | memoryview = b""  # the tier-warnings.jsonl lines
 
 
 @dataclass
@@ -106,6 +110,7 @@ class ReplayResult:
     dead_letters: list[dict[str, Any]]
     at_risk: bytes = b""  # the rows of at-risk.csv (without its header)
     also_at_risk: bytes = b""  # at-risk rows under the ``also`` gradings (grader whatif)
+    warnings: bytes = b""  # the tier-warnings.jsonl lines (of ``grading``)
 
     @property
     def tiers(self) -> list[Row]:
@@ -122,20 +127,24 @@ def replay(
     progress: Progress | None = None,
     workers: int | None = None,
     also: tuple[Grading, ...] = (),
+    warn_days: int = WARN_DAYS,
 ) -> ReplayResult:
     """Grade every customer in ``lines`` as of ``as_of`` (microseconds).
 
     ``also``: more gradings of the same parsed events (grader whatif), each
     customer's tiers.csv rows of each following those of ``grading``; the
     events are validated against every grading's policies together, and the
-    counts, dead letters and tier changes are ``grading``'s.
+    counts, dead letters, tier changes and tier warnings are ``grading``'s.
+    ``warn_days``: the setting; the warnings are those a worker has sent once it
+    graded the same events and ticked at ``as_of`` (docs/replay.md).
     """
     all_lines = list(lines)
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1 and len(all_lines) >= PARALLEL_MIN_EVENTS:
-        parts = _parallel(all_lines, workers, as_of, grading, now_us, progress, also)
+        parts = _parallel(all_lines, workers, as_of, grading, now_us, progress, also,
+                          warn_days)
     else:
-        parts = [process(all_lines, as_of, grading, now_us, also)]
+        parts = [process(all_lines, as_of, grading, now_us, also, warn_days)]
     return _merge(parts, len(all_lines))
 
 
@@ -151,12 +160,12 @@ def parse_context(grading: Grading, also: tuple[Grading, ...] = ()) -> ParseCont
 
 
 def process(lines: list[Line], as_of: int, grading: Grading, now_us: int,
-            also: tuple[Grading, ...] = ()) -> Graded:
+            also: tuple[Grading, ...] = (), warn_days: int = WARN_DAYS) -> Graded:
     """Parse and grade every line in this process."""
     with _gc_paused():
         ctx = parse_context(grading, also)
         parsed = ((index, parse_line(raw, ctx)) for index, raw in enumerate(lines))
-        return _process(lines, parsed, as_of, grading, now_us, also)
+        return _process(lines, parsed, as_of, grading, now_us, also, warn_days)
 
 
 def shard_pivots(lines: list[Line], ranges: int) -> list[str]:
@@ -226,6 +235,7 @@ def _process(
     grading: Grading,
     now_us: int,
     also: tuple[Grading, ...] = (),
+    warn_days: int = WARN_DAYS,
 ) -> Graded:
     out = Graded()
     by_customer: dict[str, list[Event]] = {}
@@ -241,19 +251,22 @@ def _process(
     changes: list[bytes] = []
     at_risk: list[bytes] = []
     also_at_risk: list[bytes] = []
+    warnings: list[bytes] = []
     for customer_id in sorted(by_customer):
-        rows, lines_out, risks = _grade(customer_id, by_customer[customer_id], as_of, grading,
-                                        now_us, out.stats)
+        rows, lines_out, risks, warned = _grade(customer_id, by_customer[customer_id], as_of,
+                                                grading, now_us, out.stats, warn_days)
         tiers.append(rows)
         changes.append(lines_out)
         at_risk.append(risks)
+        warnings.append(warned)
         for other in also:
-            rows, _lines, risks = _grade(customer_id, by_customer[customer_id], as_of, other,
-                                         now_us, ReplayStats())
+            rows, _lines, risks, _warned = _grade(customer_id, by_customer[customer_id], as_of,
+                                                  other, now_us, ReplayStats(), 0)
             tiers.append(rows)
             also_at_risk.append(risks)
     out.tiers_csv, out.changes = b"".join(tiers), b"".join(changes)
     out.at_risk, out.also_at_risk = b"".join(at_risk), b"".join(also_at_risk)
+    out.warnings = b"".join(warnings)
     return out
 
 
@@ -264,7 +277,8 @@ def _grade(
     grading: Grading,
     now_us: int,
     stats: ReplayStats,
-) -> tuple[bytes, bytes, bytes]:
+    warn_days: int,
+) -> tuple[bytes, bytes, bytes, bytes]:
     state = new_state(customer_id)
     changes = bytearray()
     events.sort(key=_IN_ORDER)
@@ -278,23 +292,24 @@ def _grade(
             changes += orjson.dumps(change, option=orjson.OPT_APPEND_NEWLINE)
         stats.tier_changes += len(step.changes)
     stats.customers += 1
+    _changed, warnings = refresh_risk(state, grading, warn_days, now_us)
+    warned = b"".join(orjson.dumps(w, option=orjson.OPT_APPEND_NEWLINE) for w in warnings)
     rows = "".join(
         f"{_csv(customer_id)},{_csv(policy)},{_csv(t.tier)},{_csv(str(round2(t.score)))}\n"
         for policy, t in sorted(state.tiers.items())
     )
-    return rows.encode("utf-8"), bytes(changes), _at_risk(state, grading)
+    return rows.encode("utf-8"), bytes(changes), _at_risk(state), warned
 
 
-def _at_risk(state: CustomerState, grading: Grading) -> bytes:
-    """The customer's at-risk.csv rows: its tiers that would drop, by policy name."""
+def _at_risk(state: CustomerState) -> bytes:
+    """The customer's at-risk.csv rows: its tiers that would drop (``state.risk``, just
+    refreshed), by policy name."""
     rows = []
-    for policy in grading.policies:
-        day, to_tier = drops_on(state, policy)
-        if day is not None and to_tier is not None:
-            tier = state.tiers[policy.name].tier
-            rows.append((policy.name, at_risk_row(state.customer_id, policy.name, tier, day,
-                                                  to_tier)))
-    return "".join(row for _name, row in sorted(rows)).encode("utf-8")
+    for policy, risk in sorted(state.risk.items()):
+        if risk.drops_on is not None and risk.to_tier is not None:
+            rows.append(at_risk_row(state.customer_id, policy, state.tiers[policy].tier,
+                                    date.fromordinal(risk.drops_on), risk.to_tier))
+    return "".join(rows).encode("utf-8")
 
 
 def at_risk_row(customer_id: str, policy: str, tier: str, day: date, to_tier: str) -> str:
@@ -312,7 +327,8 @@ def _merge(parts: list[Graded], lines: int) -> ReplayResult:
     return ReplayResult(stats, b"".join(p.tiers_csv for p in parts),
                         b"".join(p.changes for p in parts), dead,
                         b"".join(p.at_risk for p in parts),
-                        b"".join(p.also_at_risk for p in parts))
+                        b"".join(p.also_at_risk for p in parts),
+                        b"".join(p.warnings for p in parts))
 
 
 _SHARED: dict[str, Any] = {}  # set before forking; the children read it
@@ -326,6 +342,7 @@ def _parallel(
     now_us: int,
     progress: Progress | None,
     also: tuple[Grading, ...] = (),
+    warn_days: int = WARN_DAYS,
 ) -> list[Graded]:
     """Grade the customer ranges in this process and ``shards - 1`` forked ones.
 
@@ -339,7 +356,7 @@ def _parallel(
     pivots = shard_pivots(lines, ranges)
     context = multiprocessing.get_context("fork")
     _SHARED.update(lines=lines, pivots=pivots, as_of=as_of, grading=grading, now_us=now_us,
-                   also=also,
+                   also=also, warn_days=warn_days,
                    counter=context.Value("i", 0))
     try:
         with ProcessPoolExecutor(max_workers=shards - 1, mp_context=context) as pool:
@@ -389,7 +406,7 @@ def _take_ranges(progress: Progress | None = None) -> dict[int, Graded]:
             if taken >= len(routed):
                 return graded
             graded[taken] = _process(lines, _parsed(lines, routed[taken], ctx), s["as_of"],
-                                     s["grading"], s["now_us"], s["also"])
+                                     s["grading"], s["now_us"], s["also"], s["warn_days"])
 
 
 Sizes = dict[int, tuple[int, ...]]  # range -> sizes of its BLOBS
@@ -453,12 +470,13 @@ def dead_letter(number: int, raw: Line, rejection: Rejection) -> dict[str, Any]:
 
 
 def write_outputs(result: ReplayResult, out_dir: Path) -> None:
-    """Write tiers.csv, tier-changes.jsonl, at-risk.csv and dead-letters.jsonl into
-    ``out_dir``, each whole or not at all (grader.outputs)."""
+    """Write tiers.csv, tier-changes.jsonl, at-risk.csv, tier-warnings.jsonl and
+    dead-letters.jsonl into ``out_dir``, each whole or not at all (grader.outputs)."""
     write_whole(out_dir, {
         "tiers.csv": (TIERS_HEADER, result.tiers_csv),
         "tier-changes.jsonl": (result.changes,),
         "at-risk.csv": (AT_RISK_HEADER, result.at_risk),
+        "tier-warnings.jsonl": (result.warnings,),
         "dead-letters.jsonl": (orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE)
                                for item in result.dead_letters),
     })

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, str] = {
     "web_host": "127.0.0.1",
     "web_port": "6066",
     "web_idle_timeout": "10",
+    "warn_days": "30",
     "data_dir": "./data",
     "api_token": "",
     "api_tokens_file": "",
@@ -87,6 +88,7 @@ class Settings:
     redis_files: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, cert, key
     web_idle_timeout: int = 10  # seconds a web connection may wait for a whole request
     api_tokens_file: Path | None = None  # the customer endpoint's callers (grader/access.py)
+    warn_days: int = 30  # tier-warnings: a drop at most this many days ahead (0: none)
 
     @property
     def kafka(self) -> KafkaTarget:
@@ -199,6 +201,7 @@ def _validate(raw: dict[str, str], cdir: Path, password: str | None) -> Settings
         web_idle_timeout=_int(raw, "web_idle_timeout", 1, 3600),
         api_tokens_file=Path(raw["api_tokens_file"].strip()) if raw["api_tokens_file"].strip()
         else None,
+        warn_days=_int(raw, "warn_days", 0, 3660),
     )
 
 

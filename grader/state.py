@@ -106,6 +106,17 @@ class TierState:
 
 
 @dataclass(slots=True)
+class Risk:
+    """A customer's tier at risk under one policy (GRADING.md section 4), as last computed
+    (grader.risk.refresh_risk): the drop date and the tier then, and the drop dates
+    already warned about (tier-warnings, once per date; only those after as_of's date)."""
+
+    drops_on: int | None = None  # a local day (date.toordinal()); None: never drops
+    to_tier: str | None = None
+    warned: list[int] = field(default_factory=list)  # local days (ordinals), ascending
+
+
+@dataclass(slots=True)
 class CustomerState:
     """Everything grader keeps about one customer."""
 
@@ -129,6 +140,10 @@ class CustomerState:
     tickets: dict[str, Ticket] = field(default_factory=dict)
     # policy name -> (version, digest) of the policies it was last graded under
     graded_under: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # policy name -> its tier at risk, refreshed after the customer's state changed
+    risk: dict[str, Risk] = field(default_factory=dict)
+    # True: changed since ``risk`` was refreshed (the worker defers refreshes while behind)
+    risk_stale: bool = False
     # Not persisted (codec): revisions of the details metrics read, bumped by record()
     # and prune() on every change, and the scoring memo keyed by them (grader.scoring).
     # A state loaded from bytes starts with an empty memo, so its revisions restart at 0.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -47,6 +48,7 @@ from grader.stream.tables import FaustTableStore, TableStore
 from grader.stream.telemetry import CONTENT_TYPE, Telemetry, TierIndex
 from grader.stream.topology import (
     ACCESS_LOG,
+    CUSTOMER_TIERS,
     INPUTS,
     REPARTITION,
     SUPPORT,
@@ -68,6 +70,13 @@ REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
 REDIS_CHECK_EVERY = 2.0  # seconds between two checks that Redis did not restart empty
 SWEEP_EVERY = 2.0  # seconds between two looks for partitions to sweep after a roll-out
 SWEEP_PAUSE = 0.5  # seconds between two partitions of a sweep: the stream goes first
+BEHIND_AFTER = 1.0  # seconds: a batch whose newest message is older is a backlog's
+STALE_CHUNK = 500  # customers whose deferred tier at risk one batch (or timer) refreshes
+REFRESH_EVERY = 1.0  # seconds between two looks for deferred refreshes while idle
+#: A process environment switch, not a setting: "1" leaves the tier at risk out of the
+#: worker (no drops_on in customer-tiers, no tier-warnings), only to measure its cost
+#: (docs/performance.md, bench/worker_bench.py --without-at-risk).
+AT_RISK_SWITCH = "GRADER_BENCH_WITHOUT_AT_RISK"
 
 
 def now_us() -> int:
@@ -92,6 +101,7 @@ class Batch:
         self.unstored: list[step.Output] = []  # dead letters, forwards: follow from the message
         self.applied: dict[bytes, list[step.Incoming]] = {}  # what changed each live state
         self.clocks: dict[int, int] = {}  # partition -> its clock, read once per batch
+        self.republished: dict[bytes, int] = {}  # how many outputs first are republished ones
 
     def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
         """Keep what one step did to customer ``key``."""
@@ -103,7 +113,7 @@ class Batch:
 
     def forget(self, key: bytes) -> list[step.Incoming]:
         """Drop customer ``key``'s live state and outputs; the messages that had changed it."""
-        for kept in (self.states, self.store, self.outputs):
+        for kept in (self.states, self.store, self.outputs, self.republished):
             kept.pop(key, None)
         return self.applied.pop(key, [])
 
@@ -114,8 +124,16 @@ class Processor:
     def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
                  sink: OutputSink, ticks_topic: str, partitions: int,
                  support: SupportQueues | None = None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, warn_days: int = 30,
+                 at_risk: bool = True) -> None:
         self.grading = grading
+        self.warn_days = warn_days  # tier-warnings (settings.warn_days; 0: none)
+        self.at_risk = at_risk  # False only to measure its cost (AT_RISK_SWITCH)
+        # Customers this process stored with their tier at risk deferred (risk_stale): key ->
+        # partition, refreshed STALE_CHUNK at a time once the stream is not behind.
+        self.stale: dict[bytes, int] = {}
+        self.behind_at = 0.0  # time.monotonic() of the last batch that was behind
+        self.owns: Callable[[int], bool] = lambda _partition: True  # set by create_app
         self.telemetry = telemetry or Telemetry()
         self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
         self.support = support  # Redis support queues, written after the Kafka outputs
@@ -133,22 +151,43 @@ class Processor:
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
+        messages = list(messages)
+        behind = self.behind(messages)
+        if behind:
+            self.behind_at = time.monotonic()
         async with self.lock:
             started = time.monotonic()
             try:
                 batch = Batch()
                 for msg in messages:
                     if msg.topic == self.ticks_topic:
-                        await self.settle(batch)
+                        await self.settle(batch, behind)
                         batch = Batch()
                         await self.on_tick(msg)
                     else:
                         self.grade(msg, batch)
-                await self.settle(batch)
+                await self.settle(batch, behind)
             except BaseException:
                 self.decoded.clear()  # states may have changed in place without being stored
                 raise
             self.telemetry.batch_seconds.observe(time.monotonic() - started)
+
+    @staticmethod
+    def behind(messages: list[step.Incoming]) -> bool:
+        """Whether the batch is a backlog's: its newest message is older than BEHIND_AFTER."""
+        stamps = [m.timestamp for m in messages if m.timestamp is not None]
+        return bool(stamps) and time.time() - max(stamps) > BEHIND_AFTER
+
+    async def refresh_stale(self) -> int:
+        """Refresh up to STALE_CHUNK deferred tiers at risk, unless a batch was behind in
+        the last BEHIND_AFTER seconds (the backlog goes first); how many."""
+        if not self.stale or not self.at_risk or \
+                time.monotonic() - self.behind_at < BEHIND_AFTER:
+            return 0
+        async with self.lock:
+            batch = Batch()
+            await self.settle(batch)
+            return len(batch.store)
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -221,14 +260,30 @@ class Processor:
                 record = step.decode_record(stored)
                 state = record.state
                 if record.epoch != self.epoch and record.pending:
-                    batch.add(key, partition, step.Outcome("republished",
-                                                           step.republished(record.pending),
-                                                           state))
+                    again = step.republished(record.pending)
+                    batch.add(key, partition, step.Outcome("republished", again, state))
+                    batch.republished[key] = len(again)  # sent again as they are
         batch.states[key] = state
         return state
 
-    async def settle(self, batch: Batch) -> None:
-        """Store the changed customers with their outputs, then publish; wait for both."""
+    async def settle(self, batch: Batch, behind: bool = False) -> None:
+        """Store the changed customers with their outputs, then publish; wait for both.
+
+        First each customer to store gets its tier at risk refreshed, once for the
+        whole batch (step.with_risk): its snapshot and warnings are stored with it.
+        A backlog's batch (``behind``) defers that instead (defer_risk); a batch that
+        is not refreshes, with its own customers, up to STALE_CHUNK deferred ones."""
+        if self.at_risk and behind:
+            self.defer_risk(batch)
+        elif self.at_risk:
+            self.take_stale(batch)
+            now = now_us()
+            for key, (_partition, state) in batch.store.items():
+                outputs, again = batch.outputs.get(key, []), batch.republished.get(key, 0)
+                force = state.risk_stale
+                self.stale.pop(key, None)
+                batch.outputs[key] = outputs[:again] + self.with_risk(state, outputs[again:],
+                                                                      now, force)
         writes = [(partition, key, step.encode_record(state, self.epoch,
                                                       batch.outputs.get(key, [])))
                   for key, (partition, state) in batch.store.items()]
@@ -249,6 +304,51 @@ class Processor:
             await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
                                       if key in batch.store
                                       and any(out.topic == SUPPORT for out in outs)])
+
+    def defer_risk(self, batch: Batch) -> None:
+        """While behind: each graded customer to store keeps its tier at risk as it was,
+        marked stale (stored so, risk_stale), and its customer-tiers snapshots of this
+        batch are held back; a later refresh (take_stale, a tick, its next event when not
+        behind) sends its snapshot. A backlog's customer is so refreshed once, not once a
+        batch (docs/performance.md, "Tier at risk in the worker")."""
+        for key, (partition, state) in batch.store.items():
+            if not state.tiers:
+                continue
+            state.risk_stale = True
+            self.stale[key] = partition
+            outputs, again = batch.outputs.get(key, []), batch.republished.get(key, 0)
+            batch.outputs[key] = outputs[:again] + [o for o in outputs[again:]
+                                                    if o.topic != CUSTOMER_TIERS]
+
+    def take_stale(self, batch: Batch) -> None:
+        """Add up to STALE_CHUNK customers whose tier at risk was deferred to ``batch``'s
+        customers to store (those of partitions this worker no longer owns are dropped)."""
+        taken = 0
+        for key, partition in list(self.stale.items()):
+            if taken >= STALE_CHUNK:
+                break
+            if not self.owns(partition):
+                del self.stale[key]
+                continue
+            if key in batch.store:
+                continue
+            state = self.state_of(key, partition, batch)
+            if state is None or not state.risk_stale:
+                del self.stale[key]
+                continue
+            batch.store[key] = (partition, state)
+            taken += 1
+
+    def with_risk(self, state: CustomerState, outputs: list[step.Output],
+                  now: int, force: bool = False) -> list[step.Output]:
+        """step.with_risk; a customer whose refresh raises keeps the outputs it had."""
+        try:
+            return step.with_risk(state, outputs, self.grading, self.warn_days, now, force)
+        except Exception as exc:  # a defect in grader: it must not stop the worker
+            log.error("the tier at risk of customer %s failed (%s), not refreshed:\n%s",
+                      state.customer_id, type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            return outputs
 
     async def sweep_policies(self, partitions: Iterable[int],
                              owns: Callable[[int], bool] = lambda _partition: True) -> int:
@@ -353,7 +453,10 @@ class Processor:
         if state is None:
             return
         try:
-            batch.add(key, msg.partition, step.handle_tick(state, as_of, self.grading, now))
+            outcome = step.handle_tick(state, as_of, self.grading, now)
+            if outcome.state is None and state.risk_stale and self.at_risk:
+                outcome = step.Outcome("refreshed", state=state)  # deferred: refresh it now
+            batch.add(key, msg.partition, outcome)
         except Exception as exc:  # a defect in grader: it must not stop the worker
             log.error("tick %s[%d]@%d failed for customer %s (%s), which keeps its stored "
                       "state:\n%s", msg.topic, msg.partition, msg.offset, key.decode(),
@@ -419,7 +522,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     customer_store = FaustTableStore(customers, sender, partitions)
     processor = Processor(grading, customer_store, FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
-                          partitions, support, telemetry)
+                          partitions, support, telemetry, settings.warn_days,
+                          os.environ.get(AT_RISK_SWITCH) != "1")
 
     def owned() -> set[int]:
         """The partitions this worker owns now (every source topic is co-partitioned)."""
@@ -436,7 +540,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                 lags[tp.topic.removeprefix(prefix), tp.partition] = max(0, end - next_offset)
         return owned(), lags
 
-    telemetry.index = TierIndex(processor.stored_states)
+    telemetry.index = TierIndex(processor.stored_states,
+                                {p.name: p.timezone for p in grading.policies})
     telemetry.source = owned_and_lags
     worker_name = str(app.conf.canonical_url)
 
@@ -489,6 +594,17 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     def still_mine(partition: int) -> bool:
         """No rebalance begun (Faust sets the flag first thing), and the partition owned."""
         return not app.rebalancing and partition in owned()
+
+    processor.owns = still_mine
+
+    @app.timer(REFRESH_EVERY)  # type: ignore[untyped-decorator]
+    async def refresh_stale() -> None:
+        if app.in_recovery or app.rebalancing:
+            return
+        try:
+            await processor.refresh_stale()
+        except Exception as exc:  # a timer's error would crash the worker; retried
+            log.warning("refreshing deferred tiers at risk failed, retried: %s", reason(exc))
 
     @app.on_partitions_revoked.connect
     async def settle_before_revoking(_app: Any, /, *_args: Any, **_kw: Any) -> None:

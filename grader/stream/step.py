@@ -36,6 +36,7 @@ from grader.events import (
     original_fields,
     parse_event,
 )
+from grader.risk import refresh_risk
 from grader.state import CustomerState
 from grader.stream.topology import (
     CUSTOMER_TIERS,
@@ -43,6 +44,7 @@ from grader.stream.topology import (
     REPARTITION,
     SUPPORT,
     TIER_CHANGES,
+    TIER_WARNINGS,
     partition_of,
 )
 
@@ -198,6 +200,35 @@ def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
     if any(step.support_changed for step in steps):
         outputs.append(Output(SUPPORT, key, b""))  # Redis is written from the stored state
     return outputs
+
+
+def with_risk(state: CustomerState, outputs: list[Output], grading: Grading, warn_days: int,
+              now_us: int, force: bool = False) -> list[Output]:
+    """A batch's outputs for one customer, once its tier at risk is refreshed
+    (grader.risk.refresh_risk, once per customer and batch: never per message).
+
+    Its customer-tiers snapshots give way to one of its final state (with
+    drops_on and to_tier), in the place of the last of them, sent when one of
+    them was there (a tier, pin or the blacklist flag changed, or a republished
+    record's) or a drops_on or to_tier changed (then last); then the tier
+    warnings due. The other outputs stay as they are. ``force``: send the snapshot
+    anyway (the customer's last ones were held back while the worker was behind).
+    """
+    changed, warnings = refresh_risk(state, grading, warn_days, now_us)
+    changed = changed or force
+    state.risk_stale = False
+    last = max((n for n, out in enumerate(outputs) if out.topic == CUSTOMER_TIERS), default=-1)
+    key = state.customer_id.encode()
+    if last < 0 and not changed:
+        kept = list(outputs)
+    else:
+        fresh = Output(CUSTOMER_TIERS, key, orjson.dumps(snapshot(state)))
+        kept = [fresh if n == last else out for n, out in enumerate(outputs)
+                if out.topic != CUSTOMER_TIERS or n == last]
+        if last < 0:
+            kept.append(fresh)
+    kept += [Output(TIER_WARNINGS, key, orjson.dumps(w)) for w in warnings]
+    return kept
 
 
 def misrouted(event: Event, msg: Incoming) -> Rejection | None:

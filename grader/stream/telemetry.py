@@ -10,6 +10,9 @@ with the number of customers; topics are named without the topic prefix.
 - ``grader_customers{policy, tier}``: customers per tier on this worker's
   partitions, counted from the local store after a rebalance, so the sum
   over the workers is the population;
+- ``grader_customers_at_risk{policy, tier}``: of those, the customers whose
+  tier would drop (``drops_on``) within 30 days of their ``as_of``, by
+  their current tier (as last stored);
 - ``grader_event_to_tier_change_seconds``: from the message's timestamp to
   its tier changes' acknowledgement by Kafka;
 - ``grader_batch_seconds``: grading one batch, stored and published;
@@ -40,17 +43,31 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from grader.clock import local_day
 from grader.state import CustomerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 Tiers = tuple[tuple[str, str], ...]  # ((policy, tier), ...)
+AT_RISK_DAYS = 30  # grader_customers_at_risk: a drop within this many days (GRADING.md)
 
 
 def tiers_of(state: CustomerState) -> Tiers:
     """The (policy, tier) pairs of a customer's state."""
     return tuple(sorted((policy, t.tier) for policy, t in state.tiers.items()))
+
+
+def at_risk_of(state: CustomerState, timezones: dict[str, str]) -> Tiers:
+    """The (policy, tier) pairs of the customer's tiers that would drop within AT_RISK_DAYS
+    local days of its as_of (``timezones``: policy -> its timezone, the active ones)."""
+    pairs = []
+    for policy, risk in state.risk.items():
+        tz, tier = timezones.get(policy), state.tiers.get(policy)
+        if risk.drops_on is not None and tz is not None and tier is not None \
+                and risk.drops_on - local_day(state.as_of, tz) <= AT_RISK_DAYS:
+            pairs.append((policy, tier.tier))
+    return tuple(sorted(pairs))
 
 
 class TierIndex:
@@ -62,28 +79,40 @@ class TierIndex:
     dropped.
     """
 
-    def __init__(self, scan: Callable[[int], Iterable[tuple[bytes, CustomerState]]]) -> None:
+    def __init__(self, scan: Callable[[int], Iterable[tuple[bytes, CustomerState]]],
+                 timezones: dict[str, str] | None = None) -> None:
         self._scan = scan
-        self._tiers: dict[bytes, tuple[int, Tiers]] = {}
+        self._timezones = timezones or {}  # policy -> timezone, for at_risk_of
+        # key -> (partition, its tiers, those at risk within AT_RISK_DAYS)
+        self._tiers: dict[bytes, tuple[int, Tiers, Tiers]] = {}
         self._complete: set[int] = set()  # partitions read whole from the store
 
     def stored(self, key: bytes, partition: int, state: CustomerState) -> None:
-        self._tiers[key] = (partition, tiers_of(state))
+        self._tiers[key] = (partition, tiers_of(state), at_risk_of(state, self._timezones))
 
     def counts(self, owned: set[int]) -> dict[tuple[str, str], int]:
         """Customers per (policy, tier) on ``owned`` partitions."""
+        return self.both(owned)[0]
+
+    def both(self, owned: set[int]) -> tuple[dict[tuple[str, str], int],
+                                             dict[tuple[str, str], int]]:
+        """Customers per (policy, tier) on ``owned`` partitions, and of those the ones
+        at risk within AT_RISK_DAYS."""
         self._complete &= owned
-        for key in [k for k, (p, _t) in self._tiers.items() if p not in owned]:
+        for key in [k for k, (p, _t, _r) in self._tiers.items() if p not in owned]:
             del self._tiers[key]
         for partition in sorted(owned - self._complete):
             for key, state in self._scan(partition):
-                self._tiers[key] = (partition, tiers_of(state))
+                self.stored(key, partition, state)
             self._complete.add(partition)
         counts: dict[tuple[str, str], int] = {}
-        for _partition, tiers in self._tiers.values():
+        at_risk: dict[tuple[str, str], int] = {}
+        for _partition, tiers, risky in self._tiers.values():
             for pair in tiers:
                 counts[pair] = counts.get(pair, 0) + 1
-        return counts
+            for pair in risky:
+                at_risk[pair] = at_risk.get(pair, 0) + 1
+        return counts, at_risk
 
 
 class _Live(Collector):
@@ -97,17 +126,25 @@ class _Live(Collector):
         customers = GaugeMetricFamily("grader_customers",
                                       "Customers per tier on this worker's partitions",
                                       labels=["policy", "tier"])
+        at_risk = GaugeMetricFamily("grader_customers_at_risk",
+                                    f"Customers whose tier would drop within {AT_RISK_DAYS} "
+                                    "days of their as_of, per current tier, on this worker's "
+                                    "partitions", labels=["policy", "tier"])
         lag = GaugeMetricFamily("grader_consumer_lag",
                                 "Records behind the end of each input partition",
                                 labels=["topic", "partition"])
         if t.source is not None:
             owned, lags = t.source()
             if t.index is not None:
-                for (policy, tier), n in sorted(t.index.counts(owned).items()):
+                counts, risky = t.index.both(owned)
+                for (policy, tier), n in sorted(counts.items()):
                     customers.add_metric([policy, tier], n)
+                for (policy, tier), n in sorted(risky.items()):
+                    at_risk.add_metric([policy, tier], n)
             for (topic, partition), behind in sorted(lags.items()):
                 lag.add_metric([topic, str(partition)], behind)
         yield customers
+        yield at_risk
         yield lag
 
 

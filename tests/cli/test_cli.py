@@ -282,11 +282,13 @@ def replay_outputs(
     )
     assert result.returncode == 0, result.stderr
     changes = [orjson.loads(x) for x in (out / "tier-changes.jsonl").read_bytes().splitlines()]
+    warnings = [orjson.loads(x) for x in (out / "tier-warnings.jsonl").read_bytes().splitlines()]
     return {
         "tiers.csv": (out / "tiers.csv").read_bytes(),
         "at-risk.csv": (out / "at-risk.csv").read_bytes(),
         "dead-letters.jsonl": (out / "dead-letters.jsonl").read_bytes(),
         "changes": [{k: v for k, v in c.items() if k != "emitted_at"} for c in changes],
+        "warnings": [{k: v for k, v in w.items() if k != "emitted_at"} for w in warnings],
     }
 
 
@@ -297,6 +299,7 @@ def test_parallel_replay_writes_the_same_files(tmp_path: Path) -> None:
     assert one == two
     assert one["tiers.csv"].count(b"\n") > 2000  # type: ignore[attr-defined]
     assert one["at-risk.csv"].count(b"\n") > 100  # type: ignore[attr-defined]
+    assert len(one["warnings"]) > 10
 
 
 # -- issue 19: one line, exit 2, never a traceback ---------------------------------------

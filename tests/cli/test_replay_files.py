@@ -75,7 +75,8 @@ def test_replay_never_crashes_and_writes_whole_capped_outputs(
                              "--out", str(out), "--workers", str(workers)])
         assert code == 0, stderr.getvalue()
         assert sorted(p.name for p in out.iterdir()) == [
-            "at-risk.csv", "dead-letters.jsonl", "tier-changes.jsonl", "tiers.csv"]
+            "at-risk.csv", "dead-letters.jsonl", "tier-changes.jsonl", "tier-warnings.jsonl",
+            "tiers.csv"]
         rejected = int(re.search(r"rejected=(\d+)", stderr.getvalue())[1])  # type: ignore[index]
         whole_tiers(out / "tiers.csv")
         for line in (out / "tier-changes.jsonl").read_bytes().splitlines():

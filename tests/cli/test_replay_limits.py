@@ -31,7 +31,8 @@ AS_OF = "2026-11-22T00:00:00+08:00"
 MAX_RSS = 300 * 1024 * 1024  # the 2 GB file took 4.3 GB before lines were bounded
 SHA256_OF_2_GIB_OF_NULS = "a7c744c13cc101ed66c29f672f92455547889cc586ce6d44fe76ae824958ea51"
 SMALL = 64 * 1024  # the small disk, or the largest file the process may write
-OUTPUTS = {"replay": ("tiers.csv", "tier-changes.jsonl", "at-risk.csv", "dead-letters.jsonl"),
+OUTPUTS = {"replay": ("tiers.csv", "tier-changes.jsonl", "at-risk.csv", "tier-warnings.jsonl",
+                      "dead-letters.jsonl"),
            "whatif": ("matrix.csv", "movers.csv", "at-risk.csv")}
 
 

@@ -24,9 +24,11 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
@@ -34,7 +36,14 @@ from grader.services import RedisServer, free_port
 from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_metrics import samples, scrape
-from tests.integration.test_stream import events_file, expected, final_tick_equals_replay
+from tests.integration.test_stream import (
+    AS_OF,
+    events_file,
+    expected,
+    expected_risk,
+    final_tick_equals_replay,
+    write_lines,
+)
 from tests.unit.test_compose import PROMETHEUS_CONFIG, dashboard, panel_queries, promql
 
 pytestmark = pytest.mark.integration
@@ -159,6 +168,12 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
                                         tmp_path: Path) -> None:
     binary = need_prometheus()
     lines = events_file(tmp_path / "events.jsonl", customers=40, events=800, seed=53)
+    # A customer whose only sale leaves the 12-month window on 2026-12-01, 9 days after
+    # AS_OF: at risk within 30 days under both policies (the generated ones may not be).
+    lines.append(orjson.dumps({"event_id": "risk-1", "type": "sale", "customer_id": "RISK-1",
+                               "occurred_at": "2025-12-23T10:00:00+08:00", "amount": "1000",
+                               "currency": "CNY"}))
+    write_lines(tmp_path / "events.jsonl", lines)
     want, _dead = expected(lines)
     port = free_port()
     worker = stream.start_worker(GRADER_WEB_PORT=str(port), GRADER_REDIS_URL=redis_server.url,
@@ -182,13 +197,21 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
         changes = samples(text, "grader_tier_changes_total")
         assert changes
         population = Counter((policy, tier) for (_c, policy), tier in want.items())
+        today = date.fromisoformat(AS_OF[:10])  # the presets' timezone is AS_OF's
+        at_risk = Counter((policy, want[c, policy]) for (c, policy), (day, _to)
+                          in expected_risk(lines)[0].items()
+                          if day is not None and (date.fromisoformat(day) - today).days <= 30)
+        assert at_risk, "some tiers would drop within 30 days"
 
         def caught_up() -> bool:
             got = {(s["metric"]["policy"], s["metric"]["tier"]): value(s) for s in
                    prometheus.vector('sum by (policy, tier) (grader_customers{job="grader"})')}
             rejected = {s["metric"]["code"]: value(s) for s in
                         prometheus.vector('grader_rejections_total{job="grader"}')}
-            return got == dict(population) and rejected == codes
+            risky = {(s["metric"]["policy"], s["metric"]["tier"]): value(s) for s in
+                     prometheus.vector('sum by (policy, tier) '
+                                       '(grader_customers_at_risk{job="grader"})')}
+            return got == dict(population) and rejected == codes and risky == dict(at_risk)
 
         wait_for(caught_up, 30, "Prometheus to scrape the final population and rejections")
         # Every query is evaluated at one instant of Prometheus' own time, two scrapes
@@ -224,6 +247,9 @@ def test_every_panel_query_returns_data(stream: Stream, redis_server: RedisServe
     # the population panel: the replay's population
     assert {(s["metric"]["policy"], s["metric"]["tier"]): value(s)
             for s in by_title["Tier population per policy"]} == dict(population)
+    # the at-risk panel: the replay's tiers that would drop within 30 days (issue 23)
+    assert {(s["metric"]["policy"], s["metric"]["tier"]): value(s)
+            for s in by_title["Customers at risk within 30 days"]} == dict(at_risk)
     # tier changes by direction: the directions the worker counted
     directions = {dict(k)["direction"] for k in changes}
     assert {s["metric"]["direction"] for s in

@@ -220,6 +220,11 @@ def test_live_view_shows_tiers_and_ctrl_c_stops_everything(terminal: Terminal) -
         assert len(row) == len(columns), row
         for policy, cell in zip(POLICIES, row[1:], strict=False):
             assert cell.split()[0] in tier_names[policy], (policy, row, screen)
+    # Each tier that would drop shows its drop date and the tier then (issue 23).
+    drops = [(day, tier) for day, tier in re.findall(r"drops (\d{4}-\d\d-\d\d)→(\S+)", screen)
+             if not tier.endswith("…")]  # a cell cut to the terminal's width ends so
+    assert drops, screen
+    assert all(tier in set().union(*tier_names.values()) for _day, tier in drops), drops
     # The latest changes: real transitions between tiers of the policy named.
     changes = _CHANGE.findall(screen)
     assert changes, screen

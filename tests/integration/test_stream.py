@@ -3,7 +3,10 @@
 The invariant of GRADING.md section 5: after a final tick at T, the latest
 customer-tiers message of every customer equals what `grader replay`
 computes from the same events as of T (policies without downgrade rules),
-whatever the arrival order, duplicates, restarts or rebalances.
+whatever the arrival order, duplicates, restarts or rebalances: its tiers,
+and (issue 23) each tier's drops_on and to_tier (at-risk.csv); and every
+tier warning replay writes (tier-warnings.jsonl) is on the tier-warnings
+topic, where no (customer, policy, drops_on) is warned about twice.
 """
 
 from __future__ import annotations
@@ -64,6 +67,74 @@ def expected(lines: list[bytes]) -> tuple[dict[tuple[str, str], str], Any]:
     result = replay(lines, parse_instant(AS_OF), grading, time.time_ns() // 1000, workers=1)
     tiers = {(c, p): tier for c, p, tier, _score in result.tiers}
     return tiers, result.dead_letters
+
+
+def expected_risk(lines: list[bytes]) -> tuple[dict[tuple[str, str], tuple[Any, Any]],
+                                               dict[str, dict[str, Any]]]:
+    """(customer, policy) -> (drops_on, to_tier) of every tier (None, None where it would not
+    drop), and the tier warnings by event_id, from the offline replay."""
+    grading = Grading(tuple(resolve_policy(p, ROOT / "config") for p in POLICIES))
+    result = replay(lines, parse_instant(AS_OF), grading, time.time_ns() // 1000, workers=1)
+    risk: dict[tuple[str, str], tuple[Any, Any]] = {
+        (c, p): (None, None) for c, p, _tier, _score in result.tiers}
+    for row in result.at_risk.decode().splitlines():
+        customer, policy, _tier, drops_on, to_tier = row.split(",")
+        risk[customer, policy] = (drops_on, to_tier)
+    warnings = {w["event_id"]: w for w in map(orjson.loads, result.warnings.splitlines())}
+    return risk, warnings
+
+
+def streamed_risk(stream: Stream) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(customer, policy) -> (drops_on, to_tier) from the latest customer-tiers message per key."""
+    latest = {r.key: orjson.loads(r.value) for r in stream.read("customer-tiers")}
+    return {(snap["customer_id"], policy): (t["drops_on"], t["to_tier"])
+            for snap in latest.values() for policy, t in snap["tiers"].items()}
+
+
+def assert_risk_equals_replay(stream: Stream, lines: list[bytes], timeout: float = 45) -> int:
+    """Once the tiers equal the replay's: drops_on and to_tier of every tier equal replay's,
+    and every warning replay writes was published (same id, customer, policy, drops_on).
+    Returns how many warnings replay wrote."""
+    want, warnings = expected_risk(lines)
+    got: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def matches() -> bool:
+        nonlocal got
+        got = streamed_risk(stream)
+        return got == want
+
+    try:
+        wait_for(matches, timeout, "customer-tiers' drops_on to equal the replay's")
+    except AssertionError:
+        wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        raise AssertionError(f"{len(wrong)} of {len(want)} differ (got, want): "
+                             f"{dict(list(wrong.items())[:10])}") from None
+    assert sum(v != (None, None) for v in want.values()) > 10, "the test has tiers at risk"
+    streamed = {orjson.loads(r.value)["event_id"]: orjson.loads(r.value)
+                for r in stream.read("tier-warnings")}
+
+    def what(w: dict[str, Any]) -> tuple[str, str, str]:
+        return w["customer_id"], w["policy"], w["drops_on"]
+
+    missing = [what(w) for i, w in warnings.items() if i not in streamed
+               or what(streamed[i]) != what(w)]
+    assert not missing, f"{len(missing)} of {len(warnings)} replay warnings not streamed: " \
+                        f"{missing[:5]}"
+    return len(warnings)
+
+
+def assert_warnings_once(stream: Stream) -> None:
+    """Each (customer, policy, drops_on) is warned about under one event_id, and a warning
+    seen twice (a republish after a crash or a rebalance) is the same record both times."""
+    by_id: dict[str, bytes] = {}
+    ids: dict[tuple[str, str, str], str] = {}
+    for record in stream.read("tier-warnings"):
+        warning = orjson.loads(record.value)
+        first = by_id.setdefault(warning["event_id"], record.value)
+        assert first == record.value, (f"warning {warning['event_id']} published as {first!r} "
+                                       f"and as {record.value!r}")
+        key = (warning["customer_id"], warning["policy"], warning["drops_on"])
+        assert ids.setdefault(key, warning["event_id"]) == warning["event_id"], key
 
 
 def wait_applied(stream: Stream, lines: list[bytes], timeout: float = 45) -> None:
@@ -219,6 +290,7 @@ def test_end_to_end_equals_replay(stream: Stream, tmp_path: Path) -> None:
     assert ticked.returncode == 0, ticked.stderr
     assert "sent to 4 partitions" in ticked.stderr
     wait_for_tiers(stream, want)
+    assert assert_risk_equals_replay(stream, lines) > 0, "the test has tier warnings"
     applied_once(stream, lines)
     assert dead_letter_codes(stream) == sorted((d["raw"], d["code"]) for d in dead)
     changes = [orjson.loads(r.value) for r in stream.read("tier-changes")]
@@ -318,9 +390,11 @@ def sequence_history(stream: Stream, customers: set[str]) -> str:
 
 
 def assert_outputs_consistent(stream: Stream) -> None:
-    """The output invariants of every stream test (at-least-once, never back in time)."""
+    """The output invariants of every stream test (at-least-once, never back in time,
+    a warning once)."""
     assert_changes_consistent(stream)
     assert_sequences_never_go_back(stream)
+    assert_warnings_once(stream)
 
 
 def final_tick_equals_replay(stream: Stream, lines: list[bytes],
@@ -329,6 +403,7 @@ def final_tick_equals_replay(stream: Stream, lines: list[bytes],
     wait_applied(stream, lines)
     assert stream.grader("tick", "--as-of", AS_OF).returncode == 0
     wait_for_tiers(stream, want)
+    assert_risk_equals_replay(stream, lines)
     applied_once(stream, lines)
     assert_outputs_consistent(stream)
 

@@ -20,7 +20,7 @@ from grader.codec import dump_state
 from grader.core import Grading
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
-from grader.stream.app import Processor, grade_batches
+from grader.stream.app import BEHIND_AFTER, Processor, grade_batches
 from grader.stream.progress import SourceProgress
 from grader.stream.step import Incoming, Output
 from grader.stream.tables import MemoryTableStore
@@ -239,7 +239,13 @@ def test_a_batch_equals_its_messages_one_by_one_and_stores_each_customer_once() 
                                        if (o.topic == "dead-letters", o.key) == k])
                 for k in keys}
 
-    assert per_key(batch_sink.published) == per_key(one_sink.published)
+    def last_snapshot_only(outputs: Sequence[Output]) -> list[Output]:
+        """One by one, each message publishes its snapshot; a batch, the last one."""
+        last = {o.key: n for n, o in enumerate(outputs) if o.topic == "customer-tiers"}
+        return [o for n, o in enumerate(outputs)
+                if o.topic != "customer-tiers" or last[o.key] == n]
+
+    assert per_key(batch_sink.published) == per_key(last_snapshot_only(one_sink.published))
     assert {k: dump_state(stored(batch_store, k).state) for k in batch_store.data} == \
         {k: dump_state(stored(one_store, k).state) for k in one_store.data}
     assert batch_store.calls == [[b"C1", b"C2", b"C3"]]
@@ -441,10 +447,10 @@ def test_a_republish_never_sends_a_snapshot_older_than_one_published() -> None:
                     offset=n) for n, amount in enumerate(["100", "300000"])]
     sink = RecordingSink()
     asyncio.run(processor(g, sink, store).on_batch(msgs))
-    assert snapshot_sequences(sink.published) == [1, 2]
+    assert snapshot_sequences(sink.published) == [2]  # one snapshot a customer and batch
     changes = [o for o in sink.published if o.topic == "tier-changes"]
     asyncio.run(processor(g, sink, store).on_message(msgs[1]))  # restarted: a duplicate now
-    assert snapshot_sequences(sink.published) == [1, 2, 2], "only the latest snapshot again"
+    assert snapshot_sequences(sink.published) == [2, 2], "only the latest snapshot again"
     assert [o for o in sink.published if o.topic == "tier-changes"] == changes * 2
 
 
@@ -567,3 +573,49 @@ def test_a_customer_whose_tick_raises_keeps_its_stored_state(
     assert dump_state(stored(store, keys[0]).state) == before
     assert [stored(store, k).state.as_of == as_of for k in keys] == [False, True, True]
     assert proc.clock(part) == as_of
+
+
+def backlog(msg: Incoming) -> Incoming:
+    """The same message, produced long ago: the worker is behind (app.BEHIND_AFTER)."""
+    return Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value, 1.0)
+
+
+def snapshots(outputs: Sequence[Output]) -> list[dict[str, Any]]:
+    return [orjson.loads(o.value) for o in outputs if o.topic == "customer-tiers"]
+
+
+def test_a_backlog_defers_the_tier_at_risk_and_refreshes_it_once_caught_up() -> None:
+    """Issue 23: while behind, a customer's drops_on is not computed at each batch; its
+    customer-tiers record waits for the one refresh once the worker is idle."""
+    g, store, sink = grading("stars"), MemoryTableStore(), RecordingSink()
+    proc = processor(g, sink, store)
+    for n, (day, amount) in enumerate([("2026-03-10", "1000"), ("2026-04-10", "5000")]):
+        msg = message(sale("C1", f"e{n}", f"{day}T10:00:00+08:00", amount), b"C1", offset=n)
+        asyncio.run(proc.on_batch([backlog(msg)]))
+    assert [o.topic for o in sink.published] == ["tier-changes", "tier-changes"]
+    assert stored(store, b"C1").state.risk_stale and b"C1" in proc.stale
+    assert asyncio.run(proc.refresh_stale()) == 0  # just behind: the backlog goes first
+    proc.behind_at -= BEHIND_AFTER  # a second later, idle
+    assert asyncio.run(proc.refresh_stale()) == 1
+    [snapshot] = snapshots(sink.published)
+    assert snapshot["tiers"]["stars"] == {"tier": "4-star", "score": 600, "sequence": 2,
+                                          "pinned": False, "drops_on": "2027-04-01",
+                                          "to_tier": "unrated"}
+    assert not stored(store, b"C1").state.risk_stale and not proc.stale
+    assert asyncio.run(proc.refresh_stale()) == 0
+
+
+def test_a_deferred_tier_at_risk_survives_a_restart_and_a_tick_refreshes_it() -> None:
+    g, store = grading("stars"), MemoryTableStore()
+    msg = message(sale("C1", "e0", "2026-03-10T10:00:00+08:00", "1000"), b"C1")
+    asyncio.run(processor(g, RecordingSink(), store).on_batch([backlog(msg)]))
+    sink = RecordingSink()
+    restarted = processor(g, sink, store)  # another process: its stale set is empty
+    assert not restarted.stale and stored(store, b"C1").state.risk_stale
+    as_of = stored(store, b"C1").state.as_of  # a tick that moves nothing still refreshes
+    tick = message(step.tick_message(as_of, "t1"), None, topic="g.ticks",
+                   partition=partition_of(b"C1", PARTITIONS))
+    asyncio.run(restarted.on_batch([tick]))
+    [snapshot] = snapshots(sink.published)
+    assert snapshot["tiers"]["stars"]["drops_on"] == "2027-03-01"
+    assert not stored(store, b"C1").state.risk_stale

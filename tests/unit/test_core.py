@@ -141,7 +141,9 @@ def test_blacklist_changes_the_snapshot_not_the_tier() -> None:
         "customer_id": "C1",
         "blacklisted": True,
         "as_of": "2026-06-01T04:00:00Z",
-        "tiers": {"abc-100": {"tier": "A", "score": 100, "sequence": 1, "pinned": False}},
+        # drops_on and to_tier: null until grader.risk.refresh_risk computes them
+        "tiers": {"abc-100": {"tier": "A", "score": 100, "sequence": 1, "pinned": False,
+                              "drops_on": None, "to_tier": None}},
     }
 
 

@@ -49,3 +49,20 @@ def test_the_score_is_rounded_half_away_from_zero_and_exact_beside_it() -> None:
 def test_display_rounding_is_half_away_from_zero(value: Fraction, shown: Decimal) -> None:
     assert round2(value) == shown
     assert display(value) == float(shown)
+
+
+def test_each_policy_carries_its_drop_date_as_last_computed() -> None:
+    """drops_on and to_tier per policy: those of the customer-tiers record (grader.risk)."""
+    from grader.core import snapshot
+    from grader.risk import refresh_risk
+
+    state = new_state("C1")
+    apply_event(state, event("sale", "2026-03-31", grading_=G, amount="1000"), G, NOW)
+    before = customer_document(state, G)["policies"]["stars"]
+    assert (before["drops_on"], before["to_tier"]) == (None, None)  # not computed yet
+    refresh_risk(state, G, 30, NOW)
+    doc = customer_document(state, G)["policies"]
+    assert (doc["stars"]["drops_on"], doc["stars"]["to_tier"]) == ("2027-03-01", "unrated")
+    for name, tier in snapshot(state)["tiers"].items():
+        assert (doc[name]["drops_on"], doc[name]["to_tier"]) == (tier["drops_on"],
+                                                                 tier["to_tier"])

@@ -141,3 +141,26 @@ def test_what_only_the_parser_can_check(etype: str, name: str, value: Any, code:
     schema_ok, parsed = verdicts(etype, build(etype, name, value))
     assert schema_ok
     assert isinstance(parsed, Rejection) and parsed.code == code
+
+
+def test_the_output_records_follow_their_schemas() -> None:
+    """customer-tiers and tier-warnings records, as the worker builds them (grader.stream.step),
+    are valid for topics/schemas/customer-tiers.json and tier-warnings.json; one without
+    drops_on, or with a date in another form, is not."""
+    from grader.core import Grading, apply_event, apply_tick, new_state
+    from grader.stream import step
+    from tests.conftest import at, event, preset
+
+    g = Grading((preset("abc-100"), preset("stars")))
+    state = new_state("C1")
+    apply_event(state, event("sale", "2026-03-31", grading_=g, amount="1000"), g, 0)
+    apply_tick(state, at("2027-02-10"), g, 0)
+    outputs = {o.topic: orjson.loads(o.value) for o in step.with_risk(state, [], g, 30, 0)}
+    snapshot, warning = outputs["customer-tiers"], outputs["tier-warnings"]
+    assert snapshot["tiers"]["stars"]["drops_on"] == warning["drops_on"] == "2027-03-01"
+    assert snapshot["tiers"]["abc-100"]["to_tier"] == "C"  # B (paid on the spot) until then
+    assert validator("customer-tiers").is_valid(snapshot)
+    assert validator("tier-warnings").is_valid(warning)
+    del snapshot["tiers"]["stars"]["drops_on"]
+    assert not validator("customer-tiers").is_valid(snapshot)
+    assert not validator("tier-warnings").is_valid({**warning, "drops_on": "2027-3-1"})
