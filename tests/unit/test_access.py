@@ -181,8 +181,9 @@ def test_a_tier_caller_sees_tiers_and_flags_only() -> None:
     assert set(shown) == {"customer_id", "graded", "blacklisted", "as_of", "policies"}
     assert shown["blacklisted"] is True
     for name, grade in shown["policies"].items():
-        assert grade == {"tier": document["policies"][name]["tier"],
-                         "pinned": document["policies"][name]["pinned"]}
+        policy = document["policies"][name]
+        assert grade == {"tier": policy["tier"], "pinned": policy["pinned"],
+                         "drops_on": policy["drops_on"], "to_tier": policy["to_tier"]}
     with_risk = {**document, "policies": {"abc-100": {**document["policies"]["abc-100"],
                                                       "drops_on": "2027-01-01",
                                                       "to_tier": "B"}}}
