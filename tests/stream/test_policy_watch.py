@@ -1,19 +1,34 @@
-"""A rolling deploy (issue 20 part 2) without Kafka: which versions are newer, and the
-Processor's refusal to grade a customer graded under a newer version of its policy."""
+"""Issue 20 without Kafka: a rolling deploy (which versions are newer; the Processor's
+refusal to grade a customer graded under a newer version of its policy), and the agent's
+clean stop when the store cannot be written (a full data dir)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
+from grader.errors import DataDirFull
 from grader.sinks.kafka import RecordingSink
 from grader.stream import step
+from grader.stream.app import grade_batches
 from grader.stream.policyregistry import PolicySuperseded, PolicyWatch, newer_versions
+from grader.stream.progress import SourceProgress
 from grader.stream.tables import MemoryTableStore
 from grader.stream.topology import partition_of
 from tests.conftest import grading
-from tests.stream.test_step import message, processor, sale, stored
+from tests.stream.test_step import (
+    ALL_PARTITIONS,
+    AckRecorder,
+    Event,
+    TakeEventsStream,
+    consumer_message,
+    message,
+    processor,
+    sale,
+    stored,
+)
 
 HISTORY = [("abc-100:1", "d1"), ("stars:1", "s1"), ("abc-100:2", "d2"), ("abc-100:1", "d1"),
            ("abc-100:3", "d3")]
@@ -96,3 +111,47 @@ def test_a_customer_graded_under_an_older_version_is_graded_again() -> None:
     proc.newer_in = watch([("abc-100:0", "d0"), ("abc-100:1", "d1")], "abc-100").newer_in
     asyncio.run(proc.sweep_policies([partition_of(b"C1", 4)]))
     assert stored(store, b"C1").state.graded_under == grading("abc-100").signature
+
+
+class FullStore(MemoryTableStore):
+    """A store whose disk fills after ``good`` writes."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    async def put_many(self, writes: Any) -> None:
+        if not self.good:
+            raise DataDirFull("the data dir is full (No space left on device)")
+        self.good -= 1
+        await super().put_many(writes)
+
+
+def test_a_full_store_stops_the_worker_without_acknowledging_the_batch() -> None:
+    consumer = AckRecorder()
+    batches = [[Event(consumer_message(sale("C1", f"e{n}", "2026-10-01T10:00:00+08:00"), b"C1",
+                                       n))] for n in range(3)]
+    stream = TakeEventsStream(batches, consumer)
+    proc = processor(grading("abc-100"), RecordingSink(), FullStore(good=1))
+    stops: list[BaseException] = []
+
+    async def stop(exc: BaseException) -> None:  # the clean stop; then the agent waits
+        stops.append(exc)
+
+    tp = ("g.transactions", partition_of(b"C1", 4))
+    progress = SourceProgress(stall_after=2.0)
+    progress.start(tp, 0, now=0.0)
+
+    async def run() -> None:
+        agent = asyncio.ensure_future(grade_batches(stream, proc, stop, lambda: ALL_PARTITIONS,
+                                                    progress))
+        await asyncio.sleep(0.2)
+        assert not agent.done(), "the agent waits for the stop instead of crashing"
+        agent.cancel()  # the stop cancels it
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+        await stream.generator.aclose()
+
+    asyncio.run(run())
+    assert [type(e) for e in stops] == [DataDirFull]
+    assert consumer.acked == [0] and progress.committable(tp) == 1, "the failed batch is not"
