@@ -14,6 +14,8 @@ skipped with the reason, except in CI, where that fails.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -64,13 +66,14 @@ def fill(disk: Path) -> Path:
     """Write a file on ``disk`` until the file system is full; the file."""
     filler = disk / "filler"
     chunk = b"\0" * 65536
-    with filler.open("wb") as out:
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError as exc:
-            assert exc.errno == 28, exc  # ENOSPC
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # unbuffered: nothing to
+    try:                                                          # flush at the close
+        while True:
+            os.write(fd, chunk)  # a partial write returns; the next one raises ENOSPC
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
     return filler
 
 
