@@ -12,6 +12,19 @@ class GraderError(Exception):
     exit_code = 2
 
 
+class WorkerStop(GraderError):
+    """A running worker must stop (cleanly: what it stored is committed, nothing else).
+
+    ``str(error)`` is the one line it says why, ``exit_code`` its exit status.
+    """
+
+
+class DataDirFull(WorkerStop):
+    """The worker's data dir has no space left: the local store cannot be written."""
+
+    exit_code = 4
+
+
 class PolicyError(GraderError):
     """A policy file that cannot be loaded; the message names file, line and key."""
 

@@ -31,6 +31,7 @@ from grader import kafkaauth
 from grader.access import Access, Caller, access_record
 from grader.clock import NEVER, format_instant
 from grader.core import Grading, policy_stale
+from grader.errors import DataDirFull, WorkerStop
 from grader.events import Rejection
 from grader.settings import Settings
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
@@ -42,6 +43,7 @@ from grader.stream.flowfix import keep_records_on_repeated_resume
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.notices import Notices
 from grader.stream.options import StreamOptions
+from grader.stream.policyregistry import PolicySuperseded, PolicyWatch
 from grader.stream.progress import SourceProgress
 from grader.stream.seeking import ResumingConsumer, transport_for
 from grader.stream.tables import FaustTableStore, TableStore
@@ -77,6 +79,7 @@ REFRESH_EVERY = 1.0  # seconds between two looks for deferred refreshes while id
 #: worker (no drops_on in customer-tiers, no tier-warnings), only to measure its cost
 #: (docs/performance.md, bench/worker_bench.py --without-at-risk).
 AT_RISK_SWITCH = "GRADER_BENCH_WITHOUT_AT_RISK"
+WATCH_EVERY = 2.0  # seconds between two reads of the policies topic for newer versions
 
 
 def now_us() -> int:
@@ -125,7 +128,9 @@ class Processor:
                  sink: OutputSink, ticks_topic: str, partitions: int,
                  support: SupportQueues | None = None,
                  telemetry: Telemetry | None = None, warn_days: int = 30,
-                 at_risk: bool = True) -> None:
+                 at_risk: bool = True,
+                 newer_in: Callable[[dict[str, tuple[str, str]]], str | None] | None = None
+                 ) -> None:
         self.grading = grading
         self.warn_days = warn_days  # tier-warnings (settings.warn_days; 0: none)
         self.at_risk = at_risk  # False only to measure its cost (AT_RISK_SWITCH)
@@ -134,6 +139,10 @@ class Processor:
         self.stale: dict[bytes, int] = {}
         self.behind_at = 0.0  # time.monotonic() of the last batch that was behind
         self.owns: Callable[[int], bool] = lambda _partition: True  # set by create_app
+        # Why a customer's state, graded under these versions, is beyond this worker
+        # (a newer version of one of its policies), or None (PolicyWatch.newer_in).
+        self.newer_in = newer_in
+        self.superseded: str | None = None  # once set, nothing more is graded
         self.telemetry = telemetry or Telemetry()
         self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
         self.support = support  # Redis support queues, written after the Kafka outputs
@@ -156,6 +165,7 @@ class Processor:
         if behind:
             self.behind_at = time.monotonic()
         async with self.lock:
+            self.refuse_if_superseded()
             started = time.monotonic()
             try:
                 batch = Batch()
@@ -193,6 +203,22 @@ class Processor:
         """Handle one message (a batch of one)."""
         await self.on_batch([msg])
 
+    def refuse_if_superseded(self) -> None:
+        """Raise PolicySuperseded once a newer version of a policy was seen."""
+        if self.superseded is not None:
+            raise PolicySuperseded(self.superseded)
+
+    def check_versions(self, state: CustomerState) -> None:
+        """Refuse a customer graded under a newer version of one of this worker's policies:
+        grading it would publish a change under an older version after a newer one."""
+        if self.newer_in is None or not state.graded_under or \
+                state.graded_under == self.grading.signature:
+            return
+        why = self.newer_in(state.graded_under)
+        if why is not None:
+            self.superseded = why
+            raise PolicySuperseded(why)
+
     def grade(self, msg: step.Incoming, batch: Batch) -> None:
         """Step one input message against the batch's live state of its customer."""
         loaded: list[bytes] = []
@@ -204,6 +230,8 @@ class Processor:
         try:
             outcome = step.handle_event(msg, load, self.batch_clock(msg.partition, batch),
                                         self.grading, now_us(), self.partitions)
+        except WorkerStop:
+            raise
         except Exception as exc:  # a defect in grader: it must not stop the worker
             outcome = self.failed(msg, batch, loaded, exc)
         self.note(msg, outcome)
@@ -259,6 +287,7 @@ class Processor:
             else:
                 record = step.decode_record(stored)
                 state = record.state
+                self.check_versions(state)
                 if record.epoch != self.epoch and record.pending:
                     again = step.republished(record.pending)
                     batch.add(key, partition, step.Outcome("republished", again, state))
@@ -370,6 +399,7 @@ class Processor:
             done = changes = 0
             for start in range(0, len(keys), TICK_BATCH):
                 async with self.lock:
+                    self.refuse_if_superseded()
                     if not owns(partition):
                         log.info("policy roll-out: partition %d moved, its sweep stops",
                                  partition)
@@ -457,6 +487,8 @@ class Processor:
             if outcome.state is None and state.risk_stale and self.at_risk:
                 outcome = step.Outcome("refreshed", state=state)  # deferred: refresh it now
             batch.add(key, msg.partition, outcome)
+        except WorkerStop:
+            raise
         except Exception as exc:  # a defect in grader: it must not stop the worker
             log.error("tick %s[%d]@%d failed for customer %s (%s), which keeps its stored "
                       "state:\n%s", msg.topic, msg.partition, msg.offset, key.decode(),
@@ -478,9 +510,15 @@ class Processor:
 
 
 def create_app(settings: Settings, grading: Grading, options: StreamOptions,
-               sink: OutputSink | None = None, access: Access | None = None) -> faust.App:
+               sink: OutputSink | None = None, access: Access | None = None,
+               watch: PolicyWatch | None = None,
+               stop: Callable[[WorkerStop], None] | None = None) -> faust.App:
     """The worker's Faust app, wired to its topics, tables and sink; ``access``: the
-    customer endpoint's callers (default: from ``settings``)."""
+    customer endpoint's callers (default: from ``settings``).
+
+    ``stop`` gets, once, why the worker must stop (a full data dir; with ``watch``,
+    the policies topic read, a newer version of one of its policies), and stops it
+    (grader.stream.worker); without it the app crashes."""
     prefix, partitions = settings.topic_prefix, settings.partitions
     store = table_store()
     servers = bootstrap_servers(settings.kafka_url)
@@ -523,7 +561,30 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     processor = Processor(grading, customer_store, FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
                           partitions, support, telemetry, settings.warn_days,
-                          os.environ.get(AT_RISK_SWITCH) != "1")
+                          os.environ.get(AT_RISK_SWITCH) != "1",
+                          newer_in=watch.newer_in if watch is not None else None)
+
+    stopping: list[WorkerStop] = []
+
+    async def fail(exc: BaseException) -> None:
+        """Stop cleanly for a WorkerStop (once), crash for anything else."""
+        if not isinstance(exc, WorkerStop):
+            await app.crash(exc)
+            return
+        if isinstance(exc, PolicySuperseded):
+            processor.superseded = str(exc)  # grade nothing more
+        if stopping:
+            return
+        if isinstance(exc, DataDirFull):
+            exc = DataDirFull(f"the data dir {settings.data_dir} is full (No space left on "
+                              "device): the worker stops; what it did not store is not "
+                              "committed; free space and start it again")
+        stopping.append(exc)
+        log.error("stopping: %s", exc)
+        if stop is None:
+            await app.crash(exc)
+        else:
+            stop(exc)
 
     def owned() -> set[int]:
         """The partitions this worker owns now (every source topic is co-partitioned)."""
@@ -567,7 +628,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
 
     @app.agent(source, name="grade")
     async def grade(stream: Any) -> None:
-        await grade_batches(stream, processor, app.crash, app.consumer.assignment, progress)
+        await grade_batches(stream, processor, fail, app.consumer.assignment, progress)
 
     @app.timer(REPAIR_EVERY)  # type: ignore[untyped-decorator]
     async def repair_stalled() -> None:
@@ -614,10 +675,26 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         async with processor.lock:
             pass
 
+    async def look_for_newer_versions() -> None:
+        if watch is None or stopping:
+            return
+        try:
+            why = await asyncio.get_running_loop().run_in_executor(None, watch.poll)
+        except Exception as exc:  # the broker may be busy: tried again at the next look
+            log.warning("reading the policies topic failed, tried again: %r", exc)
+            return
+        if why is not None:
+            await fail(PolicySuperseded(why))
+
     @app.on_partitions_assigned.connect
     async def on_assignment(_app: Any, /, *_args: Any, **_kw: Any) -> None:
         telemetry.rebalances.inc()
         swept.clear()  # a new assignment: look at every partition again
+        await look_for_newer_versions()  # a worker with a newer version may have joined
+
+    @app.timer(WATCH_EVERY)  # type: ignore[untyped-decorator]
+    async def watch_policies() -> None:
+        await look_for_newer_versions()
 
     @app.timer(SWEEP_EVERY)  # type: ignore[untyped-decorator]
     async def sweep_policies() -> None:
@@ -629,6 +706,9 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         for partition in todo:
             try:
                 await processor.sweep_policies([partition], still_mine)
+            except WorkerStop as exc:
+                await fail(exc)
+                return
             except Exception as exc:  # a timer's error would crash the worker; retried
                 log.warning("policy roll-out of partition %d failed, retried: %s", partition,
                             reason(exc))
@@ -671,6 +751,10 @@ async def grade_batches(stream: Any, processor: Processor,
     (e.g. the broker refused a write) crashes the worker, because the offsets
     of that partition could not be committed past the batch any more.
 
+    A batch that fails with a WorkerStop (a newer version of a policy is
+    rolled out, the data dir is full) is not committed either; ``crash`` then
+    stops the worker cleanly, and the agent waits for that stop.
+
     A batch can also hold messages taken before a rebalance, of partitions
     this worker no longer owns (``assignment`` gives the (topic, partition)
     pairs it owns now): those are skipped the same way, unacknowledged; their
@@ -700,6 +784,9 @@ async def grade_batches(stream: Any, processor: Processor,
         except BaseException as exc:
             for event in events:
                 event.message.acked = True  # never reaches the consumer: not committed
+            if isinstance(exc, WorkerStop):  # a clean stop, not a crash
+                await crash(exc)
+                await asyncio.Event().wait()  # until the stop cancels the agent
             if not isinstance(exc, asyncio.CancelledError):
                 log.error("batch of %d messages not settled, stopping the worker: %s",
                           len(events), reason(exc))

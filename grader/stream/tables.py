@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from grader.errors import DataDirFull
 from grader.sinks.kafka import BatchSender
 from grader.stream.topology import partition_of
 
@@ -101,7 +102,13 @@ class FaustTableStore:
         for partition, batch in batches.items():
             # what Faust's set_persisted_offset writes, in the same atomic batch
             batch.put(rocks.offset_key, str(last[(self._changelog, partition)]).encode())
-            rocks._db_for_partition(partition).write(batch)
+            try:
+                rocks._db_for_partition(partition).write(batch)
+            except Exception as exc:  # rocksdict raises Exception with RocksDB's message
+                if "No space left on device" in str(exc):
+                    raise DataDirFull(f"the data dir is full (No space left on device), "
+                                      f"writing table {self._table.name}") from exc
+                raise
 
 
 class MemoryTableStore:

@@ -8,11 +8,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from grader.access import Access, read_tokens_file
 from grader.core import Grading
-from grader.errors import GraderError
+from grader.errors import GraderError, WorkerStop, one_line
 from grader.policy import Policy
 from grader.settings import Settings, make_data_dir, resolve_policy
 from grader.stream.options import StreamOptions
@@ -135,8 +136,10 @@ def exit_on_signal_until_started() -> None:
         signal.signal(signum, stop)
 
 
-def exit_if_stuck(grace: float = SHUTDOWN_GRACE) -> threading.Timer:
-    """From now, exit the process in ``grace`` seconds unless it has exited by then.
+def exit_if_stuck(grace: float = SHUTDOWN_GRACE,
+                  code: Callable[[], int] = lambda: 0) -> threading.Timer:
+    """From now, exit the process in ``grace`` seconds (with status ``code()``) unless it
+    has exited by then.
 
     A stopping worker commits what it graded, then leaves its consumer group;
     leaving waited for a rebalance in progress, up to 41 s. That wait
@@ -147,7 +150,7 @@ def exit_if_stuck(grace: float = SHUTDOWN_GRACE) -> threading.Timer:
         log.warning("still stopping %.0f s after the signal (leaving the consumer group?): "
                     "exiting now; what was graded and not committed is graded again", grace)
         logging.shutdown()
-        os._exit(0)
+        os._exit(code())
 
     timer = threading.Timer(grace, exit_now)
     timer.daemon = True
@@ -165,9 +168,14 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
     make_data_dir(settings)
     ensure_topics(settings.kafka,
                   load_topics(settings.topic_prefix, settings.partitions).values())
-    from grader.stream.policyregistry import check_and_record
+    from grader.stream.policyregistry import PolicySuperseded, PolicyWatch, check_and_record
 
     check_and_record(settings.kafka, settings.topic_prefix, grading.policies)
+    watch = PolicyWatch(settings.kafka, settings.topic_prefix, grading.policies)
+    why = watch.poll()
+    if why is not None:
+        watch.close()
+        raise GraderError(why)
 
     use_uvloop()
     import faust
@@ -175,19 +183,31 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
     from grader.stream.app import create_app
     from grader.stream.localstate import changelogs_of, check_local_tables
 
-    app = create_app(settings, grading, options, access=access)
+    stopped: list[int] = []  # the exit code of a worker that stopped itself
+
+    def stop(why: WorkerStop) -> None:
+        """One line (on the process's stderr: Faust sends sys.stderr to its log), then the
+        same stop as SIGTERM: what was graded and stored is committed, nothing else."""
+        line = f"{why}; this worker stops" if isinstance(why, PolicySuperseded) else str(why)
+        print(f"grader: error: {one_line(line)}", file=sys.__stderr__, flush=True)
+        stopped.append(why.exit_code)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    app = create_app(settings, grading, options, access=access, watch=watch, stop=stop)
     check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 
     class Worker(faust.Worker):
         def _schedule_shutdown(self, signum: signal.Signals) -> None:  # mode's one path
             if not self._signal_stop_time:
-                exit_if_stuck()
+                exit_if_stuck(code=lambda: stopped[0] if stopped else 0)
             super()._schedule_shutdown(signum)
 
     worker = Worker(app, loglevel=options.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode's Worker always ends with SystemExit
-        return int(exc.code or 0)
-    return 0
+        return stopped[0] if stopped else int(exc.code or 0)
+    finally:
+        watch.close()
+    return stopped[0] if stopped else 0
