@@ -37,6 +37,7 @@ from grader.state import CustomerState
 from grader.stream import step, web, webserver
 from grader.stream.admin import bootstrap_servers
 from grader.stream.flowfix import keep_records_on_repeated_resume
+from grader.stream.lease import Lease
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.notices import Notices
 from grader.stream.options import StreamOptions
@@ -105,8 +106,9 @@ class Processor:
     def __init__(self, grading: Grading, customers: TableStore, clocks: TableStore,
                  sink: OutputSink, ticks_topic: str, partitions: int,
                  support: SupportQueues | None = None,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, lease: Lease | None = None) -> None:
         self.grading = grading
+        self.lease = lease  # checked before Redis writes (the Kafka sender checks its own)
         self.telemetry = telemetry or Telemetry()
         self.prefix = ticks_topic[:-len(TICKS)]  # topics are labelled without it
         self.support = support  # Redis support queues, written after the Kafka outputs
@@ -220,6 +222,8 @@ class Processor:
 
     async def settle(self, batch: Batch) -> None:
         """Store the changed customers with their outputs, then publish; wait for both."""
+        for _partition, state in batch.store.values():
+            state.revision += 1
         writes = [(partition, key, step.encode_record(state, self.epoch,
                                                       batch.outputs.get(key, [])))
                   for key, (partition, state) in batch.store.items()]
@@ -237,9 +241,11 @@ class Processor:
                                    if out.topic != SUPPORT)])  # the marks are Redis's
         self.count_changes(batch)
         if self.support is not None:
-            await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
-                                      if key in batch.store
-                                      and any(out.topic == SUPPORT for out in outs)])
+            changed = [batch.store[key][1] for key, outs in batch.outputs.items()
+                       if key in batch.store and any(out.topic == SUPPORT for out in outs)]
+            if changed and self.lease is not None:
+                self.lease.check(f"writing {len(changed)} customers to Redis")
+            await self.support.write(changed)
 
     async def sweep_policies(self, partitions: Iterable[int],
                              owns: Callable[[int], bool] = lambda _partition: True) -> int:
@@ -313,6 +319,8 @@ class Processor:
         async with self.lock:
             for partition in partitions:
                 states = [state for _key, state in self.stored_states(partition)]
+                if states and self.lease is not None:
+                    self.lease.check(f"writing {len(states)} customers to Redis again")
                 await self.support.write(states)
                 written += len(states)
         return written
@@ -395,11 +403,12 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     source_names = [prefix + t for t in (*INPUTS, REPARTITION, TICKS)]
     progress = SourceProgress(stall_after=STALL_AFTER)
     auth = kafkaauth.client_auth(security, tls)
+    lease = Lease(app.conf.broker_session_timeout)  # docs/streaming.md, "Zombies"
     app.transport = transport_for(app, source_names, servers, auth, options.true_end_offsets,
-                                  options.fetch_max_wait_ms, progress)
+                                  options.fetch_max_wait_ms, progress, lease)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    sender = BatchSender(servers, auth)
+    sender = BatchSender(servers, auth, lease)
     telemetry = Telemetry()
     support = None
     if settings.redis_url:
@@ -409,7 +418,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     customer_store = FaustTableStore(customers, sender, partitions)
     processor = Processor(grading, customer_store, FaustTableStore(clocks, sender, partitions),
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
-                          partitions, support, telemetry)
+                          partitions, support, telemetry, lease)
 
     def owned() -> set[int]:
         """The partitions this worker owns now (every source topic is co-partitioned)."""
