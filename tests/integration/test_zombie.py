@@ -25,6 +25,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -120,56 +121,58 @@ def namespace(redis_server: RedisServer) -> Iterator[Namespace]:
 
 
 class Monitor:
-    """Redis MONITOR in a thread: each SET of a customer's version by the Lua script, and
-    each HSET of its hash right after it, in the order Redis ran them."""
+    """Redis MONITOR on a socket of its own, read in a thread: each SET of a customer's
+    version by the Lua script, and the HSET of its hash right after it, in the order Redis
+    ran them."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, server: RedisServer, prefix: str) -> None:
         self.prefix = prefix
         self.writes: list[tuple[str, tuple[int, ...], dict[str, str]]] = []
         self.attempts = 0  # EVALSHA calls seen (accepted or refused)
         self.error: BaseException | None = None  # what stopped the reader early
-        self._client = redis.Redis.from_url(url)
-        self._monitor = self._client.monitor()
-        self._monitor.__enter__()
+        self._pending: dict[str, tuple[int, ...]] = {}  # customer -> version, until its HSET
+        self._sock = socket.create_connection((server.host, server.port), timeout=10)
+        self._sock.sendall(b"MONITOR\r\n")
+        self._lines = self._sock.makefile("rb")
+        assert self._lines.readline().startswith(b"+OK"), "MONITOR refused"
+        self._sock.settimeout(None)
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            for line in self._lines:
+                if self._stop:
+                    return
+                self._take(line.decode(errors="replace"))
+        except Exception as exc:  # the socket closed at stop()
+            if not self._stop:
+                self.error = exc
+
+    def _take(self, text: str) -> None:
         version_key, customer_key = self.prefix + "version:", self.prefix + "customer:"
-        pending: dict[str, tuple[int, ...]] = {}
-        connection = self._monitor.connection
-        while not self._stop:
-            try:
-                line = connection.read_response()
-            except redis.TimeoutError:  # a quiet moment
-                continue
-            except Exception as exc:  # the connection closed at stop()
-                if not self._stop:
-                    self.error = exc
-                return
-            text = line.decode(errors="replace") if isinstance(line, bytes) else str(line)
-            words = [w.replace('\\"', '"') for w in QUOTED.findall(text)]
-            if len(words) < 2:
-                continue
-            name = words[0].upper()
-            if name in ("EVALSHA", "EVAL"):
-                self.attempts += 1
-            elif name == "SET" and words[1].startswith(version_key):
-                pending[words[1][len(version_key):]] = tuple(int(w) for w in words[2].split())
-            elif name == "HSET" and words[1].startswith(customer_key):
-                customer = words[1][len(customer_key):]
-                if customer in pending:
-                    fields = dict(zip(words[2::2], words[3::2], strict=True))
-                    self.writes.append((customer, pending.pop(customer), fields))
+        words = [w.replace('\\"', '"') for w in QUOTED.findall(text)]
+        if len(words) < 2:
+            return
+        name = words[0].upper()
+        if name in ("EVALSHA", "EVAL"):
+            self.attempts += 1
+        elif name == "SET" and words[1].startswith(version_key):
+            self._pending[words[1][len(version_key):]] = tuple(int(w)
+                                                               for w in words[2].split())
+        elif name == "HSET" and words[1].startswith(customer_key):
+            customer = words[1][len(customer_key):]
+            if customer in self._pending:
+                fields = dict(zip(words[2::2], words[3::2], strict=True))
+                self.writes.append((customer, self._pending.pop(customer), fields))
 
     def stop(self) -> None:
         self._stop = True
-        self._client.set(self.prefix + "monitor-stop", "1")  # wakes the reader
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(10)
-        self._client.delete(self.prefix + "monitor-stop")
-        self._monitor.__exit__()
-        self._client.close()
+        self._sock.close()
 
 
 def changelog_revisions(stream: Stream) -> dict[tuple[str, int], dict[str, str]]:
@@ -254,12 +257,14 @@ def zombie_scenario(stream: Stream, redis_server: RedisServer, tmp_path: Path,
     want, _dead = expected(lines)
     parts = produce_parts(stream, tmp_path, lines)
     redis_env = {"GRADER_REDIS_URL": redis_server.url, "GRADER_REDIS_PREFIX": stream.prefix}
-    monitor = Monitor(redis_server.url, stream.prefix)
+    monitor = Monitor(redis_server, stream.prefix)
     try:
         if namespace is None:
             zombie = stream.start_worker("a", **redis_env)
         else:
-            env = stream.env("a", GRADER_WEB_HOST=namespace.address, **redis_env)
+            # its web port binds the namespace's address: not loopback, so a token
+            env = stream.env("a", GRADER_WEB_HOST=namespace.address,
+                             GRADER_API_TOKEN=uuid.uuid4().hex, **redis_env)
             zombie = WorkerProcess(env, tmp_path / "worker-zombie.log", namespace.command())
             stream.workers.append(zombie)
         zombie.wait_ready(45)
