@@ -76,7 +76,7 @@ class BatchSender:
         if not records:
             return {}
         if self._lease is not None:
-            self._lease.check(f"sending {len(records)} records")
+            await self._lease.ready(f"sending {len(records)} records")
         producer = await self._started()
         batches: dict[tuple[str, int], Any] = {}
         counts: dict[tuple[str, int], int] = {}

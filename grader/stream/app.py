@@ -127,6 +127,7 @@ class Processor:
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
         """Handle consecutive messages; a tick settles what came before it first."""
         async with self.lock:
+            self.begin()
             started = time.monotonic()
             try:
                 batch = Batch()
@@ -142,6 +143,12 @@ class Processor:
                 self.decoded.clear()  # states may have changed in place without being stored
                 raise
             self.telemetry.batch_seconds.observe(time.monotonic() - started)
+
+    def begin(self) -> None:
+        """Under the lock, before reading any state: the writes that follow belong to the
+        current assignment (grader.stream.lease)."""
+        if self.lease is not None:
+            self.lease.begin()
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -244,7 +251,7 @@ class Processor:
             changed = [batch.store[key][1] for key, outs in batch.outputs.items()
                        if key in batch.store and any(out.topic == SUPPORT for out in outs)]
             if changed and self.lease is not None:
-                self.lease.check(f"writing {len(changed)} customers to Redis")
+                await self.lease.ready(f"writing {len(changed)} customers to Redis")
             await self.support.write(changed)
 
     async def sweep_policies(self, partitions: Iterable[int],
@@ -267,6 +274,7 @@ class Processor:
             done = changes = 0
             for start in range(0, len(keys), TICK_BATCH):
                 async with self.lock:
+                    self.begin()
                     if not owns(partition):
                         log.info("policy roll-out: partition %d moved, its sweep stops",
                                  partition)
@@ -287,7 +295,11 @@ class Processor:
                 log.info("policy roll-out: partition %d: %d customers graded again, "
                          "%d tier changes", partition, done, changes)
                 self.telemetry.policy_regrades.inc(done)
-            await self.clocks.put_many([(partition, marker, signature)])
+            async with self.lock:  # the marker too is written only while the partition is
+                self.begin()       # this worker's, under the assignment of the check
+                if not owns(partition):
+                    return swept
+                await self.clocks.put_many([(partition, marker, signature)])
             swept += done
         return swept
 
@@ -317,10 +329,11 @@ class Processor:
             return 0
         written = 0
         async with self.lock:
+            self.begin()
             for partition in partitions:
                 states = [state for _key, state in self.stored_states(partition)]
                 if states and self.lease is not None:
-                    self.lease.check(f"writing {len(states)} customers to Redis again")
+                    await self.lease.ready(f"writing {len(states)} customers to Redis again")
                 await self.support.write(states)
                 written += len(states)
         return written

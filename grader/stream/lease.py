@@ -19,6 +19,14 @@ socket (:func:`guard_producer`), while waiting for the broker's answer, and
 before the Redis writes. ``margin`` covers a request written just before the
 lease ends reaching the broker.
 
+Each batch notes the assignment it began under (:meth:`Lease.begin`; the
+processor's lock keeps a batch from spanning a rebalance, since a revoke waits
+for it): a write checked under a later assignment gives up too, since the
+batch read its states before the partitions were lost and regained. Only
+before a new assignment's first Heartbeat does a write wait for the lease
+(:meth:`Lease.ready`): a JoinGroup that waited for a slow member leaves the
+lease, counted from its send time, short or already ended.
+
 When the lease has run out the worker gives up at once: it logs one line and
 exits (status :data:`LEASE_LOST_EXIT`) without flushing anything; its producer
 sockets close with SO_LINGER 0, so the kernel drops a produce request that was
@@ -28,6 +36,7 @@ network heals. A supervisor restarts it, and it rejoins as a new member.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 LEASE_LOST_EXIT = 75  # EX_TEMPFAIL: restart me
 MARGIN_SHARE = 0.2  # of the session: the lease ends this much before the session may
 MARGIN_MIN = 1.0  # seconds, at least
+READY_POLL = 0.05  # seconds between two looks while waiting for a new assignment's lease
 HEARTBEAT, JOIN_GROUP, SYNC_GROUP, PRODUCE = 12, 11, 14, 0  # Kafka API keys
 #: Heartbeat errors after which the member is no longer in the group (its partitions may
 #: be another's already): ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID.
@@ -57,15 +67,34 @@ class Lease:
         self.clock = clock
         self.on_lost = on_lost or exit_now
         self._join_sent: float | None = None
+        self.synced = 0  # assignments received (SyncGroup answers without error)
+        self.term = 0  # the assignment the current batch began under (begin)
+        self.unconfirmed = False  # synced, and no Heartbeat answered since
 
     def valid(self) -> bool:
         """Whether a write may go out now."""
         return self.clock() < self.until
 
+    def begin(self) -> None:
+        """A batch begins (under the processor's lock): its writes belong to this
+        assignment, and to no later one."""
+        self.term = self.synced
+
     def check(self, what: str) -> None:
-        """Give up (``on_lost``: exit) unless the lease holds; ``what``: the write."""
-        if not self.valid():
+        """Give up (``on_lost``: exit) unless the lease holds for the assignment the
+        batch began under; ``what``: the write."""
+        if not self.valid() or self.synced != self.term:
             self.on_lost(what)
+
+    async def ready(self, what: str) -> None:
+        """:meth:`check`, but first wait, up to a session, for the first Heartbeat of a
+        new assignment: the lease runs from the JoinGroup's send time, and a JoinGroup
+        that waited long for other members leaves it short until a Heartbeat renews it."""
+        deadline = self.clock() + self.session
+        while (self.unconfirmed and not self.valid() and self.synced == self.term
+               and self.clock() < deadline):
+            await asyncio.sleep(READY_POLL)
+        self.check(what)
 
     def renew(self, sent: float) -> None:
         """A request sent at ``sent`` got an answer that keeps the member in the group."""
@@ -74,12 +103,14 @@ class Lease:
     def end(self) -> None:
         """The member is out of the group now."""
         self.until = float("-inf")
+        self.unconfirmed = False
 
     def saw(self, api_key: int, sent: float, error_code: int | None) -> None:
         """The group coordinator answered a request sent at ``sent`` with ``error_code``."""
         if api_key == HEARTBEAT:
             if error_code == 0:
                 self.renew(sent)
+                self.unconfirmed = False
             elif error_code in GONE:
                 self.end()
         elif api_key == JOIN_GROUP:
@@ -88,6 +119,8 @@ class Lease:
         elif api_key == SYNC_GROUP and error_code == 0 and self._join_sent is not None:
             self.renew(self._join_sent)
             self._join_sent = None
+            self.synced += 1
+            self.unconfirmed = True
 
 
 def exit_now(what: str) -> None:

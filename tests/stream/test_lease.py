@@ -74,3 +74,55 @@ def test_a_sync_after_a_join_renews_from_the_join() -> None:
     assert lease.until == 108.0
     lease.saw(SYNC_GROUP, 120.0, 0)  # no JoinGroup answered before it: nothing proven
     assert lease.until == 108.0
+
+
+def test_a_batch_that_began_under_an_earlier_assignment_gives_up() -> None:
+    """Lost and regained: the batch read its states before, the new owner wrote since."""
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 100.0, 0)
+    lease.saw(SYNC_GROUP, 100.5, 0)
+    lease.begin()
+    lease.check("sending")
+    assert lost == []
+    lease.saw(JOIN_GROUP, 101.0, 0)  # frozen, expelled, thawed, rejoined
+    lease.saw(SYNC_GROUP, 101.5, 0)
+    assert lease.valid()
+    lease.check("sending")
+    assert lost == ["sending"]
+
+
+def test_a_new_assignment_waits_for_its_first_heartbeat() -> None:
+    """A JoinGroup that waited 9 s for another member: the lease, from its send time,
+    ended already; the first batch waits for the Heartbeat instead of giving up."""
+    import asyncio
+
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 91.0, 0)
+    lease.saw(SYNC_GROUP, 100.0, 0)
+    lease.begin()
+    assert not lease.valid()
+
+    async def batch() -> None:
+        waiting = asyncio.create_task(lease.ready("sending"))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        lease.saw(HEARTBEAT, 100.2, 0)
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(batch())
+    assert lost == []
+
+
+def test_a_new_assignment_refused_at_its_first_heartbeat_gives_up_at_once() -> None:
+    import asyncio
+
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 91.0, 0)
+    lease.saw(SYNC_GROUP, 100.0, 0)
+    lease.begin()
+    lease.saw(HEARTBEAT, 100.2, 25)  # UNKNOWN_MEMBER_ID
+    asyncio.run(asyncio.wait_for(lease.ready("sending"), 1))
+    assert lost == ["sending"]
