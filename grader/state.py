@@ -147,6 +147,10 @@ class CustomerState:
     # Not persisted (codec): revisions of the details metrics read, bumped by record()
     # and prune() on every change, and the scoring memo keyed by them (grader.scoring).
     # A state loaded from bytes starts with an empty memo, so its revisions restart at 0.
+    # The record's revision in the customers table: +1 each time the worker stores it
+    # (kept in the record's header, grader.stream.step, not in the codec); the first
+    # number of the version Redis compares (grader.sinks.redis).
+    revision: int = field(default=0, compare=False, repr=False)
     buckets_rev: int = field(default=0, compare=False, repr=False)
     invoices_rev: int = field(default=0, compare=False, repr=False)
     interactions_rev: int = field(default=0, compare=False, repr=False)

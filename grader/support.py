@@ -65,7 +65,8 @@ def view(state: CustomerState, support: Policy) -> dict[str, Any]:
 
     ``fields`` is the customer hash, whole; each ticket is ``[ticket_id,
     open, queue, subject, opened_at, score]`` (a closed one only needs
-    removing).
+    removing). ``version`` is [revision, as_of, sum of the tier sequences]: Redis
+    refuses a write older than the one it holds (grader.sinks.redis).
     """
     fields = {f"tier:{policy}": t.tier for policy, t in sorted(state.tiers.items())}
     fields["blacklisted"] = "1" if state.blacklisted else "0"
@@ -78,4 +79,6 @@ def view(state: CustomerState, support: Policy) -> dict[str, Any]:
                             format_instant(ticket.opened_at), score(rank, ticket.opened_at)])
         else:
             tickets.append([ticket_id, False, "", "", "", 0])
-    return {"customer_id": state.customer_id, "fields": fields, "tickets": tickets}
+    version = [state.revision, state.as_of, sum(t.sequence for t in state.tiers.values())]
+    return {"customer_id": state.customer_id, "fields": fields, "tickets": tickets,
+            "version": version}

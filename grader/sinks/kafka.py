@@ -18,11 +18,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from grader.stream.lease import Lease, guard_producer
 from grader.stream.step import Output
 from grader.stream.topology import partition_of
 
 Record = tuple[str, int, bytes | None, bytes]  # (topic, partition, key, value)
 MAX_BATCH_BYTES = 512 * 1024
+LEASE_POLL = 0.2  # seconds between two checks of the lease while waiting for the broker
 
 
 class OutputSink(Protocol):
@@ -37,12 +39,17 @@ class BatchSender:
 
     ``auth`` holds the producer's security keyword arguments
     (:func:`grader.kafkaauth.client_auth`; none: PLAINTEXT).
+
+    With a ``lease`` (grader.stream.lease; the worker's), nothing is sent once it has
+    run out: it is checked before a send, when each produce request is written to its
+    socket, and while waiting for the acknowledgements (every ``LEASE_POLL`` s).
     """
 
     def __init__(self, bootstrap_servers: list[str],
-                 auth: Mapping[str, Any] | None = None) -> None:
+                 auth: Mapping[str, Any] | None = None, lease: Lease | None = None) -> None:
         self._servers = bootstrap_servers
         self._auth = dict(auth or {})
+        self._lease = lease
         self._producer: Any = None
         self._lock = asyncio.Lock()
 
@@ -55,6 +62,8 @@ class BatchSender:
                     bootstrap_servers=self._servers, acks="all",
                     max_batch_size=MAX_BATCH_BYTES, max_request_size=4 * MAX_BATCH_BYTES,
                     **self._auth)
+                if self._lease is not None:
+                    guard_producer(producer.client, self._lease)
                 await producer.start()
                 self._producer = producer
         return self._producer
@@ -66,6 +75,8 @@ class BatchSender:
         """
         if not records:
             return {}
+        if self._lease is not None:
+            await self._lease.ready(f"sending {len(records)} records")
         producer = await self._started()
         batches: dict[tuple[str, int], Any] = {}
         counts: dict[tuple[str, int], int] = {}
@@ -87,11 +98,23 @@ class BatchSender:
         for (topic, partition), batch in batches.items():
             pending.append(((topic, partition), counts[(topic, partition)],
                             await producer.send_batch(batch, topic, partition=partition)))
+        if self._lease is not None:
+            await self._acknowledged([future for _tp, _n, future in pending], self._lease)
         sent = await asyncio.gather(*(future for _tp, _n, future in pending))
         last: dict[tuple[str, int], int] = {}
         for (tp, count, _future), metadata in zip(pending, sent, strict=True):
             last[tp] = max(last.get(tp, -1), metadata.offset + count - 1)  # offset: the base
         return last
+
+    @staticmethod
+    async def _acknowledged(futures: list[Any], lease: Lease) -> None:
+        """Wait for ``futures``, checking ``lease`` meanwhile: a request queued behind a
+        broken network must not wait for the network to heal (the exit drops it)."""
+        waiting = set(futures)
+        while waiting:
+            _done, waiting = await asyncio.wait(waiting, timeout=LEASE_POLL)
+            if waiting:
+                lease.check("waiting for the broker's acknowledgements")
 
     async def stop(self) -> None:
         """Flush and close the producer, if it was started."""

@@ -54,13 +54,18 @@ RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while Redis is down
 UNAVAILABLE = frozenset({"LOADING", "BUSY", "OOM", "READONLY", "MISCONF", "MASTERDOWN",
                          "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT"})
 
-# KEYS: none (one server). ARGV: prefix, customer_id, number of hash fields, the fields
-# and values, then 6 per ticket: id, open ("1"/"0"), queue, subject, opened_at, score.
+# KEYS: none (one server). ARGV: prefix, customer_id, the customer's version ("revision
+# as_of sequence", or "" for none), number of hash fields, the fields and values, then 6
+# per ticket: id, open ("1"/"0"), queue, subject, opened_at, score.
 # grader owns the keys under its prefix: one it writes or removes from that holds another
 # type (a string at a ticket key, a list at a queue key) is deleted first, so a stray key
 # never fails the write. Returns the keys so replaced: key, type found, type wanted, ...
+# The version is kept at {prefix}version:{customer_id}; a write whose version is older
+# than the one kept (compared number by number, in order) changes nothing and returns
+# "stale" (issue 20: a worker that lost its partitions must not overwrite the new
+# owner's view). An equal version is written (the same state written again).
 WRITE_CUSTOMER = """
-local prefix, customer = ARGV[1], ARGV[2]
+local prefix, customer, version = ARGV[1], ARGV[2], ARGV[3]
 local replaced, claimed = {}, {}
 local function claim(key, want)
   if claimed[key] then return end
@@ -73,14 +78,30 @@ local function claim(key, want)
     replaced[#replaced + 1] = want
   end
 end
+if version ~= '' then
+  local vkey = prefix .. 'version:' .. customer
+  claim(vkey, 'string')
+  local kept = redis.call('GET', vkey)
+  if kept then
+    local old, new = {}, {}
+    for x in string.gmatch(kept, '%S+') do old[#old + 1] = tonumber(x) or 0 end
+    for x in string.gmatch(version, '%S+') do new[#new + 1] = tonumber(x) or 0 end
+    for k = 1, #new do
+      local o = old[k] or 0
+      if new[k] < o then return 'stale' end
+      if new[k] > o then break end
+    end
+  end
+  redis.call('SET', vkey, version)
+end
 local ckey = prefix .. 'customer:' .. customer
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 claim(ckey, 'hash')
 redis.call('DEL', ckey)
 if n > 0 then
-  redis.call('HSET', ckey, unpack(ARGV, 4, 3 + 2 * n))
+  redis.call('HSET', ckey, unpack(ARGV, 5, 4 + 2 * n))
 end
-local i = 4 + 2 * n
+local i = 5 + 2 * n
 while i <= #ARGV do
   local id, open, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local tkey = prefix .. 'ticket:' .. id
@@ -222,7 +243,8 @@ def tls_problem(exc: BaseException, where: str,
 
 def script_args(prefix: str, customer: dict[str, Any]) -> list[str]:
     """WRITE_CUSTOMER's ARGV for one ``grader.support.view``."""
-    args = [prefix, customer["customer_id"], str(len(customer["fields"]))]
+    version = " ".join(str(n) for n in customer.get("version", ()))
+    args = [prefix, customer["customer_id"], version, str(len(customer["fields"]))]
     for name, value in customer["fields"].items():
         args += [name, value]
     for ticket_id, is_open, queue, subject, opened_at, score in customer["tickets"]:
@@ -297,6 +319,7 @@ class SupportQueues:
             # Errors come back unannotated: redis-py's annotation quotes the arguments.
             results = await pipe.execute(raise_on_error=False)
         skipped: list[str] = []
+        stale: list[str] = []  # refused: Redis holds a newer version (another owner's)
         down: BaseException | None = None
         for args, result in zip(calls, results, strict=True):
             if isinstance(result, BaseException):
@@ -311,7 +334,14 @@ class SupportQueues:
                           args[1], reason(result))
                 log.debug("customer %s: Redis refused %s: %s", args[1], args, result)
                 continue
+            if result == b"stale" or result == "stale":
+                stale.append(args[1])
+                continue
             self._replaced(result)
+        if stale:
+            log.warning("Redis holds a newer version of %d customers (%s%s) than this "
+                        "worker's: their older writes were refused", len(stale),
+                        ", ".join(stale[:5]), ", ..." if len(stale) > 5 else "")
         if down is not None:
             raise down
         return skipped

@@ -40,6 +40,7 @@ from grader.state import CustomerState
 from grader.stream import step, web, webserver
 from grader.stream.admin import bootstrap_servers
 from grader.stream.flowfix import keep_records_on_repeated_resume
+from grader.stream.lease import Lease
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.notices import Notices
 from grader.stream.options import StreamOptions
@@ -129,9 +130,10 @@ class Processor:
                  support: SupportQueues | None = None,
                  telemetry: Telemetry | None = None, warn_days: int = 30,
                  at_risk: bool = True,
-                 newer_in: Callable[[dict[str, tuple[str, str]]], str | None] | None = None
-                 ) -> None:
+                 newer_in: Callable[[dict[str, tuple[str, str]]], str | None] | None = None,
+                 lease: Lease | None = None) -> None:
         self.grading = grading
+        self.lease = lease  # checked before Redis writes (the Kafka sender checks its own)
         self.warn_days = warn_days  # tier-warnings (settings.warn_days; 0: none)
         self.at_risk = at_risk  # False only to measure its cost (AT_RISK_SWITCH)
         # Customers this process stored with their tier at risk deferred (risk_stale): key ->
@@ -166,6 +168,7 @@ class Processor:
             self.behind_at = time.monotonic()
         async with self.lock:
             self.refuse_if_superseded()
+            self.begin()
             started = time.monotonic()
             try:
                 batch = Batch()
@@ -195,9 +198,17 @@ class Processor:
                 time.monotonic() - self.behind_at < BEHIND_AFTER:
             return 0
         async with self.lock:
+            self.refuse_if_superseded()
+            self.begin()
             batch = Batch()
             await self.settle(batch)
             return len(batch.store)
+
+    def begin(self) -> None:
+        """Under the lock, before reading any state: the writes that follow belong to the
+        current assignment (grader.stream.lease)."""
+        if self.lease is not None:
+            self.lease.begin()
 
     async def on_message(self, msg: step.Incoming) -> None:
         """Handle one message (a batch of one)."""
@@ -313,6 +324,8 @@ class Processor:
                 self.stale.pop(key, None)
                 batch.outputs[key] = outputs[:again] + self.with_risk(state, outputs[again:],
                                                                       now, force)
+        for _partition, state in batch.store.values():
+            state.revision += 1
         writes = [(partition, key, step.encode_record(state, self.epoch,
                                                       batch.outputs.get(key, [])))
                   for key, (partition, state) in batch.store.items()]
@@ -330,9 +343,11 @@ class Processor:
                                    if out.topic != SUPPORT)])  # the marks are Redis's
         self.count_changes(batch)
         if self.support is not None:
-            await self.support.write([batch.store[key][1] for key, outs in batch.outputs.items()
-                                      if key in batch.store
-                                      and any(out.topic == SUPPORT for out in outs)])
+            changed = [batch.store[key][1] for key, outs in batch.outputs.items()
+                       if key in batch.store and any(out.topic == SUPPORT for out in outs)]
+            if changed and self.lease is not None:
+                await self.lease.ready(f"writing {len(changed)} customers to Redis")
+            await self.support.write(changed)
 
     def defer_risk(self, batch: Batch) -> None:
         """While behind: each graded customer to store keeps its tier at risk as it was,
@@ -400,6 +415,7 @@ class Processor:
             for start in range(0, len(keys), TICK_BATCH):
                 async with self.lock:
                     self.refuse_if_superseded()
+                    self.begin()
                     if not owns(partition):
                         log.info("policy roll-out: partition %d moved, its sweep stops",
                                  partition)
@@ -420,7 +436,11 @@ class Processor:
                 log.info("policy roll-out: partition %d: %d customers graded again, "
                          "%d tier changes", partition, done, changes)
                 self.telemetry.policy_regrades.inc(done)
-            await self.clocks.put_many([(partition, marker, signature)])
+            async with self.lock:  # the marker too is written only while the partition is
+                self.begin()       # this worker's, under the assignment of the check
+                if not owns(partition):
+                    return swept
+                await self.clocks.put_many([(partition, marker, signature)])
             swept += done
         return swept
 
@@ -450,8 +470,11 @@ class Processor:
             return 0
         written = 0
         async with self.lock:
+            self.begin()
             for partition in partitions:
                 states = [state for _key, state in self.stored_states(partition)]
+                if states and self.lease is not None:
+                    await self.lease.ready(f"writing {len(states)} customers to Redis again")
                 await self.support.write(states)
                 written += len(states)
         return written
@@ -546,11 +569,12 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     source_names = [prefix + t for t in (*INPUTS, REPARTITION, TICKS)]
     progress = SourceProgress(stall_after=STALL_AFTER)
     auth = kafkaauth.client_auth(security, tls)
+    lease = Lease(app.conf.broker_session_timeout)  # docs/streaming.md, "Zombies"
     app.transport = transport_for(app, source_names, servers, auth, options.true_end_offsets,
-                                  options.fetch_max_wait_ms, progress)
+                                  options.fetch_max_wait_ms, progress, lease)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    sender = BatchSender(servers, auth)
+    sender = BatchSender(servers, auth, lease)
     telemetry = Telemetry()
     support = None
     if settings.redis_url:
@@ -562,7 +586,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                           sink or KafkaSink(sender, prefix, partitions), prefix + TICKS,
                           partitions, support, telemetry, settings.warn_days,
                           os.environ.get(AT_RISK_SWITCH) != "1",
-                          newer_in=watch.newer_in if watch is not None else None)
+                          newer_in=watch.newer_in if watch is not None else None,
+                          lease=lease)
 
     stopping: list[WorkerStop] = []
 

@@ -54,6 +54,7 @@ import aiokafka
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as driver
 
+from grader.stream.lease import Lease, watch_group
 from grader.stream.progress import SourceProgress
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class GraderConsumerThread(driver.AIOKafkaConsumerThread):
         if self.consumer.fetch_max_wait_ms is not None:
             # read by its Fetcher at start
             consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms
+        if self.consumer.lease is not None:
+            watch_group(consumer._client, self.consumer.lease)  # its group requests
         return consumer
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
@@ -149,6 +152,7 @@ class ResumingConsumer(driver.Consumer):
     auth: Mapping[str, Any] = {}  # their security settings (grader.kafkaauth.client_auth)
     true_end_offsets: bool = False
     fetch_max_wait_ms: int | None = None
+    lease: Lease | None = None  # renewed by the group's answers (grader.stream.lease)
     progress: SourceProgress  # set per app by transport_for
     sought: dict[Any, int]  # source partition -> position, set by the thread's last seek
 
@@ -271,12 +275,14 @@ async def _fetch_from(servers: list[str], starts: Mapping[Any, int], auth: Mappi
 
 def transport_for(app: Any, source_topics: Iterable[str], servers: Iterable[str],
                   auth: Mapping[str, Any], true_end_offsets: bool,
-                  fetch_max_wait_ms: int | None, progress: SourceProgress) -> Any:
+                  fetch_max_wait_ms: int | None, progress: SourceProgress,
+                  lease: Lease | None = None) -> Any:
     """A Kafka transport for ``app`` whose consumer is a ResumingConsumer."""
     consumer = type("GraderConsumer", (ResumingConsumer,),
                     {"source_topics": frozenset(source_topics), "servers": tuple(servers),
                      "auth": dict(auth),
                      "true_end_offsets": true_end_offsets,
-                     "fetch_max_wait_ms": fetch_max_wait_ms, "progress": progress})
+                     "fetch_max_wait_ms": fetch_max_wait_ms, "progress": progress,
+                     "lease": lease})
     transport = type("GraderTransport", (driver.Transport,), {"Consumer": consumer})
     return transport(app.conf.broker_consumer, app)

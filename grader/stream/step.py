@@ -159,8 +159,9 @@ class Record:
 
 
 def encode_record(state: CustomerState, epoch: str, pending: list[Output]) -> bytes:
-    """``{"epoch", "pending": [[topic, value], ...]}`` newline, then the state codec."""
-    head = orjson.dumps({"epoch": epoch,
+    """``{"epoch", "rev", "pending": [[topic, value], ...]}`` newline, then the state
+    codec; ``rev`` is the state's revision (a record from before it has none: 0)."""
+    head = orjson.dumps({"epoch": epoch, "rev": state.revision,
                          "pending": [[out.topic, out.value.decode()] for out in pending]})
     return head + b"\n" + dump_state(state)
 
@@ -170,6 +171,7 @@ def decode_record(value: bytes) -> Record:
     head, _, body = value.partition(b"\n")
     meta = orjson.loads(head)
     state = load_state(body)
+    state.revision = meta.get("rev", 0)
     key = state.customer_id.encode()
     return Record(state, meta["epoch"],
                   [Output(topic, key, text.encode()) for topic, text in meta["pending"]])

@@ -243,6 +243,31 @@ def test_the_script_ends_with_the_view_whatever_the_keys_held(
     assert snapshot(client, prefix) == after
 
 
+def test_a_write_older_than_the_kept_version_changes_nothing(client: redis.Redis) -> None:
+    """Issue 20: a worker that lost its partitions must not overwrite the new owner's view.
+    The version (revision, as_of, sequence) is compared number by number; equal is written."""
+    prefix = f"v{uuid.uuid4().hex[:6]}:"
+    script = client.register_script(WRITE_CUSTOMER)
+
+    def write(version: list[int], tier: str, queue: str) -> object:
+        view = {"customer_id": "C", "fields": {"tier:abc-100": tier, "blacklisted": "0"},
+                "tickets": [["T", True, queue, "s", "2026-11-01T02:00:00Z", 7]],
+                "version": version}
+        return script(keys=[], args=script_args(prefix, view))
+
+    assert write([5, 1000, 3], "A", "new") == []
+    for older in ([4, 2000, 9], [5, 999, 9], [5, 1000, 2]):
+        assert write(older, "C", "old") == b"stale"
+    assert client.hgetall(f"{prefix}customer:C") == {b"tier:abc-100": b"A", b"blacklisted": b"0"}
+    assert client.zrange(f"{prefix}queue:new", 0, -1) == [b"T"]
+    assert not client.exists(f"{prefix}queue:old")
+    assert client.get(f"{prefix}version:C") == b"5 1000 3"
+    assert write([5, 1000, 3], "B", "new") == []  # the same version again: written
+    assert write([6, -(2**62), 0], "C", "new") == []  # a newer revision wins
+    assert client.get(f"{prefix}version:C") == b"6 -4611686018427387904 0"
+    assert client.hget(f"{prefix}customer:C", "tier:abc-100") == b"C"
+
+
 def customer(customer_id: str, tier: str, tickets: dict[str, str]) -> CustomerState:
     """A customer graded ``tier`` under the support policy, with open tickets by queue."""
     state = CustomerState(customer_id=customer_id)
@@ -261,7 +286,7 @@ def test_a_customer_redis_refuses_is_skipped_and_the_others_written(
     prefix = f"t{uuid.uuid4().hex[:6]}:"
     client.acl_setuser("grader", enabled=True, reset=True, passwords=["+pw"],
                        commands=["+@all"], keys=[f"{prefix}customer:*", f"{prefix}ticket:*",
-                                                 f"{prefix}queue:desk"])
+                                                 f"{prefix}version:*", f"{prefix}queue:desk"])
     queues = SupportQueues(f"redis://grader:pw@127.0.0.1:{server.port}/0", prefix, SUPPORT)
     states = [customer("OK-1", "A", {"T-OK-1": "desk"}),
               customer("NO-1", "B", {"T-NO-1": "forbidden"}),

@@ -147,4 +147,6 @@ def test_view_is_the_whole_customer() -> None:
         "tickets": [["T1", True, "q", "s", "2026-05-01T04:00:00Z",
                      score(1, at("2026-05-01"))],
                     ["T2", False, "", "", "", 0]],
+        # revision (0: never stored), as_of, the sum of the tier sequences
+        "version": [0, state.as_of, state.tiers["abc-100"].sequence],
     }
