@@ -630,13 +630,18 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                                 {p.name: p.timezone for p in grading.policies})
     telemetry.source = owned_and_lags
     worker_name = str(app.conf.canonical_url)
+    # The access log is no customer's state and no partition's output: its records are
+    # written under no lease (a lease binds a batch's writes to the assignment it read its
+    # states under; an answer of the endpoint is not part of a batch), by a producer of
+    # its own, so that the lease's check of every produce request does not apply to it.
+    access_sender = BatchSender(servers, auth)
 
     async def record_access(caller: Caller, customer_id: str, status: int) -> None:
         key = customer_id.encode()
         record = access_record(format_instant(now_us()), caller, customer_id, status,
                                worker_name)
-        await sender.send([(prefix + ACCESS_LOG, partition_of(key, partitions), key,
-                            orjson.dumps(record))])
+        await access_sender.send([(prefix + ACCESS_LOG, partition_of(key, partitions), key,
+                                   orjson.dumps(record))])
 
     support_of = support_policy(settings, grading)
     web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
@@ -650,6 +655,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     @app.on_before_shutdown.connect
     async def stop_sender(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
         await sender.stop()  # the consumer has stopped: no batch is in flight
+        await access_sender.stop()
 
     @app.agent(source, name="grade")
     async def grade(stream: Any) -> None:
