@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,21 @@ def in_ci() -> bool:
     reads ``CI`` itself.
     """
     return bool(os.environ.get("CI"))
+
+
+@contextmanager
+def mounted(folder: Path, options: str) -> Iterator[None]:
+    """A tmpfs on ``folder`` (mounting needs root: skipped saying why elsewhere, a
+    failure under CI), unmounted lazily afterwards whatever happens (a process the
+    test killed may still hold files there)."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        why = f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}"
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -25,7 +24,7 @@ from grader.errors import GraderError
 from grader.eventfile import MAX_EVENT_BYTES
 from grader.events import RAW_KEPT
 from tests.cli.test_cli import DATA, one_line_error
-from tests.conftest import ROOT, in_ci
+from tests.conftest import ROOT, mounted
 
 AS_OF = "2026-11-22T00:00:00+08:00"
 MAX_RSS = 300 * 1024 * 1024  # the 2 GB file took 4.3 GB before lines were bounded
@@ -170,23 +169,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     disk.mkdir()
     with mounted(disk, f"size={SMALL}"):
         yield disk
-
-
-@contextmanager
-def mounted(folder: Path, options: str) -> Iterator[None]:
-    """A tmpfs on ``folder`` (mounting needs root: skipped saying why elsewhere, a
-    failure under CI)."""
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        why = f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}"
-        if in_ci():
-            pytest.fail(why)
-        pytest.skip(why)
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def small_files() -> None:

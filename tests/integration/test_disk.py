@@ -27,7 +27,7 @@ from kafka import KafkaConsumer, TopicPartition
 from grader.events import Event, parse_event
 from grader.stream.step import decode_record
 from grader.stream.topology import INPUTS
-from tests.conftest import in_ci
+from tests.conftest import mounted
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import (
     CTX,
@@ -48,18 +48,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of DISK_SIZE at ``tmp_path/disk``, unmounted afterwards whatever happens."""
     where = tmp_path / "disk"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs",
-                              str(where)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        why = f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}"
-        if in_ci():
-            pytest.fail(why)
-        pytest.skip(why)
-    try:
+    with mounted(where, f"size={DISK_SIZE}"):
         yield where
-    finally:
-        # lazy: a worker killed by the test's teardown may still hold files there
-        subprocess.run(["umount", "--lazy", str(where)], check=True)
 
 
 def fill(disk: Path) -> Path:
