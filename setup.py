@@ -26,10 +26,10 @@ from setuptools import setup
 
 SWITCH = "GRADER_MYPYC"
 #: Compiled together (one mypyc group): calls between them are native calls. The modules
-#: they import from grader (policy, errors, tomlpos) stay Python; the core is type-checked
+#: they import from grader.core (policy, errors, tomlpos) stay Python; the core is type-checked
 #: against them.
 CORE = ("rational", "money", "clock", "events", "metricref", "state", "metrics", "scoring",
-        "tiering", "core", "atrisk")
+        "tiering", "grading", "atrisk")
 #: The setuptools commands that build modules; others (egg_info, dist_info, sdist) need no C.
 BUILDING = {"bdist_wheel", "build", "build_ext", "editable_wheel", "develop", "install"}
 
@@ -58,7 +58,7 @@ def _extensions() -> list[object]:
         return []
     from mypyc.build import mypycify  # mypy is a build requirement (pyproject.toml)
 
-    return list(mypycify([f"grader/{m}.py" for m in CORE], opt_level="3",
+    return list(mypycify([f"grader/core/{m}.py" for m in CORE], opt_level="3",
                          group_name="grader_core"))
 
 

@@ -49,8 +49,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from grader.core.topology import INPUTS, REPARTITION, TICKS  # noqa: E402
 from grader.stream.options import StreamOptions  # noqa: E402
-from grader.stream.topology import INPUTS, REPARTITION, TICKS  # noqa: E402
 from grader.stream.worker import tune_gc, use_uvloop  # noqa: E402
 
 log = logging.getLogger("faust_baseline")

@@ -6,7 +6,7 @@
                                   [--poll-ms 1] [--target-ms 500] [--keep DIR]
 
 One broker (tansu in memory, or a single-node Apache Kafka, as in
-bench/worker_bench.py), one Redis (``grader.services.start_redis``) and one
+bench/worker_bench.py), one Redis (``grader.devtools.services.start_redis``) and one
 ``grader worker`` with ``GRADER_POLICIES=abc-100`` (the support policy:
 tiers A/B/C, served A, B, C) writing the support queues under a fresh
 ``GRADER_REDIS_PREFIX``.
@@ -86,10 +86,10 @@ from bench.worker_bench import (  # noqa: E402
     quirks,
     start_server,
 )
-from grader.events import TOPIC_OF_TYPE  # noqa: E402
-from grader.services import KafkaProtocolServer, free_port, start_redis  # noqa: E402
-from grader.stream.admin import kafka_module  # noqa: E402
-from grader.support import TIME_BITS  # noqa: E402
+from grader.core.events import TOPIC_OF_TYPE  # noqa: E402
+from grader.core.support import TIME_BITS  # noqa: E402
+from grader.devtools.services import KafkaProtocolServer, free_port, start_redis  # noqa: E402
+from grader.kafka.admin import kafka_module  # noqa: E402
 
 POLICY = "abc-100"
 QUEUES = ("billing", "support", "delivery", "returns")
@@ -169,8 +169,8 @@ def watch(url: str, prefix: str, inbox: Any, outbox: Any, poll: float, grace: fl
 
 
 def create_topics(broker: KafkaProtocolServer, prefix: str, partitions: int) -> None:
-    from grader.stream.admin import ensure_topics
-    from grader.stream.topology import load_topics
+    from grader.core.topology import load_topics
+    from grader.kafka.admin import ensure_topics
 
     ensure_topics(broker.url, load_topics(prefix, partitions).values())
 

@@ -58,9 +58,9 @@ from bench.worker_bench import (  # noqa: E402
     quirks,
     start_server,
 )
-from grader.services import KafkaProtocolServer, free_port  # noqa: E402
-from grader.stream.admin import kafka_module  # noqa: E402
-from grader.stream.step import decode_record, encode_record  # noqa: E402
+from grader.core.step import decode_record, encode_record  # noqa: E402
+from grader.devtools.services import KafkaProtocolServer, free_port  # noqa: E402
+from grader.kafka.admin import kafka_module  # noqa: E402
 
 CHANGELOG = "worker-customers-changelog"
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grader.services import start_broker
+from grader.devtools.services import start_broker
 
 
 async def rounds(bootstrap: str, wait_ms: int, count: int) -> list[float]:

@@ -7,7 +7,7 @@
                                  [--at-risk-ab]
 
 One broker is started (tansu in memory, or a single-node Apache Kafka in
-KRaft mode, grader.kafkabroker), and on it, with the same generated input,
+KRaft mode, grader.devtools.kafkabroker), and on it, with the same generated input,
 two systems are measured one after the other: ``grader`` (one `grader
 worker`, ``GRADER_BROKER_QUIRKS=tansu`` on tansu, ``none`` on Kafka) and
 ``baseline`` (bench/faust_baseline.py: a plain Faust agent that parses each
@@ -69,10 +69,10 @@ sys.path.insert(0, str(ROOT))
 from bench import graderexe  # noqa: E402
 from bench.faust_baseline import OUTPUT as BASELINE_OUTPUT  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
-from grader.services import KafkaProtocolServer, free_port, start_broker  # noqa: E402
-from grader.stream.admin import kafka_module  # noqa: E402
+from grader.devtools.services import KafkaProtocolServer, free_port, start_broker  # noqa: E402
+from grader.kafka.admin import kafka_module  # noqa: E402
+from grader.kafka.produce import route  # noqa: E402
 from grader.stream.app import AT_RISK_SWITCH  # noqa: E402
-from grader.stream.produce import route  # noqa: E402
 
 AS_OF = "2026-11-22T00:00:00+08:00"
 SYSTEMS = ("grader", "baseline")
@@ -174,8 +174,8 @@ def routed(lines: list[bytes]) -> Iterator[tuple[str, bytes, bytes]]:
 
 def create_topics(broker: KafkaProtocolServer, prefix: str, partitions: int) -> None:
     """grader's topics under ``prefix``, and the baseline's output topic."""
-    from grader.stream.admin import ensure_topics
-    from grader.stream.topology import TopicSpec, load_topics
+    from grader.core.topology import TopicSpec, load_topics
+    from grader.kafka.admin import ensure_topics
 
     specs = list(load_topics(prefix, partitions).values())
     specs.append(TopicSpec(BASELINE_OUTPUT, prefix + BASELINE_OUTPUT, "output", partitions,
@@ -361,7 +361,7 @@ def start_server(name: str) -> AbstractContextManager[KafkaProtocolServer]:
     """The broker to measure on: tansu in memory, or Apache Kafka (single node, KRaft)."""
     if name == "tansu":
         return start_broker()
-    from grader.kafkabroker import kafka_available, start_kafka
+    from grader.devtools.kafkabroker import kafka_available, start_kafka
 
     why = kafka_available()
     if why is not None:
@@ -372,7 +372,7 @@ def start_server(name: str) -> AbstractContextManager[KafkaProtocolServer]:
 def describe_broker(name: str) -> str:
     if name == "tansu":
         return "tansu in memory"
-    from grader.kafkabroker import kafka_version
+    from grader.devtools.kafkabroker import kafka_version
 
     return f"Apache Kafka {kafka_version()} (single node, KRaft)"
 

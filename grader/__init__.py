@@ -10,7 +10,7 @@ def core_kind() -> str:
     setup.py) or "pure Python"."""
     from importlib.machinery import EXTENSION_SUFFIXES
 
-    from grader import core
+    from grader.core import grading as core
 
     where = core.__file__ or ""
     return "compiled" if where.endswith(tuple(EXTENSION_SUFFIXES)) else "pure Python"

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from grader import tomlguard
-from grader.errors import PolicyError, SettingsError
-from grader.kafkaauth import (
+from grader.core import tomlguard
+from grader.core.errors import PolicyError, SettingsError
+from grader.core.policy import Policy, load_policy
+from grader.core.resources import packaged
+from grader.core.urlcheck import kafka_url_problem, redis_url_problem
+from grader.kafka.auth import (
     MECHANISMS,
     PLAINTEXT,
     PROTOCOLS,
@@ -24,9 +27,6 @@ from grader.kafkaauth import (
     Secret,
     ssl_context,
 )
-from grader.policy import Policy, load_policy
-from grader.resources import packaged
-from grader.urlcheck import kafka_url_problem, redis_url_problem
 
 DEFAULTS: dict[str, str] = {
     "kafka_url": "kafka://127.0.0.1:9092",
@@ -87,7 +87,7 @@ class Settings:
     kafka_security: KafkaSecurity = PLAINTEXT  # repr shows no password
     redis_files: tuple[str | None, str | None, str | None] = (None, None, None)  # CA, cert, key
     web_idle_timeout: int = 10  # seconds a web connection may wait for a whole request
-    api_tokens_file: Path | None = None  # the customer endpoint's callers (grader/access.py)
+    api_tokens_file: Path | None = None  # the customer endpoint's callers (grader/web/access.py)
     warn_days: int = 30  # tier-warnings: a drop at most this many days ahead (0: none)
 
     @property

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from grader import core_kind
-from grader.clock import parse_instant
-from grader.core import Grading
-from grader.events import Event, validate
-from grader.policy import Policy, load_policy, parse_policy
+from grader.core.clock import parse_instant
+from grader.core.events import Event, validate
+from grader.core.grading import Grading
+from grader.core.policy import Policy, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "grader" / "policies"  # the presets shipped as package data

@@ -18,9 +18,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from grader.core.step import Output
+from grader.core.topology import partition_of
 from grader.stream.lease import Lease, guard_producer
-from grader.stream.step import Output
-from grader.stream.topology import partition_of
 
 Record = tuple[str, int, bytes | None, bytes]  # (topic, partition, key, value)
 MAX_BATCH_BYTES = 512 * 1024
@@ -38,7 +38,7 @@ class BatchSender:
     """An aiokafka producer (acks=all) that sends lists of records as record batches.
 
     ``auth`` holds the producer's security keyword arguments
-    (:func:`grader.kafkaauth.client_auth`; none: PLAINTEXT).
+    (:func:`grader.kafka.auth.client_auth`; none: PLAINTEXT).
 
     With a ``lease`` (grader.stream.lease; the worker's), nothing is sent once it has
     run out: it is checked before a send, when each produce request is written to its

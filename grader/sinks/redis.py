@@ -3,7 +3,7 @@
 The worker writes a customer here after its record is stored and its Kafka
 outputs are acknowledged (docs/support-queues.md). One Lua script per
 customer replaces, in one atomic step, the customer's hash and the place of
-every ticket it knows (grader/support.py, ``view``): no reader sees a
+every ticket it knows (grader/core/support.py, ``view``): no reader sees a
 customer with some tickets moved and others not. The writes are absolute,
 so writing a view again (a redelivery, a restart) gives the same keys.
 
@@ -42,9 +42,9 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from grader.policy import Policy
-from grader.state import CustomerState
-from grader.support import check_support_policy, view
+from grader.core.policy import Policy
+from grader.core.state import CustomerState
+from grader.core.support import check_support_policy, view
 
 log = logging.getLogger(__name__)
 CHUNK = 500  # customers per pipeline round trip
@@ -242,7 +242,7 @@ def tls_problem(exc: BaseException, where: str,
 
 
 def script_args(prefix: str, customer: dict[str, Any]) -> list[str]:
-    """WRITE_CUSTOMER's ARGV for one ``grader.support.view``."""
+    """WRITE_CUSTOMER's ARGV for one ``grader.core.support.view``."""
     version = " ".join(str(n) for n in customer.get("version", ()))
     args = [prefix, customer["customer_id"], version, str(len(customer["fields"]))]
     for name, value in customer["fields"].items():

@@ -4,7 +4,7 @@ The composition root is :func:`create_app`. One agent consumes the four input
 topics and the ticks topic (all co-partitioned), so one customer's messages
 are handled one at a time and a tick never races an event for the same
 customer. The agent takes messages in batches; :class:`Processor` steps each
-one with grader.stream.step (one live state per customer in the batch),
+one with grader.core.step (one live state per customer in the batch),
 stores each changed customer once, together with the outputs computed for
 it, and waits for the broker; then publishes the outputs and waits again;
 only then does Faust acknowledge the batch's messages (docs/streaming.md,
@@ -27,29 +27,13 @@ from zoneinfo import ZoneInfo
 import faust
 import orjson
 
-from grader import kafkaauth
-from grader.access import Access, Caller, access_record
-from grader.clock import NEVER, format_instant
-from grader.core import Grading, policy_stale
-from grader.errors import DataDirFull, WorkerStop
-from grader.events import Rejection
-from grader.settings import Settings
-from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
-from grader.sinks.redis import SupportQueues, reason
-from grader.state import CustomerState
-from grader.stream import step, web, webserver
-from grader.stream.admin import bootstrap_servers
-from grader.stream.flowfix import keep_records_on_repeated_resume
-from grader.stream.lease import Lease
-from grader.stream.localstate import changelogs_of, record_when_created
-from grader.stream.notices import Notices
-from grader.stream.options import StreamOptions
-from grader.stream.policyregistry import PolicySuperseded, PolicyWatch
-from grader.stream.progress import SourceProgress
-from grader.stream.seeking import ResumingConsumer, transport_for
-from grader.stream.tables import FaustTableStore, TableStore
-from grader.stream.telemetry import CONTENT_TYPE, Telemetry, TierIndex
-from grader.stream.topology import (
+from grader.core import step
+from grader.core.clock import NEVER, format_instant
+from grader.core.errors import DataDirFull, WorkerStop
+from grader.core.events import Rejection
+from grader.core.grading import Grading, policy_stale
+from grader.core.state import CustomerState
+from grader.core.topology import (
     ACCESS_LOG,
     CUSTOMER_TIERS,
     INPUTS,
@@ -59,7 +43,25 @@ from grader.stream.topology import (
     TIER_CHANGES,
     partition_of,
 )
+from grader.kafka import auth as kafkaauth
+from grader.kafka.admin import bootstrap_servers
+from grader.kafka.policyregistry import PolicySuperseded, PolicyWatch
+from grader.settings import Settings
+from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
+from grader.sinks.redis import SupportQueues, reason
+from grader.stream.faust_patches import webserver
+from grader.stream.faust_patches.flowfix import keep_records_on_repeated_resume
+from grader.stream.faust_patches.seeking import ResumingConsumer, transport_for
+from grader.stream.lease import Lease
+from grader.stream.localstate import changelogs_of, record_when_created
+from grader.stream.notices import Notices
+from grader.stream.options import StreamOptions
+from grader.stream.progress import SourceProgress
+from grader.stream.tables import FaustTableStore, TableStore
 from grader.stream.worker import load_access, support_policy
+from grader.web import customer as web
+from grader.web.access import Access, Caller, access_record
+from grader.web.metrics import CONTENT_TYPE, Telemetry, TierIndex
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -559,7 +561,7 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
         web_application_options=webserver.application_options(settings.web_idle_timeout),
         **options.faust_settings,
     )
-    keep_records_on_repeated_resume(app.flow_control)  # grader/stream/flowfix.py
+    keep_records_on_repeated_resume(app.flow_control)  # grader/stream/faust_patches/flowfix.py
     if store == "memory://":
         log.warning("rocksdict is not installed: tables use the memory store and are "
                     "rebuilt from their changelog topics at every start")

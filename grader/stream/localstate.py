@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from grader.kafkaauth import KafkaTarget
-from grader.stream.admin import topic_ids
+from grader.kafka.admin import topic_ids
+from grader.kafka.auth import KafkaTarget
 
 log = logging.getLogger(__name__)
 ID_SUFFIX = ".changelog-id"

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from grader.errors import DataDirFull
+from grader.core.errors import DataDirFull
+from grader.core.topology import partition_of
 from grader.sinks.kafka import BatchSender
-from grader.stream.topology import partition_of
 
 Write = tuple[int, bytes, bytes]  # (partition, key, value)
 

@@ -11,12 +11,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from grader.access import Access, read_tokens_file
-from grader.core import Grading
-from grader.errors import GraderError, WorkerStop, one_line
-from grader.policy import Policy
+from grader.core.errors import GraderError, WorkerStop, one_line
+from grader.core.grading import Grading
+from grader.core.policy import Policy
 from grader.settings import Settings, make_data_dir, resolve_policy
 from grader.stream.options import StreamOptions
+from grader.web.access import Access, read_tokens_file
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +162,13 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
                access: Access | None = None) -> int:
     """Create missing topics, then run the Faust worker until a signal stops it; ``access``:
     the endpoint's callers (default: from ``settings``)."""
-    from grader.stream.admin import ensure_topics
-    from grader.stream.topology import load_topics
+    from grader.core.topology import load_topics
+    from grader.kafka.admin import ensure_topics
 
     make_data_dir(settings)
     ensure_topics(settings.kafka,
                   load_topics(settings.topic_prefix, settings.partitions).values())
-    from grader.stream.policyregistry import PolicySuperseded, PolicyWatch, check_and_record
+    from grader.kafka.policyregistry import PolicySuperseded, PolicyWatch, check_and_record
 
     check_and_record(settings.kafka, settings.topic_prefix, grading.policies)
     watch = PolicyWatch(settings.kafka, settings.topic_prefix, grading.policies)

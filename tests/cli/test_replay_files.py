@@ -17,10 +17,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grader import cli
-from grader import replay as replay_module
-from grader.eventfile import MAX_EVENT_BYTES
-from grader.events import RAW_KEPT
+from grader.cli import main as cli
+from grader.core.eventfile import MAX_EVENT_BYTES
+from grader.core.events import RAW_KEPT
+from grader.offline import replay as replay_module
 from tests.conftest import ROOT
 
 AS_OF = "2026-11-22T00:00:00+08:00"

@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from bench.generate_events import generate
-from grader import cli
-from grader.errors import GraderError
-from grader.eventfile import MAX_EVENT_BYTES
-from grader.events import RAW_KEPT
+from grader.cli import main as cli
+from grader.core.errors import GraderError
+from grader.core.eventfile import MAX_EVENT_BYTES
+from grader.core.events import RAW_KEPT
 from tests.cli.test_cli import DATA, one_line_error
 from tests.conftest import ROOT, mounted
 

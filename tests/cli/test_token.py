@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.access import read_tokens_file
+from grader.web.access import read_tokens_file
 from tests.cli.test_cli import grader, one_line_error
 from tests.conftest import ROOT
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from grader.kafkabroker import KafkaBroker, kafka_available, start_kafka
-from grader.services import Broker, RedisServer, free_port, start_broker, start_redis
+from grader.devtools.kafkabroker import KafkaBroker, kafka_available, start_kafka
+from grader.devtools.services import Broker, RedisServer, free_port, start_broker, start_redis
 from tests.conftest import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ takes 20 ms per changelog record it is handed in recovery (Faust's recovery
 then lags the records already fetched into its queue), and an
 ``on_rebalance_complete`` receiver takes 1 s (Faust awaits it between
 starting the standby partitions and resuming the flow a last time).
-``--fixed`` applies grader's fix (grader/stream/flowfix.py).
+``--fixed`` applies grader's fix (grader/stream/faust_patches/flowfix.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
                     broker_session_timeout=10, broker_heartbeat_interval=3,
                     autodiscover=False)
     if "--fixed" in flags:
-        from grader.stream.flowfix import keep_records_on_repeated_resume
+        from grader.stream.faust_patches.flowfix import keep_records_on_repeated_resume
         keep_records_on_repeated_resume(app.flow_control)
 
     slow = "--slow" in flags

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.clock import parse_instant
-from grader.services import free_port
+from grader.core.clock import parse_instant
+from grader.devtools.services import free_port
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_redis_security import ticket
 from tests.integration.test_stream import write_lines

@@ -25,12 +25,12 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from grader.clock import NEVER
-from grader.core import Grading
-from grader.events import TOPIC_OF_TYPE
+from grader.core import step
+from grader.core.clock import NEVER
+from grader.core.events import TOPIC_OF_TYPE
+from grader.core.grading import Grading
+from grader.core.topology import partition_of
 from grader.settings import resolve_policy
-from grader.stream import step
-from grader.stream.topology import partition_of
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_stream import (
     POLICIES,

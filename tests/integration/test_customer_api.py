@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.events import Event, parse_event
-from grader.rational import round2
-from grader.services import free_port
+from grader.core.events import Event, parse_event
+from grader.core.rational import round2
+from grader.devtools.services import free_port
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_stream import (
     CTX,

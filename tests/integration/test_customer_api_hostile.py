@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from grader.services import free_port
+from grader.devtools.services import free_port
 from tests.integration.conftest import Server, Stream, WorkerProcess, wait_for
 from tests.integration.test_stream import write_lines
 

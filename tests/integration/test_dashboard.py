@@ -32,7 +32,7 @@ import orjson
 import pytest
 import yaml
 
-from grader.services import RedisServer, free_port
+from grader.devtools.services import RedisServer, free_port
 from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_metrics import samples, scrape

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.kafkabroker import kafka_available
+from grader.devtools.kafkabroker import kafka_available
 from tests.conftest import ROOT, in_ci
 from tests.integration.conftest import wait_for
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from grader.events import Event, parse_event
-from grader.stream.step import decode_record
-from grader.stream.topology import INPUTS
+from grader.core.events import Event, parse_event
+from grader.core.step import decode_record
+from grader.core.topology import INPUTS
 from tests.conftest import mounted
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import (

@@ -8,7 +8,7 @@ and a slow ``on_rebalance_complete`` receiver), Faust's last
 ``flow_control.resume()`` of B's recovery clears the changelog records B had
 fetched for its standby and not yet applied; later records move its stored
 offset past them, so when B becomes active it never reads them: keys are
-missing. With grader/stream/flowfix.py applied, B ends with every key.
+missing. With grader/stream/faust_patches/flowfix.py applied, B ends with every key.
 
 Kafka only: on tansu, a plain Faust app with standbys stops at once with
 Faust's ConsistencyError, because tansu's latest offset is the last batch's
@@ -30,7 +30,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from grader.services import free_port
+from grader.devtools.services import free_port
 from tests.integration.conftest import ROOT, Server, wait_for
 
 APP = Path(__file__).with_name("faust_standby_app.py")
@@ -124,7 +124,8 @@ def test_a_standby_that_becomes_active_has_every_key(broker: Server, tmp_path: P
             assert missing == []
         else:
             # Faust as it is loses records: when Faust stops losing them, drop flowfix.py
-            assert missing, "Faust kept every standby record: grader/stream/flowfix.py is moot"
+            assert missing, ("Faust kept every standby record: "
+                             "grader/stream/faust_patches/flowfix.py is moot")
     finally:
         first.stop()
         if second is not None:

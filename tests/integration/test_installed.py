@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 import yaml
 
-from grader.kafkabroker import KafkaBroker
-from grader.services import free_port, start_redis
+from grader.devtools.kafkabroker import KafkaBroker
+from grader.devtools.services import free_port, start_redis
 from grader.settings import DEFAULTS, PASSWORD_VARIABLE, preset_names
 from tests.integration.conftest import ROOT, Server, WorkerProcess, quirks, read_topic, wait_for
 from tests.integration.test_dashboard import need_prometheus, run_prometheus
@@ -115,7 +115,7 @@ def test_a_wheel_built_with_a_compiler_has_the_compiled_core(installed: Installe
     # and it runs from site-packages, not from this checkout
     where = subprocess.run(
         [str(installed.venv / "bin" / "python"), "-c",
-         "import grader.core; print(grader.core.__file__)"],
+         "import grader.core.grading; print(grader.core.grading.__file__)"],
         cwd=tmp_path, env=installed.env(), capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(installed.venv)) and where.strip().endswith(".so"), where
 

@@ -1,4 +1,4 @@
-"""A real Apache Kafka 4.x broker (grader.kafkabroker), checked with kafka-python.
+"""A real Apache Kafka 4.x broker (grader.devtools.kafkabroker), checked with kafka-python.
 
 One broker for the module. Without java (or without both mvn and the cached
 jars) the tests skip with the reason, except in CI (`CI` set), where they fail.
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from grader.kafkabroker import KafkaBroker, kafka_available, start_kafka
-from grader.services import ServiceError, free_port
+from grader.devtools.kafkabroker import KafkaBroker, kafka_available, start_kafka
+from grader.devtools.services import ServiceError, free_port
 from tests.conftest import in_ci
 
 pytestmark = pytest.mark.integration

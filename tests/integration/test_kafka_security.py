@@ -1,6 +1,6 @@
 """Kafka security (GRADING.md section 7) against a real Apache Kafka with a SASL_SSL listener.
 
-The broker (grader.kafkabroker, ``SaslSslListener``) listens for SASL_SSL
+The broker (grader.devtools.kafkabroker, ``SaslSslListener``) listens for SASL_SSL
 with SCRAM-SHA-512, a user created when its storage is formatted, and a
 server certificate for 127.0.0.1 signed by a CA this module makes with the
 openssl CLI (tests/pki.py); inter-broker and controller traffic stay on
@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
-from grader.kafkabroker import KafkaBroker, SaslSslListener, kafka_available, start_kafka
-from grader.services import free_port
+from grader.devtools.kafkabroker import KafkaBroker, SaslSslListener, kafka_available, start_kafka
+from grader.devtools.services import free_port
 from tests.conftest import in_ci
 from tests.integration.conftest import ROOT, Stream, read_all
 from tests.integration.test_stream import AS_OF, events_file, expected, wait_applied, wait_for_tiers

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from grader.events import TOPIC_OF_TYPE, Event, parse_event
-from grader.services import free_port
+from grader.core.events import TOPIC_OF_TYPE, Event, parse_event
+from grader.devtools.services import free_port
 from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_stream import (

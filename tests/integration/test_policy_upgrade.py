@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from grader.stream.step import decode_record
+from grader.core.step import decode_record
 from tests.integration.conftest import Stream, wait_for
 from tests.integration.test_rollout import policy_changes, tiers_under, v2_file
 from tests.integration.test_stream import (

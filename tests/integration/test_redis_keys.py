@@ -29,8 +29,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from grader.clock import parse_instant
-from grader.services import (
+from grader.core.clock import parse_instant
+from grader.core.state import CustomerState, Ticket, TierState
+from grader.devtools.services import (
     RedisServer,
     free_port,
     start_redis,
@@ -38,7 +39,6 @@ from grader.services import (
     tls_redis_available,
 )
 from grader.sinks.redis import WRITE_CUSTOMER, SupportQueues, reason, script_args, unavailable
-from grader.state import CustomerState, Ticket, TierState
 from tests.conftest import in_ci
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_stream import AS_OF, expected, final_tick_equals_replay, write_lines
@@ -81,7 +81,7 @@ def stray(draw: Any) -> tuple[str, Any]:
 
 @st.composite
 def views(draw: Any, customer: str) -> dict[str, Any]:
-    """A customer's view as grader.support.view gives it: fields, tickets open or closed."""
+    """A customer's view as grader.core.support.view gives it: fields, tickets open or closed."""
     fields = {f"tier:{p}": draw(st.sampled_from(["A", "B", "7-star"]))
               for p in draw(st.lists(st.sampled_from(["abc-100", "stars"]), unique=True))}
     fields["blacklisted"] = draw(st.sampled_from(["0", "1"]))

@@ -1,6 +1,6 @@
 """Support queues in a Redis reached over TLS as an ACL user (issue 12, "Settings").
 
-Debian's redis-server, built with TLS (grader.services.start_secure_redis;
+Debian's redis-server, built with TLS (grader.devtools.services.start_secure_redis;
 installed by scripts/install-debian-packages), listens for TLS only, with a
 server certificate for 127.0.0.1 signed by a CA this module makes with the
 openssl CLI (tests/pki.py), and one ACL user; its ``default`` user is off.
@@ -30,7 +30,7 @@ import orjson
 import pytest
 import redis
 
-from grader.services import RedisServer, RedisTls, start_secure_redis, tls_redis_available
+from grader.devtools.services import RedisServer, RedisTls, start_secure_redis, tls_redis_available
 from grader.sinks.redis import desk_acl
 from tests.conftest import in_ci
 from tests.integration.conftest import Stream, wait_for

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.clock import parse_instant
-from grader.core import Grading
-from grader.replay import replay
+from grader.core.clock import parse_instant
+from grader.core.grading import Grading
+from grader.offline.replay import replay
 from grader.settings import resolve_policy
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_stream import (

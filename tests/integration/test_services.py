@@ -1,4 +1,4 @@
-"""grader.services against the real tansu and redis-server binaries (nothing mocked).
+"""grader.devtools.services against the real tansu and redis-server binaries (nothing mocked).
 
 A server that cannot start raises ServiceError from the fixture, so every test
 here errors loudly instead of skipping.
@@ -19,7 +19,7 @@ import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from grader.services import (
+from grader.devtools.services import (
     Broker,
     RedisServer,
     ServiceError,

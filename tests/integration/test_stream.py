@@ -25,13 +25,13 @@ import orjson
 import pytest
 
 from bench.generate_events import generate
-from grader.clock import parse_instant
-from grader.core import Grading, apply_event, new_state
-from grader.events import Event, parse_event
-from grader.replay import replay
+from grader.core.clock import parse_instant
+from grader.core.events import Event, parse_event
+from grader.core.grading import Grading, apply_event, new_state
+from grader.core.state import CustomerState
+from grader.core.step import decode_record
+from grader.offline.replay import replay
 from grader.settings import resolve_policy
-from grader.state import CustomerState
-from grader.stream.step import decode_record
 from tests.integration.conftest import ROOT, Stream, wait_for
 
 pytestmark = pytest.mark.integration
@@ -526,7 +526,7 @@ def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:
 
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from grader.stream.seeking import fetched_ends
+    from grader.stream.faust_patches.seeking import fetched_ends
 
     topic = f"ends-{time.monotonic_ns()}"
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)

@@ -21,12 +21,12 @@ import pytest
 import redis
 
 from bench.generate_events import generate
-from grader.clock import format_instant, parse_instant
-from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import Event, parse_event
-from grader.services import free_port, start_redis
+from grader.core.clock import format_instant, parse_instant
+from grader.core.events import Event, parse_event
+from grader.core.grading import Grading, apply_event, apply_tick, new_state
+from grader.core.state import CustomerState
+from grader.devtools.services import free_port, start_redis
 from grader.settings import resolve_policy
-from grader.state import CustomerState
 from tests.integration.conftest import ROOT, Stream, wait_for
 from tests.integration.test_stream import (
     AS_OF,

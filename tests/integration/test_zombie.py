@@ -40,11 +40,11 @@ import orjson
 import pytest
 import redis
 
-from grader.kafkabroker import KafkaBroker
-from grader.services import RedisServer
+from grader.core.step import decode_record
+from grader.core.support import view
+from grader.devtools.kafkabroker import KafkaBroker
+from grader.devtools.services import RedisServer
 from grader.stream.lease import LEASE_LOST_EXIT
-from grader.stream.step import decode_record
-from grader.support import view
 from tests.conftest import in_ci
 from tests.integration.conftest import Stream, WorkerProcess
 from tests.integration.test_stream import events_file, expected, final_tick_equals_replay

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from grader.errors import DataDirFull
+from grader.core import step
+from grader.core.errors import DataDirFull
+from grader.core.topology import partition_of
+from grader.kafka.policyregistry import PolicySuperseded, PolicyWatch, newer_versions
 from grader.sinks.kafka import RecordingSink
-from grader.stream import step
 from grader.stream.app import grade_batches
-from grader.stream.policyregistry import PolicySuperseded, PolicyWatch, newer_versions
 from grader.stream.progress import SourceProgress
 from grader.stream.tables import MemoryTableStore
-from grader.stream.topology import partition_of
 from tests.conftest import grading
 from tests.stream.test_step import (
     ALL_PARTITIONS,

@@ -127,7 +127,7 @@ def test_the_worker_consumer_commits_inputs_from_progress_not_from_faust_gaps() 
     import faust
     from faust.types import TP as FaustTP
 
-    from grader.stream.seeking import transport_for
+    from grader.stream.faust_patches.seeking import transport_for
 
     app = faust.App("t", broker="kafka://127.0.0.1:9")
     progress = SourceProgress(stall_after=2.0)

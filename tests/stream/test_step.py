@@ -1,4 +1,4 @@
-"""The worker's per-message logic without Kafka: grader.stream.step and the Processor.
+"""The worker's per-message logic without Kafka: grader.core.step and the Processor.
 
 The Processor is given plain dicts for its tables and a fake sink, as the
 house style asks (swap the transport, don't patch).
@@ -15,16 +15,16 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.clock import NEVER, parse_instant
-from grader.codec import dump_state
-from grader.core import Grading
+from grader.core import step
+from grader.core.clock import NEVER, parse_instant
+from grader.core.codec import dump_state
+from grader.core.grading import Grading
+from grader.core.step import Incoming, Output
+from grader.core.topology import partition_of
 from grader.sinks.kafka import RecordingSink
-from grader.stream import step
 from grader.stream.app import BEHIND_AFTER, Processor, grade_batches
 from grader.stream.progress import SourceProgress
-from grader.stream.step import Incoming, Output
 from grader.stream.tables import MemoryTableStore
-from grader.stream.topology import partition_of
 from tests.conftest import grading
 
 NOW = parse_instant("2026-11-24T00:00:00Z")

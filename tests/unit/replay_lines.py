@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from grader.eventfile import MAX_EVENT_BYTES, Line, LongLine
-from grader.events import RAW_KEPT
+from grader.core.eventfile import MAX_EVENT_BYTES, Line, LongLine
+from grader.core.events import RAW_KEPT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ LINES: list[bytes] = [
     b'"occurred_at":"2026-01-03T10:00:00Z"}',
 ]
 
-# Lines at and past the bound (grader.eventfile): a valid sale padded to exactly the
+# Lines at and past the bound (grader.core.eventfile): a valid sale padded to exactly the
 # largest event (graded), a line of NULs over the dead-letter cap but under the bound,
 # and a 2 GB line of NULs as read_lines gives it (never held whole).
 _PADDED = (f'{{"event_id":"pad","customer_id":"C9",{_SALE.format(d=2)},"pad":"'.encode())

@@ -1,4 +1,4 @@
-"""Graded access (grader/access.py, GRADING.md section 7): the tokens file, callers by
+"""Graded access (grader/web/access.py, GRADING.md section 7): the tokens file, callers by
 the digest of their tokens, and who sees what (customerview.tier_scope)."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grader.access import (
+from grader.core.customerview import TIER_SCOPE_POLICY_FIELDS, customer_document, tier_scope
+from grader.core.grading import apply_event, new_state
+from grader.web.access import (
     ANONYMOUS,
     API_TOKEN_CALLER,
     Access,
@@ -26,8 +28,6 @@ from grader.access import (
     render,
     write_tokens_file,
 )
-from grader.core import apply_event, new_state
-from grader.customerview import TIER_SCOPE_POLICY_FIELDS, customer_document, tier_scope
 from tests.conftest import at, event, grading
 
 TIERS = ("A", "B", "C")

@@ -1,7 +1,7 @@
-"""Tier at risk (grader.atrisk): the candidate-day look-ahead against ticking every day.
+"""Tier at risk (grader.core.atrisk): the candidate-day look-ahead against ticking every day.
 
 The reference is what GRADING.md section 4 says: copy the customer, tick it
-(grader.core.apply_tick, the stream's own step) at every local day after its
+(grader.core.grading.apply_tick, the stream's own step) at every local day after its
 as_of date up to the look-ahead's end, and take the first day its tier is
 worse than now. drops_on() must give exactly that, for the three presets and
 for variants with other windows, downgrade margins and minimum days.
@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grader.atrisk import drops_on, lookahead_end
-from grader.clock import US_PER_SECOND, local_day, zone
-from grader.codec import dump_state, load_state
-from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import Event
-from grader.policy import Policy
+from grader.core.atrisk import drops_on, lookahead_end
+from grader.core.clock import US_PER_SECOND, local_day, zone
+from grader.core.codec import dump_state, load_state
+from grader.core.events import Event
+from grader.core.grading import Grading, apply_event, apply_tick, new_state
+from grader.core.policy import Policy
 from tests.conftest import PRESETS, at, event, policy_text
 
 AS_OF = at("2026-11-22T18:00:00+08:00")
@@ -36,7 +36,7 @@ def noon(day: int, tz: str) -> int:
 
 
 def last_day(today: int, policy: Policy) -> int:
-    """The look-ahead's last day, computed apart from grader.atrisk: the as_of date
+    """The look-ahead's last day, computed apart from grader.core.atrisk: the as_of date
     moved on by the longest window plus one month, the day clipped to the month."""
     d = date.fromordinal(today)
     year, month0 = divmod(d.year * 12 + d.month - 1 + policy.longest_window + 1, 12)
@@ -263,8 +263,8 @@ def test_replay_writes_the_rows_that_would_drop() -> None:
     import io
     import sys
 
-    from grader.eventfile import parse_line
-    from grader.replay import replay
+    from grader.core.eventfile import parse_line
+    from grader.offline.replay import replay
     from tests.conftest import ROOT, grading
 
     sys.path.insert(0, str(ROOT))
@@ -303,9 +303,9 @@ def test_whatif_live_counts_as_the_file_does() -> None:
     under the current policy."""
     import sys
 
-    from grader.eventfile import parse_line
-    from grader.replay import replay
-    from grader.whatif import live_what_if, what_if
+    from grader.core.eventfile import parse_line
+    from grader.offline.replay import replay
+    from grader.offline.whatif import live_what_if, what_if
     from tests.conftest import ROOT, grading, preset
 
     sys.path.insert(0, str(ROOT))

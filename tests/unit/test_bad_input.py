@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grader.clock import NEVER, TimestampError, parse_instant
-from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.errors import PolicyError
-from grader.events import Event, Rejection, parse_event
-from grader.money import MoneyError, parse_minor
-from grader.replay import replay
-from grader.stream import step
+from grader.core import step
+from grader.core.clock import NEVER, TimestampError, parse_instant
+from grader.core.errors import PolicyError
+from grader.core.events import Event, Rejection, parse_event
+from grader.core.grading import Grading, apply_event, apply_tick, new_state
+from grader.core.money import MoneyError, parse_minor
+from grader.offline.replay import replay
 from tests.conftest import BASE, PRESETS, VALID, at, event, grading, policy_text
 
 G = grading("abc-100", "sabcd-weighted", "stars")

@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from grader.clock import (
+from grader.core.clock import (
     US_PER_SECOND,
     TimestampError,
     format_instant,

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from grader.kafkabroker import kafka_version
+from grader.devtools.kafkabroker import kafka_version
 from tests.conftest import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from grader.core import apply_event, apply_tick, new_state, snapshot, tier_change_id
-from grader.state import CustomerState
+from grader.core.grading import apply_event, apply_tick, new_state, snapshot, tier_change_id
+from grader.core.state import CustomerState
 from tests.conftest import at, event, grading
 
 G = grading("abc-100")
@@ -141,7 +141,7 @@ def test_blacklist_changes_the_snapshot_not_the_tier() -> None:
         "customer_id": "C1",
         "blacklisted": True,
         "as_of": "2026-06-01T04:00:00Z",
-        # drops_on and to_tier: null until grader.risk.refresh_risk computes them
+        # drops_on and to_tier: null until grader.core.risk.refresh_risk computes them
         "tiers": {"abc-100": {"tier": "A", "score": 100, "sequence": 1, "pinned": False,
                               "drops_on": None, "to_tier": None}},
     }
@@ -160,7 +160,7 @@ def test_no_grade_before_first_activity_and_tickets_are_not_activity() -> None:
 
 
 def test_tier_change_id_is_the_rfc4122_uuid5() -> None:
-    from grader.core import TIER_CHANGE_NAMESPACE
+    from grader.core.grading import TIER_CHANGE_NAMESPACE
 
     for customer, policy, seq in [("C1", "abc-100", 1), ("客户", "stars", 12345)]:
         expected = uuid.uuid5(TIER_CHANGE_NAMESPACE, f"{customer}\x1f{policy}\x1f{seq}")
@@ -169,8 +169,8 @@ def test_tier_change_id_is_the_rfc4122_uuid5() -> None:
 
 
 def test_a_roll_out_grades_again_with_cause_policy_and_drops_a_removed_policy() -> None:
-    from grader.core import apply_policy, policy_stale
-    from grader.support import view
+    from grader.core.grading import apply_policy, policy_stale
+    from grader.core.support import view
 
     both = grading("abc-100", "stars")
     state: CustomerState = new_state("C1")

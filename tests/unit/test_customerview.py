@@ -1,4 +1,4 @@
-"""The customer endpoint's body (grader/customerview.py), as docs/api.md describes it."""
+"""The customer endpoint's body (grader/core/customerview.py), as docs/api.md describes it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from fractions import Fraction
 
 import pytest
 
-from grader.core import apply_event, apply_tick, new_state
-from grader.customerview import customer_document
-from grader.rational import display, round2
+from grader.core.customerview import customer_document
+from grader.core.grading import apply_event, apply_tick, new_state
+from grader.core.rational import display, round2
 from tests.conftest import at, event, grading
 
 G = grading("abc-100", "stars")
@@ -52,9 +52,9 @@ def test_display_rounding_is_half_away_from_zero(value: Fraction, shown: Decimal
 
 
 def test_each_policy_carries_its_drop_date_as_last_computed() -> None:
-    """drops_on and to_tier per policy: those of the customer-tiers record (grader.risk)."""
-    from grader.core import snapshot
-    from grader.risk import refresh_risk
+    """drops_on and to_tier per policy: those of the customer-tiers record (grader.core.risk)."""
+    from grader.core.grading import snapshot
+    from grader.core.risk import refresh_risk
 
     state = new_state("C1")
     apply_event(state, event("sale", "2026-03-31", grading_=G, amount="1000"), G, NOW)

@@ -2,7 +2,7 @@
 
 Each table is read as a user reads it; the code is asked, not copied:
 settings from grader.settings, metrics from the registry a worker's
-Telemetry builds, topics from grader.stream.topology's loader (wherever
+Telemetry builds, topics from grader.core.topology's loader (wherever
 topics.toml lives). A setting, metric or topic added without its row, or a
 row left behind, fails here.
 """
@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from grader.core.topology import load_topics
 from grader.settings import DEFAULTS, PASSWORD_VARIABLE
-from grader.stream.telemetry import Telemetry
-from grader.stream.topology import load_topics
+from grader.web.metrics import Telemetry
 from tests.conftest import ROOT
 
 DOCS = ROOT / "docs"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from grader.eventfile import MAX_EVENT_BYTES, LongLine, parse_line, read_lines
-from grader.events import RAW_KEPT, original_fields
-from grader.replay import dead_letter
+from grader.core.eventfile import MAX_EVENT_BYTES, LongLine, parse_line, read_lines
+from grader.core.events import RAW_KEPT, original_fields
+from grader.offline.replay import dead_letter
 from tests.unit.test_replay_shards import CTX
 
 MAX = MAX_EVENT_BYTES

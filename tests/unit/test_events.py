@@ -6,8 +6,8 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.clock import parse_instant
-from grader.events import Event, ParseContext, Rejection, parse_event
+from grader.core.clock import parse_instant
+from grader.core.events import Event, ParseContext, Rejection, parse_event
 
 CTX = ParseContext("CNY", {"abc-100": ("A", "B", "C")})
 BASE = {"event_id": "e1", "customer_id": "C-1.a:b_2", "occurred_at": "2026-03-01T09:30:00+08:00"}

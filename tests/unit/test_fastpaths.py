@@ -19,13 +19,13 @@ import pytest
 from hypothesis import given, settings
 
 from bench.generate_events import generate
-from grader.clock import US_PER_SECOND, format_instant
-from grader.codec import dump_state, load_state
-from grader.core import Grading, apply_event, apply_tick, new_state
-from grader.events import Event, ParseContext, _Reject, _validate, common_event
-from grader.metrics import MetricView
-from grader.scoring import score
-from grader.state import CustomerState
+from grader.core.clock import US_PER_SECOND, format_instant
+from grader.core.codec import dump_state, load_state
+from grader.core.events import Event, ParseContext, _Reject, _validate, common_event
+from grader.core.grading import Grading, apply_event, apply_tick, new_state
+from grader.core.metrics import MetricView
+from grader.core.scoring import score
+from grader.core.state import CustomerState
 from tests.conftest import at, event, policy_text
 from tests.unit.test_properties import AS_OF, G, events
 

@@ -1,4 +1,4 @@
-"""grader/stream/flowfix.py: a resume clears the queues only after a suspend."""
+"""grader/stream/faust_patches/flowfix.py: a resume clears the queues only after a suspend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from grader.stream.flowfix import keep_records_on_repeated_resume
+from grader.stream.faust_patches.flowfix import keep_records_on_repeated_resume
 
 
 def test_records_queued_while_flowing_survive_a_second_resume() -> None:

@@ -1,4 +1,4 @@
-"""grader.kafkaauth: the security settings as each Kafka client's keyword arguments,
+"""grader.kafka.auth: the security settings as each Kafka client's keyword arguments,
 the one-line reasons for a failed connection, and the password kept out of sight."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from grader.kafkaauth import (
+from grader.kafka.auth import (
     MASK,
     PLAINTEXT,
     KafkaSecurity,

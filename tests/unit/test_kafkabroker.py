@@ -1,4 +1,4 @@
-"""grader/kafkabroker.py without Java: the cluster ids it gives StorageTool."""
+"""grader/devtools/kafkabroker.py without Java: the cluster ids it gives StorageTool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from grader import kafkabroker
+from grader.devtools import kafkabroker
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

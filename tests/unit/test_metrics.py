@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from grader.core import apply_event, apply_tick, new_state
-from grader.metricref import parse_metric
-from grader.metrics import MetricView
-from grader.state import CustomerState
+from grader.core.grading import apply_event, apply_tick, new_state
+from grader.core.metricref import parse_metric
+from grader.core.metrics import MetricView
+from grader.core.state import CustomerState
 from tests.conftest import at, event, grading
 
 G = grading("abc-100", "sabcd-weighted", "stars")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from grader.money import MoneyError, parse_minor, to_decimal
+from grader.core.money import MoneyError, parse_minor, to_decimal
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grader.core import apply_event, apply_tick, new_state
-from grader.events import Event
-from grader.metrics import MetricView
-from grader.state import CustomerState
+from grader.core.events import Event
+from grader.core.grading import apply_event, apply_tick, new_state
+from grader.core.metrics import MetricView
+from grader.core.state import CustomerState
 from tests.conftest import at, event, grading
 
 G = grading("abc-100", "sabcd-weighted", "stars")
@@ -217,7 +217,7 @@ def test_invoice_payment_days_do_not_depend_on_arrival(evs: list[Event], data: A
 @given(evs=events(), cut=st.integers(min_value=0, max_value=14))
 def test_state_survives_a_round_trip_mid_stream(evs: list[Event], cut: int) -> None:
     """Serialising and reloading at any point changes nothing (the worker's table)."""
-    from grader.codec import dump_state, load_state
+    from grader.core.codec import dump_state, load_state
 
     reference = run(evs)
     state = new_state("C1")

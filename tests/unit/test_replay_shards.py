@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
-from grader import replay as replay_module
-from grader.clock import parse_instant
-from grader.core import Grading
-from grader.eventfile import MAX_EVENT_BYTES
-from grader.events import RAW_KEPT, Event, parse_event
-from grader.replay import ReplayResult, ReplayStats, _parsed, _route, replay, shard_pivots
+from grader.core.clock import parse_instant
+from grader.core.eventfile import MAX_EVENT_BYTES
+from grader.core.events import RAW_KEPT, Event, parse_event
+from grader.core.grading import Grading
+from grader.offline import replay as replay_module
+from grader.offline.replay import ReplayResult, ReplayStats, _parsed, _route, replay, shard_pivots
 from grader.settings import resolve_policy
 from tests.unit.replay_lines import LINES, LONG_LINES, ROOT
 

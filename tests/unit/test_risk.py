@@ -1,4 +1,4 @@
-"""The tier at risk kept in the state (grader.risk): drops_on in the state and snapshot,
+"""The tier at risk kept in the state (grader.core.risk): drops_on in the state and snapshot,
 tier warnings once per (customer, policy, drops_on), kept through the codec."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.atrisk import drops_on
-from grader.codec import dump_state, load_state
-from grader.core import Grading, apply_event, apply_tick, new_state, snapshot
-from grader.risk import WARNING_NAMESPACE, refresh_risk, warning_id
-from grader.state import CustomerState
-from grader.stream import step
-from grader.stream.topology import CUSTOMER_TIERS, TIER_CHANGES, TIER_WARNINGS
+from grader.core import step
+from grader.core.atrisk import drops_on
+from grader.core.codec import dump_state, load_state
+from grader.core.grading import Grading, apply_event, apply_tick, new_state, snapshot
+from grader.core.risk import WARNING_NAMESPACE, refresh_risk, warning_id
+from grader.core.state import CustomerState
+from grader.core.topology import CUSTOMER_TIERS, TIER_CHANGES, TIER_WARNINGS
 from tests.conftest import at, event, grading, preset
 
 STARS = Grading((preset("stars"),))

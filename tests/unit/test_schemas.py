@@ -19,8 +19,8 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from grader.events import Event, Rejection, parse_event
-from grader.stream.topology import TOPICS_DIR, load_topics
+from grader.core.events import Event, Rejection, parse_event
+from grader.core.topology import TOPICS_DIR, load_topics
 from tests.conftest import BASE, VALID, grading
 
 CTX = grading("abc-100").parse_context()
@@ -144,11 +144,11 @@ def test_what_only_the_parser_can_check(etype: str, name: str, value: Any, code:
 
 
 def test_the_output_records_follow_their_schemas() -> None:
-    """customer-tiers and tier-warnings records, as the worker builds them (grader.stream.step),
+    """customer-tiers and tier-warnings records, as the worker builds them (grader.core.step),
     are valid for topics/schemas/customer-tiers.json and tier-warnings.json; one without
     drops_on, or with a date in another form, is not."""
-    from grader.core import Grading, apply_event, apply_tick, new_state
-    from grader.stream import step
+    from grader.core import step
+    from grader.core.grading import Grading, apply_event, apply_tick, new_state
     from tests.conftest import at, event, preset
 
     g = Grading((preset("abc-100"), preset("stars")))

@@ -6,10 +6,10 @@ from fractions import Fraction
 
 import pytest
 
-from grader.core import apply_event, apply_tick, new_state
-from grader.metricref import MetricRef
-from grader.rational import Ratio, ratio, round2
-from grader.scoring import earned_tier, score
+from grader.core.grading import apply_event, apply_tick, new_state
+from grader.core.metricref import MetricRef
+from grader.core.rational import Ratio, ratio, round2
+from grader.core.scoring import earned_tier, score
 from tests.conftest import at, event, grading, preset
 
 ABC = preset("abc-100")
@@ -19,7 +19,7 @@ EPS = Fraction(1, 10**9)
 
 
 class FixedView:
-    """Given metric values, to test scoring alone (grader.scoring.Metrics)."""
+    """Given metric values, to test scoring alone (grader.core.scoring.Metrics)."""
 
     def __init__(self, values: dict[str, Fraction | None]) -> None:
         self._given = values

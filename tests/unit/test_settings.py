@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grader.errors import SettingsError
-from grader.kafkaauth import PLAINTEXT, KafkaSecurity, KafkaTarget, Secret
+from grader.core.errors import SettingsError
+from grader.kafka.auth import PLAINTEXT, KafkaSecurity, KafkaTarget, Secret
 from grader.settings import DEFAULTS, load_settings, make_data_dir
 
 

@@ -1,4 +1,4 @@
-"""Tickets in the customer's state and the support queues' order (grader/support.py)."""
+"""Tickets in the customer's state and the support queues' order (grader/core/support.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grader.clock import MAX_INSTANT, MIN_INSTANT
-from grader.codec import dump_state, load_state
-from grader.core import apply_event, new_state
-from grader.state import CustomerState, TierState
-from grader.support import (
+from grader.core.clock import MAX_INSTANT, MIN_INSTANT
+from grader.core.codec import dump_state, load_state
+from grader.core.grading import apply_event, new_state
+from grader.core.state import CustomerState, TierState
+from grader.core.support import (
     BLACKLISTED,
     MAX_SUPPORT_TIERS,
     NOT_GRADED,

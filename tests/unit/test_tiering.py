@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from grader.state import TierState
-from grader.tiering import decide
+from grader.core.state import TierState
+from grader.core.tiering import decide
 from tests.conftest import policy_text
 
 RULES = """

@@ -1,0 +1,180 @@
+"""One meaning per policy version: the ``{prefix}policies`` topic (compacted).
+
+Every worker, at start-up, reads which digest each ``name:version`` was
+first used with, refuses to start when one of its policies has the same
+version and another digest (its rules changed without a new version), and
+records the versions it brings. So "version 3 of abc-100" means one thing
+for every worker, ever (docs/policies.md, "Roll-out").
+
+The topic's order is also the roll-out's: a version first recorded after
+another of the same policy is the newer one. A worker whose policy has a
+newer version on the topic refuses to start, and a running one that sees
+one (:class:`PolicyWatch`, read every few seconds, at each rebalance, and
+whenever a customer's state names a version it does not know) stops, so
+that two versions never grade the same customers back and forth during a
+rolling deploy (issue 20; docs/policies.md, "A rolling deploy").
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from grader.core.errors import GraderError, WorkerStop
+from grader.core.policy import Policy
+from grader.kafka import auth as kafkaauth
+from grader.kafka.admin import kafka_module
+from grader.kafka.auth import KafkaTarget
+
+TOPIC = "policies"
+READ_TIMEOUT = 10.0  # seconds to read the topic to its end
+
+
+def check_and_record(kafka: KafkaTarget, prefix: str, policies: tuple[Policy, ...]) -> None:
+    """Refuse a changed policy that kept its version; record the versions not seen yet."""
+    known = read_known(kafka, prefix + TOPIC)
+    for policy in policies:
+        key = f"{policy.name}:{policy.version}"
+        digest = known.get(key)
+        if digest is not None and digest != policy.digest:
+            raise GraderError(f"policy {policy.name} ({policy.source}): version "
+                              f"{policy.version} was first used with other rules; give the "
+                              "changed policy a new version")
+    new = [p for p in policies if f"{p.name}:{p.version}" not in known]
+    if new:
+        producer = _client(kafka, "KafkaProducer", acks="all", linger_ms=0)
+        try:
+            for p in new:
+                value = orjson.dumps({"name": p.name, "version": p.version,
+                                      "digest": p.digest})
+                producer.send(prefix + TOPIC, key=f"{p.name}:{p.version}".encode(),
+                              value=value, partition=0)
+                producer.flush()  # one record a batch: tansu's end offset stays right
+        finally:
+            producer.close()
+
+
+class PolicySuperseded(WorkerStop):
+    """A newer version of one of this worker's policies is rolled out: the worker stops."""
+
+    exit_code = 3
+
+
+def read_known(kafka: KafkaTarget, topic: str) -> dict[str, str]:
+    """``name:version`` -> digest, from the topic's start to its end."""
+    return dict(read_history(kafka, topic))
+
+
+def read_history(kafka: KafkaTarget, topic: str) -> list[tuple[str, str]]:
+    """(``name:version``, digest) in the topic's order, from its start to its end."""
+    module = kafka_module()
+    consumer = _client(kafka, "KafkaConsumer", enable_auto_commit=False)
+    try:
+        tp = module.TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        return _read_to(consumer, tp, end, topic)
+    finally:
+        consumer.close()
+
+
+def _read_to(consumer: Any, tp: Any, end: int, topic: str) -> list[tuple[str, str]]:
+    """The records of ``tp`` from the consumer's position up to ``end``."""
+    history: list[tuple[str, str]] = []
+    deadline = time.monotonic() + READ_TIMEOUT
+    while consumer.position(tp) < end:
+        if time.monotonic() > deadline:
+            raise GraderError(f"topic {topic}: not read to its end within "
+                              f"{READ_TIMEOUT:g} s")
+        for records in consumer.poll(timeout_ms=500).values():
+            for record in records:
+                if record.key is not None and record.value is not None:
+                    history.append((record.key.decode(), orjson.loads(record.value)["digest"]))
+    return history
+
+
+def versions_in_order(history: list[tuple[str, str]], name: str) -> list[str]:
+    """The versions of policy ``name`` in ``history``, in the order first recorded."""
+    order: list[str] = []
+    for key, _digest in history:
+        policy, _, version = key.rpartition(":")
+        if policy == name and version not in order:
+            order.append(version)
+    return order
+
+
+def newer_versions(history: list[tuple[str, str]], name: str, version: str) -> list[str]:
+    """The versions of policy ``name`` first recorded after ``version`` in ``history``
+    (all of them if ``version`` is not there)."""
+    order = versions_in_order(history, name)
+    return order[order.index(version) + 1:] if version in order else order
+
+
+class PolicyWatch:
+    """The ``policies`` topic as this worker has read it, kept up to date by :meth:`poll`.
+
+    Created after :func:`check_and_record`, so this worker's own versions are on
+    the topic; every version of the same policy after one of them is newer.
+    :meth:`poll` blocks (run it in an executor); :meth:`newer_in` only reads
+    what was polled, so the event loop can call it.
+    """
+
+    def __init__(self, kafka: KafkaTarget, prefix: str, policies: tuple[Policy, ...]) -> None:
+        self.topic = prefix + TOPIC
+        self.policies = {p.name: p.version for p in policies}
+        self.history: list[tuple[str, str]] = []
+        self._kafka = kafka
+        self._consumer: Any = None
+        self._tp: Any = None
+
+    def poll(self) -> str | None:
+        """Read what was added to the topic; why this worker must stop, or None."""
+        if self._consumer is None:
+            self._consumer = _client(self._kafka, "KafkaConsumer", enable_auto_commit=False)
+            self._tp = kafka_module().TopicPartition(self.topic, 0)
+            self._consumer.assign([self._tp])
+            self._consumer.seek_to_beginning(self._tp)
+        end = self._consumer.end_offsets([self._tp])[self._tp]
+        self.history += _read_to(self._consumer, self._tp, end, self.topic)
+        return self.superseded()
+
+    def superseded(self) -> str | None:
+        """Why this worker must stop (a newer version of one of its policies), or None."""
+        for name, version in sorted(self.policies.items()):
+            newer = newer_versions(self.history, name, version)
+            if newer:
+                return self._why(name, version, newer[-1])
+        return None
+
+    def newer_in(self, graded_under: dict[str, tuple[str, str]]) -> str | None:
+        """Why this worker must stop, if a customer graded under ``graded_under`` was graded
+        under a newer version of one of its policies (or one not polled yet: first recorded
+        after this worker's, since this worker's was recorded before the watch started)."""
+        for name, (version, _digest) in graded_under.items():
+            ours = self.policies.get(name)
+            if ours is None or version == ours:
+                continue
+            order = versions_in_order(self.history, name)
+            if ours not in order or version not in order[:order.index(ours)]:
+                return self._why(name, ours, version)
+        return None
+
+    def _why(self, name: str, ours: str, newer: str) -> str:
+        return (f"policy {name}: version {newer} is rolled out (the {self.topic} topic has it "
+                f"after version {ours}, this worker's); start the worker with version {newer} "
+                "or later")
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+
+def _client(kafka: KafkaTarget, kind: str, **kwargs: Any) -> Any:
+    auth = kafkaauth.client_auth(kafka.security, kafkaauth.ssl_context(kafka.security))
+    module = kafka_module()
+    return getattr(module, kind)(bootstrap_servers=kafka.servers, **kwargs, **auth)
