@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from grader.core import tomlguard
-from grader.core.errors import PolicyError, SettingsError
+from grader.core.errors import GraderError, PolicyError, SettingsError
+from grader.core.grading import Grading
 from grader.core.policy import Policy, load_policy
 from grader.core.resources import packaged
 from grader.core.urlcheck import kafka_url_problem, redis_url_problem
@@ -351,3 +352,18 @@ def preset_names() -> list[str]:
     """The names of the preset policies shipped in the package, sorted."""
     return sorted(f.name.removesuffix(".toml") for f in packaged("policies").iterdir()
                   if f.name.endswith(".toml"))
+
+
+def load_grading(settings: Settings) -> Grading:
+    """The active policies of ``settings``; a bad one is a one-line GraderError."""
+    policies = tuple(resolve_policy(name, settings.config_dir) for name in settings.policies)
+    try:
+        return Grading(policies)
+    except ValueError as exc:
+        raise GraderError(f"setting policies (GRADER_POLICIES): {exc}") from None
+
+
+def support_policy(settings: Settings, grading: Grading) -> Policy:
+    """The active policy named by the support_policy setting (a name or a file's stem)."""
+    stems = [Path(name).stem for name in settings.policies]
+    return grading.policies[stems.index(settings.support_policy)]

@@ -231,8 +231,7 @@ def _live_what_if(current: Policy, candidate: Policy) -> WhatIf:
     from grader.cli.stream import _reach
     from grader.kafka.changelog import read_states
     from grader.offline.whatif import live_refusal, live_what_if
-    from grader.settings import load_settings
-    from grader.stream.worker import load_grading
+    from grader.settings import load_grading, load_settings
 
     settings = load_settings()
     active = load_grading(settings)
@@ -240,7 +239,8 @@ def _live_what_if(current: Policy, candidate: Policy) -> WhatIf:
     if why is not None:
         raise GraderError(why)
     _reach(settings)
-    states = asyncio.run(read_states(settings, settings.broker_quirks == "tansu"))
+    states = asyncio.run(read_states(settings.kafka, settings.topic_prefix,
+                                     settings.broker_quirks == "tansu"))
     return live_what_if(list(states.values()), current, candidate)
 
 
@@ -249,8 +249,7 @@ def _dev(args: argparse.Namespace) -> int:
     import os
 
     from grader.devtools.dev import run_dev
-    from grader.settings import load_settings
-    from grader.stream.worker import load_grading
+    from grader.settings import load_grading, load_settings
 
     settings = load_settings()
     names = args.policies or os.environ.get("GRADER_POLICIES") or DEV_POLICIES

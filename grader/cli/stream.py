@@ -45,16 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker() -> int:
-    from grader.settings import load_settings
+    from grader.settings import load_grading, load_settings, support_policy
     from grader.stream.options import load_options
-    from grader.stream.worker import (
-        exit_on_signal_until_started,
-        load_access,
-        load_grading,
-        reach_redis,
-        run_worker,
-        support_policy,
-    )
+    from grader.stream.worker import exit_on_signal_until_started, reach_redis, run_worker
+    from grader.web.access import load_access
 
     exit_on_signal_until_started()
     settings = load_settings()
@@ -85,10 +79,9 @@ def _check_web_access(settings: Settings) -> None:
 
 
 def _redis_sync() -> int:
-    from grader.settings import load_settings
+    from grader.settings import load_grading, load_settings, support_policy
     from grader.sinks.redis import SupportQueues, shown
     from grader.sinks.redissync import main
-    from grader.stream.worker import load_grading, support_policy
 
     settings = load_settings()
     grading = load_grading(settings)

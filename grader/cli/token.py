@@ -48,8 +48,7 @@ def register(subparsers: Any, parser_class: type[argparse.ArgumentParser]) -> No
 
 def run(args: argparse.Namespace) -> int:
     """Run `grader token ...`."""
-    from grader.settings import load_settings
-    from grader.stream.worker import load_grading, support_policy
+    from grader.settings import load_grading, load_settings, support_policy
 
     settings = load_settings()
     path = settings.api_tokens_file

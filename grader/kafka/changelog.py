@@ -14,33 +14,35 @@ from grader.core import step
 from grader.core.errors import GraderError
 from grader.core.state import CustomerState
 from grader.kafka import auth as kafkaauth
-from grader.settings import Settings
+from grader.kafka.auth import KafkaTarget
 
 CHANGELOG = "worker-customers-changelog"
 
 
-async def read_states(settings: Settings, tansu: bool) -> dict[str, CustomerState]:
-    """The latest stored state of every customer in the changelog."""
+async def read_states(kafka: KafkaTarget, topic_prefix: str,
+                      tansu: bool) -> dict[str, CustomerState]:
+    """The latest stored state of every customer in the changelog of the workers under
+    ``topic_prefix`` (settings.kafka and settings.topic_prefix)."""
     import aiokafka
 
     from grader.kafka.admin import connected, described_topics
-    from grader.stream.faust_patches.seeking import fetched_ends
+    from grader.kafka.offsets import fetched_ends
 
-    security = settings.kafka_security
+    security = kafka.security
     auth = kafkaauth.client_auth(security, kafkaauth.ssl_context(security))
-    servers = kafkaauth.bootstrap_servers(settings.kafka_url)
-    topic = settings.topic_prefix + CHANGELOG
+    servers = kafka.servers
+    topic = topic_prefix + CHANGELOG
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
                                          enable_auto_commit=False,
                                          auto_offset_reset="earliest", **auth)
     await consumer.start()
     try:
-        with connected(settings.kafka) as admin:
+        with connected(kafka) as admin:
             described = described_topics(admin, [topic]).get(topic)
         partitions = [p["partition_index"] for p in described["partitions"]] if described else []
         if not partitions:
             raise GraderError(f"topic {topic} does not exist: no worker has stored a "
-                              f"customer under topic_prefix {settings.topic_prefix!r}")
+                              f"customer under topic_prefix {topic_prefix!r}")
         tps = [aiokafka.TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

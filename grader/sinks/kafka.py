@@ -15,16 +15,26 @@ half of the worker's time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from grader.core.step import Output
 from grader.core.topology import partition_of
-from grader.stream.lease import Lease, guard_producer
 
 Record = tuple[str, int, bytes | None, bytes]  # (topic, partition, key, value)
 MAX_BATCH_BYTES = 512 * 1024
 LEASE_POLL = 0.2  # seconds between two checks of the lease while waiting for the broker
+
+
+class Lease(Protocol):
+    """What the sender needs of the worker's lease on its partitions (grader.stream.lease):
+    a check before a write, which gives up (exits) once the lease has run out."""
+
+    def check(self, what: str) -> None:
+        """Give up unless the lease holds; ``what``: the write."""
+
+    async def ready(self, what: str) -> None:
+        """:meth:`check`, after waiting for a new assignment's lease to be confirmed."""
 
 
 class OutputSink(Protocol):
@@ -41,15 +51,19 @@ class BatchSender:
     (:func:`grader.kafka.auth.client_auth`; none: PLAINTEXT).
 
     With a ``lease`` (grader.stream.lease; the worker's), nothing is sent once it has
-    run out: it is checked before a send, when each produce request is written to its
-    socket, and while waiting for the acknowledgements (every ``LEASE_POLL`` s).
+    run out: it is checked before a send, and while waiting for the acknowledgements
+    (every ``LEASE_POLL`` s); ``guard`` gets the producer's aiokafka client before it
+    starts (the worker's checks the lease when each produce request is written to its
+    socket: grader.stream.lease.guard_producer).
     """
 
     def __init__(self, bootstrap_servers: list[str],
-                 auth: Mapping[str, Any] | None = None, lease: Lease | None = None) -> None:
+                 auth: Mapping[str, Any] | None = None, lease: Lease | None = None,
+                 guard: Callable[[Any], None] | None = None) -> None:
         self._servers = bootstrap_servers
         self._auth = dict(auth or {})
         self._lease = lease
+        self._guard = guard
         self._producer: Any = None
         self._lock = asyncio.Lock()
 
@@ -62,8 +76,8 @@ class BatchSender:
                     bootstrap_servers=self._servers, acks="all",
                     max_batch_size=MAX_BATCH_BYTES, max_request_size=4 * MAX_BATCH_BYTES,
                     **self._auth)
-                if self._lease is not None:
-                    guard_producer(producer.client, self._lease)
+                if self._guard is not None:
+                    self._guard(producer.client)
                 await producer.start()
                 self._producer = producer
         return self._producer

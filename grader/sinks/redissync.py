@@ -39,7 +39,7 @@ async def _sync(settings: Settings, queues: SupportQueues,
                 tansu: bool) -> tuple[int, int, list[str]]:
     try:
         await queues.connect()
-        states = await read_states(settings, tansu)
+        states = await read_states(settings.kafka, settings.topic_prefix, tansu)
         skipped = await queues.write(list(states.values()))
         removed = await remove_stale(queues, states)
         return len(states) - len(skipped), removed, skipped

@@ -46,21 +46,21 @@ from grader.core.topology import (
 from grader.kafka import auth as kafkaauth
 from grader.kafka.admin import bootstrap_servers
 from grader.kafka.policyregistry import PolicySuperseded, PolicyWatch
-from grader.settings import Settings
+from grader.settings import Settings, support_policy
 from grader.sinks.kafka import BatchSender, KafkaSink, OutputSink
 from grader.sinks.redis import SupportQueues, reason
 from grader.stream.faust_patches import webserver
+from grader.stream.faust_patches.acks import never_acknowledge
 from grader.stream.faust_patches.flowfix import keep_records_on_repeated_resume
 from grader.stream.faust_patches.seeking import ResumingConsumer, transport_for
-from grader.stream.lease import Lease
+from grader.stream.lease import Lease, guard_producer
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.notices import Notices
 from grader.stream.options import StreamOptions
 from grader.stream.progress import SourceProgress
 from grader.stream.tables import FaustTableStore, TableStore
-from grader.stream.worker import load_access, support_policy
 from grader.web import customer as web
-from grader.web.access import Access, Caller, access_record
+from grader.web.access import Access, Caller, access_record, load_access
 from grader.web.metrics import CONTENT_TYPE, Telemetry, TierIndex
 
 log = logging.getLogger(__name__)
@@ -576,7 +576,8 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                                   options.fetch_max_wait_ms, progress, lease)
     source = app.topic(*source_names, partitions=partitions, **RAW)
     ticks = app.topic(prefix + TICKS, partitions=partitions, **RAW)
-    sender = BatchSender(servers, auth, lease)
+    sender = BatchSender(servers, auth, lease,
+                         guard=lambda client: guard_producer(client, lease))
     telemetry = Telemetry()
     support = None
     if settings.redis_url:
@@ -646,9 +647,11 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
                                    orjson.dumps(record))])
 
     support_of = support_policy(settings, grading)
+    callers = access or load_access(settings, support_of)
+    webserver.add_middleware(app.web, web.access_middleware(callers))
+    webserver.install_json_errors(app.web)
     web.install(app, grading, customer_store, customers.changelog_topic.get_topic_name(),
-                partitions, lambda partition: partition in owned(),
-                access or load_access(settings, support_of), support_of, record_access)
+                partitions, lambda partition: partition in owned(), support_of, record_access)
 
     @app.page("/metrics")
     async def metrics(web: Any, _request: Any) -> Any:
@@ -807,7 +810,7 @@ async def grade_batches(stream: Any, processor: Processor,
                 mine.append(step.Incoming(m.topic, m.partition, m.offset, m.key, m.value,
                                           m.timestamp))
             else:
-                m.acked = True  # never reaches the consumer: not committed here
+                never_acknowledge(m)  # not committed here
         try:
             await processor.on_batch(mine)
             progress.graded([(m.topic, m.partition, m.offset) for m in mine], time.monotonic())
@@ -816,7 +819,7 @@ async def grade_batches(stream: Any, processor: Processor,
             graded += len(mine)
         except BaseException as exc:
             for event in events:
-                event.message.acked = True  # never reaches the consumer: not committed
+                never_acknowledge(event.message)  # not committed
             if isinstance(exc, WorkerStop):  # a clean stop, not a crash
                 await crash(exc)
                 await asyncio.Event().wait()  # until the stop cancels the agent

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from grader.core.errors import DataDirFull
 from grader.core.topology import partition_of
 from grader.sinks.kafka import BatchSender
+from grader.stream.faust_patches.rocksdb import partition_db, rocksdb_store
 
 Write = tuple[int, bytes, bytes]  # (partition, key, value)
 
@@ -55,15 +56,14 @@ class FaustTableStore:
     @property
     def _rocks(self) -> Any:
         """The RocksDB store, or None for the memory store."""
-        data = self._table.data
-        return data if hasattr(data, "_db_for_partition") else None
+        return rocksdb_store(self._table)
 
     def get(self, key: bytes, partition: int) -> bytes | None:
         rocks = self._rocks
         if rocks is None:
             value: bytes | None = self._table.data.get(key)
         else:
-            value = rocks._db_for_partition(partition).get(key)
+            value = partition_db(rocks, partition).get(key)
         return value
 
     def keys(self, partition: int) -> Iterable[bytes]:
@@ -72,7 +72,7 @@ class FaustTableStore:
             # keys live on the partition they hash to (misrouted input is rejected)
             return [k for k in self._table.data if partition_of(k, self._partitions) == partition]
         offset_key = rocks.offset_key
-        stored = rocks._db_for_partition(partition).keys()
+        stored = partition_db(rocks, partition).keys()
         return [k for k in stored if k != offset_key]
 
     async def put_many(self, writes: Sequence[Write]) -> None:
@@ -103,7 +103,7 @@ class FaustTableStore:
             # what Faust's set_persisted_offset writes, in the same atomic batch
             batch.put(rocks.offset_key, str(last[(self._changelog, partition)]).encode())
             try:
-                rocks._db_for_partition(partition).write(batch)
+                partition_db(rocks, partition).write(batch)
             except Exception as exc:  # rocksdict raises Exception with RocksDB's message
                 if "No space left on device" in str(exc):
                     raise DataDirFull(f"the data dir is full (No space left on device), "

@@ -13,36 +13,11 @@ from pathlib import Path
 
 from grader.core.errors import GraderError, WorkerStop, one_line
 from grader.core.grading import Grading
-from grader.core.policy import Policy
-from grader.settings import Settings, make_data_dir, resolve_policy
+from grader.settings import Settings, make_data_dir, support_policy
 from grader.stream.options import StreamOptions
-from grader.web.access import Access, read_tokens_file
+from grader.web.access import Access
 
 log = logging.getLogger(__name__)
-
-
-def load_grading(settings: Settings) -> Grading:
-    """The active policies of ``settings``; a bad one is a one-line GraderError."""
-    policies = tuple(resolve_policy(name, settings.config_dir) for name in settings.policies)
-    try:
-        return Grading(policies)
-    except ValueError as exc:
-        raise GraderError(f"setting policies (GRADER_POLICIES): {exc}") from None
-
-
-def support_policy(settings: Settings, grading: Grading) -> Policy:
-    """The active policy named by the support_policy setting (a name or a file's stem)."""
-    stems = [Path(name).stem for name in settings.policies]
-    return grading.policies[stems.index(settings.support_policy)]
-
-
-def load_access(settings: Settings, support: Policy) -> Access:
-    """The callers of the customer endpoint: GRADER_API_TOKEN's and the tokens file's,
-    whose detail_up_to must be tiers of the support policy; a bad file is one line."""
-    entries = []
-    if settings.api_tokens_file is not None:
-        entries = read_tokens_file(settings.api_tokens_file, support.tier_names)
-    return Access(entries, settings.api_token)
 
 
 def reach_redis(settings: Settings, grading: Grading) -> None:
@@ -178,9 +153,8 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
         raise GraderError(why)
 
     use_uvloop()
-    import faust
-
     from grader.stream.app import create_app
+    from grader.stream.faust_patches.shutdown import worker_class
     from grader.stream.localstate import changelogs_of, check_local_tables
 
     stopped: list[int] = []  # the exit code of a worker that stopped itself
@@ -197,13 +171,8 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
     check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 
-    class Worker(faust.Worker):
-        def _schedule_shutdown(self, signum: signal.Signals) -> None:  # mode's one path
-            if not self._signal_stop_time:
-                exit_if_stuck(code=lambda: stopped[0] if stopped else 0)
-            super()._schedule_shutdown(signum)
-
-    worker = Worker(app, loglevel=options.log_level.upper(), quiet=True)
+    worker_type = worker_class(lambda: exit_if_stuck(code=lambda: stopped[0] if stopped else 0))
+    worker = worker_type(app, loglevel=options.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode's Worker always ends with SystemExit

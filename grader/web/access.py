@@ -35,6 +35,8 @@ from typing import Any
 
 from grader.core import tomlguard
 from grader.core.errors import GraderError
+from grader.core.policy import Policy
+from grader.settings import Settings
 
 SCOPES = ("tier", "detail")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
@@ -255,3 +257,12 @@ def may_see_detail(caller: Caller, tier: str | None, tier_names: Sequence[str]) 
     if tier not in tier_names or caller.detail_up_to not in tier_names:
         return False  # a tier the policy no longer has: refused rather than guessed
     return tier_names.index(tier) >= tier_names.index(caller.detail_up_to)
+
+
+def load_access(settings: Settings, support: Policy) -> Access:
+    """The callers of the customer endpoint: GRADER_API_TOKEN's and the tokens file's,
+    whose detail_up_to must be tiers of the support policy; a bad file is one line."""
+    entries = []
+    if settings.api_tokens_file is not None:
+        entries = read_tokens_file(settings.api_tokens_file, support.tier_names)
+    return Access(entries, settings.api_token)

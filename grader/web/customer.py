@@ -20,8 +20,9 @@ endpoint is recorded once on the access-log topic, by the worker that answers,
 before the answer is sent (if it cannot be, the answer is 503). Every error is
 a JSON object ``{"error": ...}``: 400 for a malformed customer id or request,
 401, 403, 404 for an unknown customer or path, 405 for a method other than GET,
-503 while the owner cannot be reached or is recovering (grader/stream/faust_patches/webserver.py
-makes aiohttp's own answers JSON too).
+503 while the owner cannot be reached or is recovering (the worker installs this
+module's access_middleware and makes aiohttp's own answers JSON too, with
+grader/stream/faust_patches/webserver.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -42,8 +43,6 @@ from grader.core.customerview import CUSTOMER_ID, customer_document, tier_scope
 from grader.core.grading import Grading
 from grader.core.policy import Policy
 from grader.core.topology import partition_of
-from grader.stream.faust_patches import webserver
-from grader.stream.tables import TableStore
 from grader.web.access import Access, Caller, may_see_detail
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,13 @@ LOGGED = (200, 403, 404)  # the customer endpoint's answers the access-log recor
 #: Records one answer of the customer endpoint: (caller, customer id, status); raises if
 #: the record could not be written.
 AccessLog = Callable[[Caller, str, int], Awaitable[None]]
+
+
+class StoredCustomers(Protocol):
+    """The worker's customers table, read by key (grader.stream.tables.TableStore)."""
+
+    def get(self, key: bytes, partition: int) -> bytes | None:
+        """The stored record of ``key`` (which lives in ``partition``), or None."""
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -117,13 +123,11 @@ def answer_for(caller: Caller, document: dict[str, Any], support: Policy
     return 200, document
 
 
-def install(app: faust.App, grading: Grading, customers: TableStore, changelog: str,
-            partitions: int, owns: Callable[[int], bool], access: Access, support: Policy,
+def install(app: faust.App, grading: Grading, customers: StoredCustomers, changelog: str,
+            partitions: int, owns: Callable[[int], bool], support: Policy,
             access_log: AccessLog) -> None:
-    """Add the access middleware and the customer endpoint to ``app``'s web server."""
-    server: Any = app.web  # Faust's aiohttp driver; its aiohttp Application is not started yet
-    server.web_app.middlewares.append(access_middleware(access))
-    webserver.install_json_errors(server)
+    """Add the customer endpoint to ``app``'s web server (the caller adds the
+    access_middleware, which sets each request's caller)."""
 
     def owner_url(partition: int) -> str | None:
         """The web URL of the worker whose active changelog partitions hold ``partition``."""

@@ -526,7 +526,7 @@ def test_true_end_offsets_of_a_batched_partition(broker: Any) -> None:
 
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from grader.stream.faust_patches.seeking import fetched_ends
+    from grader.kafka.offsets import fetched_ends
 
     topic = f"ends-{time.monotonic_ns()}"
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)

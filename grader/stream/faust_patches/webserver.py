@@ -2,7 +2,8 @@
 itself, in JSON like every other answer (docs/api.md, "Connections and malformed requests").
 
 Faust serves its pages, ``/metrics`` and the customer endpoint on one aiohttp server
-(``faust.web.drivers.aiohttp``). Two things of that server are set here.
+(``faust.web.drivers.aiohttp``). Two things of that server are set here, and the
+access middleware (grader.web.customer) is added to it (:func:`add_middleware`).
 
 * Its time limit. aiohttp closes a connection that holds no whole request after its
   ``keepalive_timeout``: one idle between requests or before its first, and one still
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 def application_options(idle_timeout: float) -> dict[str, Any]:
     """Faust's ``web_application_options``: aiohttp's connection time limit."""
     return {"handler_args": {"keepalive_timeout": idle_timeout}}
+
+
+def add_middleware(driver: Any, middleware: Any) -> None:
+    """Add an aiohttp ``middleware`` to Faust's aiohttp ``driver`` (``app.web``).
+
+    Faust has no setting for middlewares; its driver's aiohttp Application (``web_app``,
+    not started yet) takes them. Call before the server starts.
+    """
+    driver.web_app.middlewares.append(middleware)
 
 
 def install_json_errors(driver: Any) -> None:
