@@ -136,7 +136,7 @@ def fill_changelog(broker: KafkaProtocolServer, topic: str, templates: list[byte
             record = decode_record(templates[n % len(templates)])
             customer = f"T{n:09d}"
             record.state.customer_id = customer
-            value = encode_record(record.state, record.epoch, record.pending)
+            value = encode_record(record.state, record.epoch, record.pending, record.support)
             producer.send(topic, key=customer.encode(), value=value, partition=0)
             sent += len(value) + len(customer)
         producer.flush()

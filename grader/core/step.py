@@ -42,7 +42,6 @@ from grader.core.topology import (
     CUSTOMER_TIERS,
     DEAD_LETTERS,
     REPARTITION,
-    SUPPORT,
     TIER_CHANGES,
     TIER_WARNINGS,
     partition_of,
@@ -79,6 +78,9 @@ class Outcome:
     state: CustomerState | None = None  # the state to store; None = leave the table alone
     code: str | None = None  # why, when rejected
     conflict: bool = False  # a duplicate whose content differs from the event applied
+    # The customer's support-queue keys in Redis are to be written (from the stored state,
+    # after the outputs are published: grader.sinks.redis).
+    support: bool = False
 
 
 def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], clock_us: int,
@@ -112,13 +114,12 @@ def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], c
     step = apply_event(state, parsed, grading, now_us)
     if step.status != "applied":
         if steps:  # not applied, but the roll-out's regrade is stored
-            return Outcome(step.status, graded_outputs(state.customer_id, steps), state,
-                           conflict=step.conflict)
+            return graded(step.status, state, steps, conflict=step.conflict)
         return Outcome(step.status, conflict=step.conflict)
     steps.append(step)
     if clock_us > state.as_of:
         steps.append(apply_tick(state, clock_us, grading, now_us))
-    return Outcome("applied", graded_outputs(state.customer_id, steps), state)
+    return graded("applied", state, steps)
 
 
 def handle_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) -> Outcome:
@@ -130,15 +131,22 @@ def handle_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int)
         steps.append(apply_tick(state, as_of, grading, now_us))
     if not steps:
         return Outcome("unchanged")
-    return Outcome("applied", graded_outputs(state.customer_id, steps), state)
+    return graded("applied", state, steps)
 
 
 def handle_policy(state: CustomerState, grading: Grading, now_us: int) -> Outcome:
     """Grade one customer again under changed policies (the roll-out sweep)."""
     if not policy_stale(state, grading):
         return Outcome("unchanged")
-    step = apply_policy(state, grading, now_us)
-    return Outcome("applied", graded_outputs(state.customer_id, [step]), state)
+    return graded("applied", state, [apply_policy(state, grading, now_us)])
+
+
+def graded(status: str, state: CustomerState, steps: list[StepResult],
+           conflict: bool = False) -> Outcome:
+    """What grading ``steps`` did to ``state``: its outputs (graded_outputs), the state to
+    store, and whether its support-queue keys in Redis are to be written."""
+    return Outcome(status, graded_outputs(state.customer_id, steps), state, conflict=conflict,
+                   support=any(step.support_changed for step in steps))
 
 
 @dataclass(slots=True)
@@ -150,19 +158,31 @@ class Record:
     "Ordering"). A later process that loads a record stored by another
     process (``epoch``) cannot know whether those outputs were published, so
     it publishes them again: the same bytes, so the same event_id always
-    carries the same tier change.
+    carries the same tier change. So too for ``support``: the customer's keys
+    in Redis are written again.
     """
 
     state: CustomerState
     epoch: str
     pending: list[Output]
+    support: bool = False  # its support-queue keys in Redis were to be written
 
 
-def encode_record(state: CustomerState, epoch: str, pending: list[Output]) -> bytes:
+#: How a record says ``support`` (an entry of its pending list): the record format of the
+#: changelog is kept, so that records stored by an earlier version, or by the other workers
+#: of a rolling deploy, read the same.
+SUPPORT_MARK = "@support"
+
+
+def encode_record(state: CustomerState, epoch: str, pending: list[Output],
+                  support: bool = False) -> bytes:
     """``{"epoch", "rev", "pending": [[topic, value], ...]}`` newline, then the state
-    codec; ``rev`` is the state's revision (a record from before it has none: 0)."""
-    head = orjson.dumps({"epoch": epoch, "rev": state.revision,
-                         "pending": [[out.topic, out.value.decode()] for out in pending]})
+    codec; ``rev`` is the state's revision (a record from before it has none: 0);
+    ``support``: a last pending entry ``[SUPPORT_MARK, ""]``."""
+    entries = [[out.topic, out.value.decode()] for out in pending]
+    if support:
+        entries.append([SUPPORT_MARK, ""])
+    head = orjson.dumps({"epoch": epoch, "rev": state.revision, "pending": entries})
     return head + b"\n" + dump_state(state)
 
 
@@ -173,14 +193,15 @@ def decode_record(value: bytes) -> Record:
     state = load_state(body)
     state.revision = meta.get("rev", 0)
     key = state.customer_id.encode()
-    return Record(state, meta["epoch"],
-                  [Output(topic, key, text.encode()) for topic, text in meta["pending"]])
+    pending = [Output(topic, key, text.encode()) for topic, text in meta["pending"]
+               if topic != SUPPORT_MARK]
+    return Record(state, meta["epoch"], pending,
+                  support=len(pending) != len(meta["pending"]))
 
 
 def republished(pending: list[Output]) -> list[Output]:
     """What to publish again of a record's pending outputs: every tier change (the same
-    bytes under the same event_id) and mark, but of its customer-tiers snapshots only the
-    last one.
+    bytes under the same event_id), but of its customer-tiers snapshots only the last one.
 
     A record's outputs may have gone out already, newest last. A snapshot is the
     customer's whole current value: sending an earlier one of the record again
@@ -199,8 +220,6 @@ def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
                for step in steps for change in step.changes]
     if any(step.snapshot_changed for step in steps):
         outputs.append(Output(CUSTOMER_TIERS, key, orjson.dumps(snapshot(steps[-1].state))))
-    if any(step.support_changed for step in steps):
-        outputs.append(Output(SUPPORT, key, b""))  # Redis is written from the stored state
     return outputs
 
 

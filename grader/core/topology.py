@@ -16,9 +16,6 @@ REPARTITION = "repartition"  # events that arrived on another partition than the
 TIER_CHANGES, CUSTOMER_TIERS, DEAD_LETTERS = "tier-changes", "customer-tiers", "dead-letters"
 ACCESS_LOG = "access-log"  # one record per answer of the customer endpoint (grader/web/access.py)
 TIER_WARNINGS = "tier-warnings"
-# Not a topic: the output that says "this customer's support queue keys in Redis changed";
-# stored with the customer like the others, and written to Redis from its state.
-SUPPORT = "@support"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -398,8 +398,48 @@ class SupportQueues:
         lost, self._lost = self._lost, False
         return lost
 
+    async def remove_stale(self, states: Mapping[str, CustomerState]) -> int:
+        """Delete what no state of ``states`` (every customer, by id) holds under the
+        prefix: ticket hashes and queue entries of tickets not open, customer hashes of
+        unknown customers (`grader redis-sync`); how many keys or entries were removed."""
+        open_in: dict[str, str] = {ticket_id: ticket.queue for state in states.values()
+                                   for ticket_id, ticket in state.tickets.items()
+                                   if ticket.is_open}
+        removed = 0
+        async for key in self._keys("ticket:"):
+            if key.decode()[len(self.prefix) + len("ticket:"):] not in open_in:
+                removed += await self._redis.delete(key)
+        async for key in self._keys("queue:"):
+            removed += await self._remove_from_queue(key, open_in)
+        async for key in self._keys("customer:"):
+            if key.decode()[len(self.prefix) + len("customer:"):] not in states:
+                removed += await self._redis.delete(key)
+        return removed
+
+    def _keys(self, kind: str) -> Any:
+        """The keys of one kind ("ticket:", ...) under the prefix (an async iterator)."""
+        return self._redis.scan_iter(match=_glob(self.prefix) + kind + "*", count=1000)
+
+    async def _remove_from_queue(self, key: bytes, open_in: Mapping[str, str]) -> int:
+        """Remove the entries of queue ``key`` whose ticket is not open in that queue."""
+        queue = key.decode()[len(self.prefix) + len("queue:"):]
+        found = (await self._redis.type(key)).decode()
+        if found != "zset":  # no open ticket is there: the write would have replaced it
+            if found != "none":
+                log.warning("Redis key %s held a %s, not a zset: removed (no open ticket "
+                            "is in that queue)", key.decode(), found)
+            return int(await self._redis.delete(key))
+        members = [m.decode() for m in await self._redis.zrange(key, 0, -1)]
+        stale = [m for m in members if open_in.get(m) != queue]
+        return int(await self._redis.zrem(key, *stale)) if stale else 0
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _glob(text: str) -> str:
+    """``text`` with Redis glob characters escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def unavailable(exc: BaseException) -> bool:

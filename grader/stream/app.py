@@ -38,7 +38,6 @@ from grader.core.topology import (
     CUSTOMER_TIERS,
     INPUTS,
     REPARTITION,
-    SUPPORT,
     TICKS,
     TIER_CHANGES,
     partition_of,
@@ -108,6 +107,7 @@ class Batch:
         self.applied: dict[bytes, list[step.Incoming]] = {}  # what changed each live state
         self.clocks: dict[int, int] = {}  # partition -> its clock, read once per batch
         self.republished: dict[bytes, int] = {}  # how many outputs first are republished ones
+        self.support: dict[bytes, None] = {}  # customers whose Redis keys are to be written
 
     def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
         """Keep what one step did to customer ``key``."""
@@ -116,10 +116,12 @@ class Batch:
             self.store[key] = (partition, outcome.state)
         if outcome.outputs:
             self.outputs.setdefault(key, []).extend(outcome.outputs)
+        if outcome.support:
+            self.support[key] = None
 
     def forget(self, key: bytes) -> list[step.Incoming]:
         """Drop customer ``key``'s live state and outputs; the messages that had changed it."""
-        for kept in (self.states, self.store, self.outputs, self.republished):
+        for kept in (self.states, self.store, self.outputs, self.republished, self.support):
             kept.pop(key, None)
         return self.applied.pop(key, [])
 
@@ -301,9 +303,10 @@ class Processor:
                 record = step.decode_record(stored)
                 state = record.state
                 self.check_versions(state)
-                if record.epoch != self.epoch and record.pending:
+                if record.epoch != self.epoch and (record.pending or record.support):
                     again = step.republished(record.pending)
-                    batch.add(key, partition, step.Outcome("republished", again, state))
+                    batch.add(key, partition, step.Outcome("republished", again, state,
+                                                           support=record.support))
                     batch.republished[key] = len(again)  # sent again as they are
         batch.states[key] = state
         return state
@@ -329,7 +332,8 @@ class Processor:
         for _partition, state in batch.store.values():
             state.revision += 1
         writes = [(partition, key, step.encode_record(state, self.epoch,
-                                                      batch.outputs.get(key, [])))
+                                                      batch.outputs.get(key, []),
+                                                      key in batch.support))
                   for key, (partition, state) in batch.store.items()]
         await self.customers.put_many(writes)
         if len(self.decoded) > DECODED_MAX:
@@ -341,12 +345,10 @@ class Processor:
             if index is not None:
                 index.stored(key, partition, state)
         await self.sink.publish([*batch.unstored,
-                                 *(out for outs in batch.outputs.values() for out in outs
-                                   if out.topic != SUPPORT)])  # the marks are Redis's
+                                 *(out for outs in batch.outputs.values() for out in outs)])
         self.count_changes(batch)
         if self.support is not None:
-            changed = [batch.store[key][1] for key, outs in batch.outputs.items()
-                       if key in batch.store and any(out.topic == SUPPORT for out in outs)]
+            changed = [batch.store[key][1] for key in batch.support if key in batch.store]
             if changed and self.lease is not None:
                 await self.lease.ready(f"writing {len(changed)} customers to Redis")
             await self.support.write(changed)

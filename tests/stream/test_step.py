@@ -49,9 +49,10 @@ def test_first_sale_grades_and_snapshots() -> None:
                                 PARTITIONS)
     assert outcome.status == "applied"
     assert [o.topic for o in outcome.outputs] == ["tier-changes", "tier-changes",
-                                                  "customer-tiers", "@support"]
+                                                  "customer-tiers"]
+    assert outcome.support, "a new customer's support-queue keys are to be written"
     assert all(o.key == b"C1" for o in outcome.outputs)
-    snap = orjson.loads(outcome.outputs[-2].value)
+    snap = orjson.loads(outcome.outputs[-1].value)
     assert snap["tiers"]["abc-100"]["tier"] == "B"  # 2500 a month: 30 + paid at once: 30
     assert outcome.state is not None and outcome.state.customer_id == "C1"
 
@@ -401,14 +402,10 @@ def crashed_after_storing() -> tuple[MemoryTableStore, step.Record, list[Incomin
     with pytest.raises(ConnectionError):
         asyncio.run(first.on_message(msgs[1]))
     record = stored(store, b"C1")
-    # stored with the outputs: the mark that the customer's Redis keys are to be written
-    assert [o.topic for o in record.pending] == ["tier-changes", "customer-tiers", "@support"]
+    # stored with the outputs, and that the customer's Redis keys are to be written
+    assert [o.topic for o in record.pending] == ["tier-changes", "customer-tiers"]
+    assert record.support
     return store, record, msgs
-
-
-def kafka_outputs(outputs: Sequence[Output]) -> list[Output]:
-    """What a sink is given: every output but the Redis marks (grader/sinks/redis.py)."""
-    return [o for o in outputs if o.topic != "@support"]
 
 
 def test_a_restarted_worker_republishes_unpublished_outputs_byte_for_byte() -> None:
@@ -416,11 +413,11 @@ def test_a_restarted_worker_republishes_unpublished_outputs_byte_for_byte() -> N
     sink = RecordingSink()
     restarted = processor(grading("abc-100"), sink, store)
     asyncio.run(restarted.on_message(msgs[1]))  # redelivered: a duplicate now
-    assert sink.published == kafka_outputs(before.pending)
+    assert sink.published == before.pending
     after = stored(store, b"C1")
     assert after.epoch == restarted.epoch and after.pending == before.pending
     asyncio.run(restarted.on_message(msgs[1]))  # its own record: nothing to redo
-    assert sink.published == kafka_outputs(before.pending)
+    assert sink.published == before.pending
 
 
 def test_republished_outputs_come_before_a_newer_event_of_the_customer() -> None:
@@ -428,7 +425,7 @@ def test_republished_outputs_come_before_a_newer_event_of_the_customer() -> None
     store, before, msgs = crashed_after_storing()
     sink = RecordingSink()
     asyncio.run(processor(grading("abc-100"), sink, store).on_message(msgs[2]))
-    assert sink.published[:2] == kafka_outputs(before.pending)
+    assert sink.published[:2] == before.pending
     assert set(stored(store, b"C1").state.seen) == {"e0", "e1", "e2"}
 
 
@@ -463,7 +460,7 @@ def test_a_sweep_stops_on_a_partition_that_moved() -> None:
     assert asyncio.run(proc.sweep_policies([partition], lambda _p: False)) == 0
     assert sink.published == [] and stored(store, b"C1") == before
     asyncio.run(proc.sweep_policies([partition], lambda _p: True))  # still owned
-    assert sink.published == kafka_outputs(step.republished(before.pending))
+    assert sink.published == step.republished(before.pending)
 
 
 def test_a_record_replaced_under_the_processor_is_read_again() -> None:
@@ -472,11 +469,12 @@ def test_a_record_replaced_under_the_processor_is_read_again() -> None:
     sink = RecordingSink()
     proc = processor(grading("abc-100"), sink, store)
     asyncio.run(proc.on_message(msgs[1]))
-    assert sink.published == kafka_outputs(before.pending)
+    assert sink.published == before.pending
     state = stored(store, b"C1").state
-    store.data[b"C1"] = step.encode_record(state, "another-process", before.pending)
+    store.data[b"C1"] = step.encode_record(state, "another-process", before.pending,
+                                           before.support)
     asyncio.run(proc.on_message(msgs[1]))
-    assert sink.published == kafka_outputs(before.pending) * 2
+    assert sink.published == before.pending * 2
 
 
 def test_messages_of_partitions_no_longer_owned_are_skipped_unacknowledged() -> None:
@@ -619,3 +617,70 @@ def test_a_deferred_tier_at_risk_survives_a_restart_and_a_tick_refreshes_it() ->
     [snapshot] = snapshots(sink.published)
     assert snapshot["tiers"]["stars"]["drops_on"] == "2027-03-01"
     assert not stored(store, b"C1").state.risk_stale
+
+
+class RecordingQueues:
+    """Stands in for grader.sinks.redis.SupportQueues: the customers written, in order."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    async def write(self, states: Sequence[Any]) -> None:
+        self.written.extend(state.customer_id for state in states)
+
+
+def ticket(customer: str, event_id: str, when: str) -> bytes:
+    return orjson.dumps({"event_id": event_id, "type": "ticket_opened", "customer_id": customer,
+                         "occurred_at": when, "ticket_id": "T1", "subject": "help"})
+
+
+def with_queues(customers: MemoryTableStore, sink: Any, queues: RecordingQueues) -> Processor:
+    return Processor(grading("abc-100"), customers, MemoryTableStore(), sink, "g.ticks",
+                     PARTITIONS, support=queues)  # type: ignore[arg-type]
+
+
+def test_a_ticket_writes_redis_and_publishes_nothing() -> None:
+    outcome = step.handle_event(message(ticket("C1", "t1", "2026-11-01T10:00:00+08:00"), b"C1",
+                                        topic="g.tickets"),
+                                lambda _key: None, NEVER, grading("abc-100"), NOW, PARTITIONS)
+    assert outcome.status == "applied" and outcome.outputs == [] and outcome.support
+    store, sink, queues = MemoryTableStore(), RecordingSink(), RecordingQueues()
+    msg = message(ticket("C1", "t1", "2026-11-01T10:00:00+08:00"), b"C1", topic="g.tickets")
+    asyncio.run(with_queues(store, sink, queues).on_message(msg))
+    assert queues.written == ["C1"] and sink.published == []
+    record = stored(store, b"C1")
+    assert record.pending == [] and record.support
+
+
+def test_a_record_that_owed_redis_a_write_is_written_again_by_the_next_process() -> None:
+    # The first process stored C1, then stopped before writing Redis: its record says so.
+    store, sink = MemoryTableStore(), RecordingSink()
+    msg = message(ticket("C1", "t1", "2026-11-01T10:00:00+08:00"), b"C1", topic="g.tickets")
+    asyncio.run(processor(grading("abc-100"), sink, store).on_message(msg))
+    assert stored(store, b"C1").support
+    queues = RecordingQueues()
+    restarted = with_queues(store, sink, queues)
+    asyncio.run(restarted.on_message(msg))  # redelivered: a duplicate now
+    assert queues.written == ["C1"] and sink.published == []
+    asyncio.run(restarted.on_message(msg))  # its own record: nothing to redo
+    assert queues.written == ["C1"]
+
+
+@pytest.mark.parametrize("support", [False, True])
+def test_a_record_keeps_its_format_with_the_support_mark(support: bool) -> None:
+    state = step.handle_event(message(sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1"),
+                              lambda _key: None, NEVER, grading("abc-100"), NOW,
+                              PARTITIONS).state
+    assert state is not None
+    pending = [Output("tier-changes", b"C1", b'{"a":1}'), Output("customer-tiers", b"C1", b"{}")]
+    value = step.encode_record(state, "p1", pending, support)
+    head = orjson.loads(value.partition(b"\n")[0])
+    marks = [["@support", ""]] if support else []
+    assert head["pending"] == [["tier-changes", '{"a":1}'], ["customer-tiers", "{}"], *marks]
+    record = step.decode_record(value)
+    assert record.pending == pending and record.support is support
+    # as an earlier version stored it: a mark after each message's outputs
+    head["pending"] = [["tier-changes", '{"a":1}'], ["@support", ""], ["customer-tiers", "{}"],
+                       ["@support", ""]]
+    old = step.decode_record(orjson.dumps(head) + b"\n" + value.partition(b"\n")[2])
+    assert old.pending == pending and old.support
