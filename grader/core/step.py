@@ -4,7 +4,7 @@ The agent reads a message and the customer's current state, calls one of these
 and gets back the outputs to publish and the new state to store (or None when
 the state did not change). Grading itself is grader.core.grading's one step; the
 state is updated in place, so a batch keeps one live state per customer and
-encodes it once (grader.stream.app).
+encodes it once (grader.stream.processor).
 """
 
 from __future__ import annotations

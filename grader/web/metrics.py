@@ -187,3 +187,11 @@ class Telemetry:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def install(app: Any, telemetry: Telemetry) -> None:
+    """Serve ``telemetry`` at ``/metrics`` of Faust ``app``'s web server."""
+
+    @app.page("/metrics")  # type: ignore[untyped-decorator]
+    async def metrics(web: Any, _request: Any) -> Any:
+        return web.bytes(telemetry.render(), headers={"Content-Type": CONTENT_TYPE})

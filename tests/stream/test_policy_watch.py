@@ -14,7 +14,7 @@ from grader.core.errors import DataDirFull
 from grader.core.topology import partition_of
 from grader.kafka.policyregistry import PolicySuperseded, PolicyWatch, newer_versions
 from grader.sinks.kafka import RecordingSink
-from grader.stream.app import grade_batches
+from grader.stream.agent import grade_batches
 from grader.stream.progress import SourceProgress
 from grader.stream.tables import MemoryTableStore
 from tests.conftest import grading

@@ -22,7 +22,8 @@ from grader.core.grading import Grading
 from grader.core.step import Incoming, Output
 from grader.core.topology import partition_of
 from grader.sinks.kafka import RecordingSink
-from grader.stream.app import BEHIND_AFTER, Processor, grade_batches
+from grader.stream.agent import grade_batches
+from grader.stream.processor import BEHIND_AFTER, Processor
 from grader.stream.progress import SourceProgress
 from grader.stream.tables import MemoryTableStore
 from tests.conftest import grading
