@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from grader.core.policy import Bound, Line, Policy
+from grader.core.policy import Policy
+from grader.core.policylines import Line
+from grader.core.policyread import Bound
 from grader.core.rational import Ratio, to_fraction
 
 

@@ -31,7 +31,8 @@ from datetime import date
 from grader.core.clock import local_day, month_first_day, month_of_day, months_later
 from grader.core.metricref import MetricRef
 from grader.core.metrics import MetricView, payment_days_slope
-from grader.core.policy import Band, Line, Policy
+from grader.core.policy import Policy
+from grader.core.policylines import Band, Line
 from grader.core.rational import Ratio
 from grader.core.scoring import ScoreMemo, rescore
 from grader.core.state import CustomerState, TierState

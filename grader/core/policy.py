@@ -2,17 +2,16 @@
 
 The format is documented in docs/policies.md. Every number is read as an
 exact Decimal (never a float). An invalid file raises PolicyError with a
-message naming the file, the line and the key.
+message naming the file, the line and the key. The reading is in three
+pieces: this module (the policy, its tiers and rules), grader.core.policylines
+(its lines and their bands) and grader.core.policyread (numbers, conditions).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from fractions import Fraction
 from importlib.resources.abc import Traversable
-from itertools import pairwise
 from math import lcm
 from pathlib import Path, PurePath
 from typing import Any
@@ -20,53 +19,17 @@ from typing import Any
 from grader.core import tomlguard
 from grader.core.clock import zone
 from grader.core.errors import PolicyError
-from grader.core.metricref import DEPENDS_ON, MetricRef, parse_metric
-from grader.core.rational import Ratio, ratio
+from grader.core.metricref import DEPENDS_ON
+from grader.core.policylines import Line, LinesReader, cmp
+from grader.core.policyread import Bound
+from grader.core.rational import Ratio
 from grader.core.tomlpos import Locator
 
 KINDS = ("scorecard", "linear")
 # Bounds on a policy (docs/policies.md, "Limits"; the file's size and nesting: tomlguard):
 # far above any real policy, low enough that a malformed or hostile file is refused at
 # once instead of taking minutes.
-MAX_TIERS = 100
-MAX_LINES = 100
-MAX_BANDS = 100  # per line
-MAX_DIGITS = 30  # before, and after, the decimal point of any number
-ONE: Ratio = (1, 1)
-ZERO: Ratio = (0, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    """One edge: a value and whether the value itself is included."""
-
-    value: Ratio
-    inclusive: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Band:
-    """Points for metric values between ``lo`` and ``hi`` (None = unbounded)."""
-
-    lo: Bound | None
-    hi: Bound | None
-    points: Ratio
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One scorecard line or linear term.
-
-    Its points are the band's points, or (``bands`` empty) the metric value
-    itself; it contributes ``weight * points`` to the sum (for a linear term
-    the weight is the coefficient).
-    """
-
-    metric: MetricRef
-    bands: tuple[Band, ...]
-    missing: Ratio
-    weight: Ratio
+MAX_TIERS = 100  # lines, bands and digits: grader.core.policylines, grader.core.policyread
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +130,11 @@ def parse_policy(text: str, *, source: str, default_name: str) -> Policy:
     return _Builder(doc, Locator(text, source), default_name).build()
 
 
-class _Builder:
-    """Turns a parsed TOML document into a Policy, raising located errors."""
+class _Builder(LinesReader):
+    """Turns a parsed TOML document into a Policy, raising located errors: the top-level
+    keys, the rules, the tiers and the support priority here; the lines and their bands
+    in LinesReader (grader.core.policylines); numbers and conditions in DocReader
+    (grader.core.policyread)."""
 
     TOP_KEYS = frozenset(
         {
@@ -188,8 +154,8 @@ class _Builder:
     )
 
     def __init__(self, doc: dict[str, Any], loc: Locator, default_name: str) -> None:
-        self.doc, self.loc, self.default_name = doc, loc, default_name
-        self.fail = loc.error  # fail(key, message, table=, index=, needle=) -> PolicyError
+        super().__init__(doc, loc)
+        self.default_name = default_name
 
     def build(self) -> Policy:
         doc = self.doc
@@ -249,28 +215,6 @@ class _Builder:
         except KeyError:
             raise self.fail("timezone", f"unknown IANA timezone {value!r}") from None
         return str(value)
-
-    def _number(
-        self,
-        value: object,
-        key: str,
-        *,
-        positive: bool = False,
-        nonnegative: bool = False,
-        **where: Any,
-    ) -> Ratio:
-        if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
-            raise self.fail(key, "must be a number", **where)
-        if not value.is_finite() if isinstance(value, Decimal) else False:
-            raise self.fail(key, "must be a finite number", **where)
-        if not _within_digits(value):
-            raise self.fail(key, f"at most {MAX_DIGITS} digits before and after the point",
-                            **where)
-        if positive and value <= 0:
-            raise self.fail(key, "must be > 0", **where)
-        if nonnegative and value < 0:
-            raise self.fail(key, "must be >= 0", **where)
-        return ratio(value)
 
     # -- rules, tiers, support priority ------------------------------------
     def _rules(self) -> tuple[Ratio, int]:
@@ -350,7 +294,7 @@ class _Builder:
     def _check_descending(self, upper: Tier, lower: Tier, i: int) -> None:
         assert upper.minimum is not None and lower.minimum is not None
         a, b = upper.minimum, lower.minimum
-        ahead = _cmp(a.value, b.value)
+        ahead = cmp(a.value, b.value)
         if ahead < 0 or (ahead == 0 and not (b.inclusive and not a.inclusive)):
             raise self.fail(
                 f"tiers[{i}].min",
@@ -373,270 +317,3 @@ class _Builder:
                 "support_priority", "must list every tier exactly once, first served first"
             )
         return tuple(value)
-
-    # -- lines and bands ----------------------------------------------------
-    def _lines(self, kind: str) -> tuple[Line, ...]:
-        table = "lines" if kind == "scorecard" else "terms"
-        other = "terms" if kind == "scorecard" else "lines"
-        if other in self.doc:
-            raise self.fail(other, f"a {kind} policy has [[{table}]], not [[{other}]]")
-        raw = self.doc.get(table)
-        if not isinstance(raw, list) or not raw:
-            raise self.fail(table, f"needs at least one [[{table}]] table")
-        if len(raw) > MAX_LINES:
-            raise self.fail(table, f"{len(raw)} [[{table}]]: a policy has at most {MAX_LINES}")
-        lines = tuple(self._line(kind, table, i, entry) for i, entry in enumerate(raw))
-        seen: set[str] = set()
-        for i, key in enumerate(ln.metric.key for ln in lines):
-            if key in seen:
-                raise self.fail(
-                    f"{table}[{i}].metric",
-                    f"metric {key} is used twice",
-                    table=table,
-                    index=i,
-                    needle="metric",
-                )
-            seen.add(key)
-        if kind == "scorecard":
-            self._check_weights(lines, raw)
-        return lines
-
-    def _line(self, kind: str, table: str, i: int, entry: object) -> Line:
-        where: dict[str, Any] = {"table": table, "index": i}
-        allowed = (
-            ("metric", "bands", "points", "missing", "weight")
-            if kind == "scorecard"
-            else ("metric", "coefficient", "missing")
-        )
-        if not isinstance(entry, dict):
-            raise self.fail(f"{table}[{i}]", "must be a table", **where)
-        for key in entry:
-            if key not in allowed:
-                raise self.fail(f"{table}[{i}].{key}", f"unknown key {key!r}", needle=key, **where)
-        try:
-            metric = parse_metric(entry.get("metric"))
-        except ValueError as exc:
-            raise self.fail(f"{table}[{i}].metric", str(exc), needle="metric", **where) from None
-        missing = self._number(
-            entry.get("missing", 0), f"{table}[{i}].missing", needle="missing", **where
-        )
-        if kind == "linear":
-            if "coefficient" not in entry:
-                raise self.fail(f"{table}[{i}].coefficient", "missing coefficient", **where)
-            coef = self._number(
-                entry["coefficient"], f"{table}[{i}].coefficient", needle="coefficient", **where
-            )
-            return Line(metric, (), missing, coef)
-        weight = ONE
-        if "weight" in entry:
-            weight = self._number(
-                entry["weight"], f"{table}[{i}].weight", positive=True, needle="weight", **where
-            )
-        return Line(metric, self._bands(entry, metric, f"{table}[{i}]", where), missing, weight)
-
-    def _bands(
-        self, entry: dict[str, Any], metric: MetricRef, key: str, where: dict[str, Any]
-    ) -> tuple[Band, ...]:
-        if ("bands" in entry) == ("points" in entry):
-            raise self.fail(key, 'a line has either bands or points = "value"', **where)
-        if "points" in entry:
-            if entry["points"] != "value":
-                raise self.fail(
-                    f"{key}.points",
-                    'points must be "value" (the metric itself)',
-                    needle="points",
-                    **where,
-                )
-            return ()
-        raw = entry["bands"]
-        if not isinstance(raw, list) or not raw:
-            raise self.fail(
-                f"{key}.bands", "must be a list of [condition, points]", needle="bands", **where
-            )
-        if len(raw) > MAX_BANDS:
-            raise self.fail(f"{key}.bands", f"{len(raw)} bands: a line has at most {MAX_BANDS}",
-                            needle="bands", **where)
-        bands = [self._band(b, f"{key}.bands[{j}]", where) for j, b in enumerate(raw)]
-        return self._tile(bands, metric, f"{key}.bands", where)
-
-    def _band(self, raw: object, key: str, where: dict[str, Any]) -> Band:
-        if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], str):
-            raise self.fail(
-                key,
-                'a band is ["condition", points], e.g. [">= 20000", 70]',
-                needle="bands",
-                **where,
-            )
-        lo, hi = self._condition(raw[0], key, needle=raw[0], **where)
-        points = self._number(raw[1], key, needle=raw[0], **where)
-        return Band(lo, hi, points, raw[0])
-
-    def _condition(self, text: object, key: str, **where: Any) -> tuple[Bound | None, Bound | None]:
-        try:
-            return parse_condition(text)
-        except ValueError as exc:
-            raise self.fail(key, str(exc), **where) from None
-
-    def _tile(
-        self, bands: list[Band], metric: MetricRef, key: str, where: dict[str, Any]
-    ) -> tuple[Band, ...]:
-        """Sort bands and check they cover the metric's domain once, with no gap."""
-        domain = metric.domain
-        bands.sort(key=lambda b: _lower_key(b.lo))
-        for band in bands:
-            if _empty(band, domain.integer):
-                raise self.fail(
-                    key, f"band {band.text!r} matches no value", needle=band.text, **where
-                )
-        if not _covers_from(bands[0].lo, domain.low, domain.integer):
-            raise self.fail(
-                key,
-                f"bands leave a gap: no band covers the lowest values of {metric.key}",
-                needle="bands",
-                **where,
-            )
-        for prev, band in pairwise(bands):
-            gap = _adjacency(prev.hi, band.lo, domain.integer)
-            if gap != "ok":
-                raise self.fail(
-                    key, f"bands {gap}: {prev.text!r} and {band.text!r}", needle=band.text, **where
-                )
-        if not _covers_to(bands[-1].hi, domain.high, domain.integer):
-            raise self.fail(
-                key,
-                f"bands leave a gap: no band covers the highest values of {metric.key}",
-                needle="bands",
-                **where,
-            )
-        return tuple(bands)
-
-    def _check_weights(self, lines: tuple[Line, ...], raw: list[Any]) -> None:
-        weighted = [("weight" in entry) for entry in raw]
-        if not any(weighted):
-            return
-        if not all(weighted):
-            i = weighted.index(False)
-            raise self.fail(
-                f"lines[{i}].weight",
-                "every line needs a weight when any has one",
-                table="lines",
-                index=i,
-            )
-        total = sum(Decimal(ln.weight[0]) / Decimal(ln.weight[1]) for ln in lines)
-        if total != 1:
-            raise self.fail(
-                "lines.weight",
-                f"weights must sum to 1, they sum to {total}",
-                table="lines",
-                index=0,
-                needle="weight",
-            )
-
-
-def parse_condition(text: object) -> tuple[Bound | None, Bound | None]:
-    """Parse ``">= 10"``, ``"> 5 and <= 10"``, ``"== 0"`` into (low, high) bounds."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("a condition is a string like '>= 80' or '> 5 and <= 10'")
-    lo: Bound | None = None
-    hi: Bound | None = None
-    for part in re.split(r"\s+and\s+", text.strip()):
-        match = _COMPARISON.fullmatch(part)
-        if match is None:
-            raise ValueError(f"bad condition {text!r}: write e.g. '>= 80' or '> 5 and <= 10'")
-        op, num = match.groups()
-        if not _within_digits(Decimal(num)):
-            raise ValueError(f"bad condition {text!r}: at most {MAX_DIGITS} digits before and "
-                             "after the point")
-        value = ratio(Decimal(num))
-        if op in (">", ">=", "=="):
-            if lo is not None:
-                raise ValueError(f"bad condition {text!r}: two lower bounds")
-            lo = Bound(value, op != ">")
-        if op in ("<", "<=", "=="):
-            if hi is not None:
-                raise ValueError(f"bad condition {text!r}: two upper bounds")
-            hi = Bound(value, op != "<")
-    return lo, hi
-
-
-def _within_digits(value: int | Decimal) -> bool:
-    """Whether a finite number has at most MAX_DIGITS digits before and after the point."""
-    if isinstance(value, int):
-        limit: int = 10**MAX_DIGITS
-        return abs(value) < limit
-    exponent = value.as_tuple().exponent
-    return isinstance(exponent, int) and exponent >= -MAX_DIGITS and (
-        not value or value.adjusted() < MAX_DIGITS)
-
-
-_COMPARISON = re.compile(r"(>=|<=|==|>|<)\s*([-+]?\d+(?:\.\d+)?)", re.ASCII)
-
-
-def _cmp(a: Ratio, b: Ratio) -> int:
-    left, right = a[0] * b[1], b[0] * a[1]
-    return (left > right) - (left < right)
-
-
-def _lower_key(lo: Bound | None) -> tuple[int, Fraction, int]:
-    if lo is None:
-        return (0, Fraction(0), 0)
-    return (1, Fraction(*lo.value), 0 if lo.inclusive else 1)
-
-
-def _int_range(lo: Bound | None, hi: Bound | None) -> tuple[float | int, float | int]:
-    """The closed integer range a band admits (floats for infinities)."""
-    low: float | int = float("-inf")
-    high: float | int = float("inf")
-    if lo is not None:
-        n, d = lo.value
-        low = -(-n // d) if lo.inclusive else n // d + 1
-    if hi is not None:
-        n, d = hi.value
-        high = n // d if hi.inclusive else -(-n // d) - 1
-    return low, high
-
-
-def _empty(band: Band, integer: bool) -> bool:
-    if integer:
-        low, high = _int_range(band.lo, band.hi)
-        return low > high
-    if band.lo is None or band.hi is None:
-        return False
-    c = _cmp(band.lo.value, band.hi.value)
-    return c > 0 or (c == 0 and not (band.lo.inclusive and band.hi.inclusive))
-
-
-def _adjacency(hi: Bound | None, lo: Bound | None, integer: bool) -> str:
-    """'ok' when a band ending at ``hi`` is followed exactly by one starting at ``lo``."""
-    if hi is None or lo is None:
-        return "overlap"
-    if integer:
-        end = _int_range(None, hi)[1]
-        start = _int_range(lo, None)[0]
-        return "ok" if start == end + 1 else ("overlap" if start <= end else "leave a gap")
-    c = _cmp(hi.value, lo.value)
-    if c > 0 or (c == 0 and hi.inclusive and lo.inclusive):
-        return "overlap"
-    if c < 0 or (not hi.inclusive and not lo.inclusive):
-        return "leave a gap"
-    return "ok"
-
-
-def _covers_from(lo: Bound | None, low: Ratio | None, integer: bool) -> bool:
-    if lo is None:
-        return True
-    if low is None:
-        return False
-    if integer:
-        return _int_range(lo, None)[0] <= low[0] // low[1]
-    c = _cmp(lo.value, low)
-    return c < 0 or (c == 0 and lo.inclusive)
-
-
-def _covers_to(hi: Bound | None, high: Ratio | None, integer: bool) -> bool:
-    if hi is None:
-        return True
-    if high is None:
-        return False
-    c = _cmp(hi.value, high)
-    return c > 0 or (c == 0 and hi.inclusive)

@@ -15,7 +15,9 @@ from typing import Protocol
 
 from grader.core.metricref import MetricRef
 from grader.core.metrics import MetricView
-from grader.core.policy import Band, Bound, Line, Policy
+from grader.core.policy import Policy
+from grader.core.policylines import Band, Line
+from grader.core.policyread import Bound
 from grader.core.rational import Ratio
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grader.core.errors import PolicyError
-from grader.core.policy import parse_condition
+from grader.core.policyread import parse_condition
 from tests.conftest import PRESETS, policy_text, preset
 
 HEAD = 'name = "t"\nversion = "2"\n'
