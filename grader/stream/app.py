@@ -166,6 +166,7 @@ class Processor:
         behind = self.behind(messages)
         if behind:
             self.behind_at = time.monotonic()
+        await self.confirmed()
         async with self.lock:
             self.refuse_if_superseded()
             self.begin()
@@ -197,12 +198,19 @@ class Processor:
         if not self.stale or not self.at_risk or \
                 time.monotonic() - self.behind_at < BEHIND_AFTER:
             return 0
+        await self.confirmed()
         async with self.lock:
             self.refuse_if_superseded()
             self.begin()
             batch = Batch()
             await self.settle(batch)
             return len(batch.store)
+
+    async def confirmed(self) -> None:
+        """Before taking the lock: wait until a new assignment's lease is not short
+        (grader.stream.lease, Lease.confirmed)."""
+        if self.lease is not None:
+            await self.lease.confirmed()
 
     def begin(self) -> None:
         """Under the lock, before reading any state: the writes that follow belong to the
@@ -413,6 +421,7 @@ class Processor:
             keys = list(self.customers.keys(partition))
             done = changes = 0
             for start in range(0, len(keys), TICK_BATCH):
+                await self.confirmed()
                 async with self.lock:
                     self.refuse_if_superseded()
                     self.begin()
@@ -469,6 +478,7 @@ class Processor:
         if self.support is None:
             return 0
         written = 0
+        await self.confirmed()
         async with self.lock:
             self.begin()
             for partition in partitions:
@@ -797,6 +807,7 @@ async def grade_batches(stream: Any, processor: Processor,
     """
     graded = 0
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+        await processor.confirmed()  # before matching the batch with the assignment
         owned = assignment()
         mine = []
         for event in events:

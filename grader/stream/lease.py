@@ -22,10 +22,20 @@ lease ends reaching the broker.
 Each batch notes the assignment it began under (:meth:`Lease.begin`; the
 processor's lock keeps a batch from spanning a rebalance, since a revoke waits
 for it): a write checked under a later assignment gives up too, since the
-batch read its states before the partitions were lost and regained. Only
-before a new assignment's first Heartbeat does a write wait for the lease
-(:meth:`Lease.ready`): a JoinGroup that waited for a slow member leaves the
-lease, counted from its send time, short or already ended.
+batch read its states before the partitions were lost and regained.
+
+A JoinGroup that waited for other members (tansu holds a new member's first
+one for half a session; Kafka waits for every member to rejoin) leaves the
+lease, counted from its send time, short or already ended when the
+assignment arrives, although the member is safely in the group. So before a
+batch takes the processor's lock, while the new assignment has had no
+Heartbeat answered and less than half a session of lease is left, the batch
+waits for that Heartbeat (:meth:`Lease.confirmed`, up to a session); holding
+no lock, it lets a rebalance go on meanwhile, and the batch's messages are
+matched against the assignment only after the wait. Otherwise a batch's
+writes could outlast the short lease and give up (exit) on a healthy member,
+as the stress loop showed on a busy machine. A write that still meets a new
+assignment's lease ended waits for the Heartbeat too (:meth:`Lease.ready`).
 
 When the lease has run out the worker gives up at once: it logs one line and
 exits (status :data:`LEASE_LOST_EXIT`) without flushing anything; its producer
@@ -85,6 +95,15 @@ class Lease:
         batch began under; ``what``: the write."""
         if not self.valid() or self.synced != self.term:
             self.on_lost(what)
+
+    async def confirmed(self) -> None:
+        """Before a batch takes the processor's lock: while the current assignment has had
+        no Heartbeat answered and less than half a session of lease is left, wait for that
+        Heartbeat (up to a session); the batch's writes then have a lease that lasts."""
+        deadline = self.clock() + self.session
+        while (self.unconfirmed and self.until - self.clock() < self.session / 2
+               and self.clock() < deadline):
+            await asyncio.sleep(READY_POLL)
 
     async def ready(self, what: str) -> None:
         """:meth:`check`, but first wait, up to a session, for the first Heartbeat of a
