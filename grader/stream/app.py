@@ -810,6 +810,8 @@ async def grade_batches(stream: Any, processor: Processor,
         if not await processor.confirmed():  # a rebalance began while waiting for the lease
             for event in events:
                 event.message.acked = True  # never reaches the consumer: not committed
+            log.info("a rebalance began while a batch of %d messages waited for the new "
+                     "assignment's lease: skipped, read again after it", len(events))
             continue
         owned = assignment()
         mine = []
