@@ -56,6 +56,12 @@ async def grade_batches(stream: Any, processor: Processor,
     """
     graded = 0
     async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN):
+        if not await processor.confirmed():  # a rebalance began while waiting for the lease
+            for event in events:
+                never_acknowledge(event.message)  # not committed
+            log.info("a rebalance began while a batch of %d messages waited for the new "
+                     "assignment's lease: skipped, read again after it", len(events))
+            continue
         owned = assignment()
         mine = []
         for event in events:

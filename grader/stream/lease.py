@@ -22,10 +22,21 @@ lease ends reaching the broker.
 Each batch notes the assignment it began under (:meth:`Lease.begin`; the
 processor's lock keeps a batch from spanning a rebalance, since a revoke waits
 for it): a write checked under a later assignment gives up too, since the
-batch read its states before the partitions were lost and regained. Only
-before a new assignment's first Heartbeat does a write wait for the lease
-(:meth:`Lease.ready`): a JoinGroup that waited for a slow member leaves the
-lease, counted from its send time, short or already ended.
+batch read its states before the partitions were lost and regained.
+
+A JoinGroup that waited for other members (tansu holds a new member's first
+one for half a session; Kafka waits for every member to rejoin) leaves the
+lease, counted from its send time, short or already ended when the
+assignment arrives, although the member is safely in the group. So before a
+batch takes the processor's lock, while the new assignment has had no
+Heartbeat answered and less than half a session of lease is left, the batch
+waits for that Heartbeat (:meth:`Lease.confirmed`, up to a session). If a
+rebalance begins meanwhile, the batch is skipped unacknowledged (Faust's
+revoke waits for its messages; they are read again from the committed
+offset by whoever owns them next). Otherwise a batch's
+writes could outlast the short lease and give up (exit) on a healthy member,
+as the stress loop showed on a busy machine. A write that still meets a new
+assignment's lease ended waits for the Heartbeat too (:meth:`Lease.ready`).
 
 When the lease has run out the worker gives up at once: it logs one line and
 exits (status :data:`LEASE_LOST_EXIT`) without flushing anything; its producer
@@ -54,6 +65,7 @@ HEARTBEAT, JOIN_GROUP, SYNC_GROUP, PRODUCE = 12, 11, 14, 0  # Kafka API keys
 #: Heartbeat errors after which the member is no longer in the group (its partitions may
 #: be another's already): ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID.
 GONE = frozenset({22, 25, 82})
+REBALANCE_IN_PROGRESS = 27
 
 
 class Lease:
@@ -70,6 +82,7 @@ class Lease:
         self.synced = 0  # assignments received (SyncGroup answers without error)
         self.term = 0  # the assignment the current batch began under (begin)
         self.unconfirmed = False  # synced, and no Heartbeat answered since
+        self.rebalancing = False  # a Heartbeat answered REBALANCE_IN_PROGRESS since the sync
 
     def valid(self) -> bool:
         """Whether a write may go out now."""
@@ -85,6 +98,26 @@ class Lease:
         batch began under; ``what``: the write."""
         if not self.valid() or self.synced != self.term:
             self.on_lost(what)
+
+    async def confirmed(self) -> bool:
+        """Before a batch takes the processor's lock: while the current assignment has had
+        no Heartbeat answered and less than half a session of lease is left, wait for that
+        Heartbeat (up to a session); the batch's writes then have a lease that lasts.
+
+        False when a rebalance began (a Heartbeat answered REBALANCE_IN_PROGRESS) or a new
+        assignment came while waiting: the batch, taken under the old assignment, is to be
+        skipped, so that the revoke (Faust waits for the batch's messages) is not held up."""
+        def short() -> bool:
+            return self.unconfirmed and self.until - self.clock() < self.session / 2
+
+        if not short():
+            return True
+        synced = self.synced
+        deadline = self.clock() + self.session
+        while short() and self.clock() < deadline and not self.rebalancing \
+                and self.synced == synced:
+            await asyncio.sleep(READY_POLL)
+        return not self.rebalancing and self.synced == synced
 
     async def ready(self, what: str) -> None:
         """:meth:`check`, but first wait, up to a session, for the first Heartbeat of a
@@ -111,6 +144,8 @@ class Lease:
             if error_code == 0:
                 self.renew(sent)
                 self.unconfirmed = False
+            elif error_code == REBALANCE_IN_PROGRESS:
+                self.rebalancing = True
             elif error_code in GONE:
                 self.end()
         elif api_key == JOIN_GROUP:
@@ -121,6 +156,7 @@ class Lease:
             self._join_sent = None
             self.synced += 1
             self.unconfirmed = True
+            self.rebalancing = False
 
 
 def exit_now(what: str) -> None:

@@ -154,12 +154,19 @@ class Processor:
         if not self.stale or not self.at_risk or \
                 time.monotonic() - self.behind_at < BEHIND_AFTER:
             return 0
+        if not await self.confirmed():
+            return 0
         async with self.lock:
             self.refuse_if_superseded()
             self.begin()
             batch = Batch()
             await self.settle(batch)
             return len(batch.store)
+
+    async def confirmed(self) -> bool:
+        """Before taking the lock: wait until a new assignment's lease is not short; False
+        if a rebalance began meanwhile: skip the work (grader.stream.lease, Lease.confirmed)."""
+        return self.lease is None or await self.lease.confirmed()
 
     def begin(self) -> None:
         """Under the lock, before reading any state: the writes that follow belong to the
@@ -370,6 +377,8 @@ class Processor:
             keys = list(self.customers.keys(partition))
             done = changes = 0
             for start in range(0, len(keys), TICK_BATCH):
+                if not await self.confirmed():
+                    return swept  # a rebalance began: swept again after it
                 async with self.lock:
                     self.refuse_if_superseded()
                     self.begin()
@@ -426,6 +435,7 @@ class Processor:
         if self.support is None:
             return 0
         written = 0
+        await self.confirmed()  # and written anyway: Redis lost the queues
         async with self.lock:
             self.begin()
             for partition in partitions:

@@ -126,3 +126,106 @@ def test_a_new_assignment_refused_at_its_first_heartbeat_gives_up_at_once() -> N
     lease.saw(HEARTBEAT, 100.2, 25)  # UNKNOWN_MEMBER_ID
     asyncio.run(asyncio.wait_for(lease.ready("sending"), 1))
     assert lost == ["sending"]
+
+
+def test_a_short_lease_of_a_new_assignment_is_confirmed_before_a_batch() -> None:
+    """tansu held the JoinGroup 3 s of a 6 s session: 1.8 s of lease are left at the
+    assignment, too short for a batch's writes on a busy machine. The batch waits for
+    the first Heartbeat before it takes the lock; a long lease does not wait."""
+    import asyncio
+
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 91.0, 0)
+    lease.saw(SYNC_GROUP, 95.0, 0)  # until 99: 1 s left at 98 < half the session
+    clock.now = 98.0
+    assert lease.valid()
+
+    async def before_a_batch() -> None:
+        waiting = asyncio.create_task(lease.confirmed())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        lease.saw(HEARTBEAT, 98.0, 0)  # renewed until 106
+        assert await asyncio.wait_for(waiting, 1)
+        assert await asyncio.wait_for(lease.confirmed(), 0.01)  # confirmed: no wait
+
+    asyncio.run(before_a_batch())
+    assert lost == []
+    assert lease.until == 106.0
+
+
+def test_a_long_lease_of_a_new_assignment_does_not_wait() -> None:
+    import asyncio
+
+    clock = Clock()
+    lease, _lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 100.0, 0)
+    lease.saw(SYNC_GROUP, 100.1, 0)  # until 108: 7.5 s left at 100.5
+    clock.now = 100.5
+    assert asyncio.run(asyncio.wait_for(lease.confirmed(), 0.01))
+    assert lease.unconfirmed
+
+
+def test_confirmation_waits_no_longer_than_a_session() -> None:
+    """No Heartbeat answered (a slow coordinator): the wait ends after a session, and
+    the writes' own checks decide."""
+    import asyncio
+
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 91.0, 0)
+    lease.saw(SYNC_GROUP, 95.0, 0)
+    clock.now = 98.0
+
+    async def with_time_passing() -> None:
+        waiting = asyncio.create_task(lease.confirmed())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        clock.now = 108.5  # a session later
+        assert await asyncio.wait_for(waiting, 1)  # the batch goes on; its writes check
+
+    asyncio.run(with_time_passing())
+    assert lost == []  # the wait itself gives nothing up
+
+
+@pytest.mark.parametrize("how", ["rebalance", "new assignment"])
+def test_a_rebalance_while_confirming_skips_the_batch(how: str) -> None:
+    """Faust's revoke waits for the batch's messages: a batch still waiting for its
+    lease when a rebalance begins is skipped, not held, nor written under it."""
+    import asyncio
+
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 91.0, 0)
+    lease.saw(SYNC_GROUP, 95.0, 0)
+    clock.now = 98.0
+
+    async def interrupted() -> bool:
+        waiting = asyncio.create_task(lease.confirmed())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        if how == "rebalance":
+            lease.saw(HEARTBEAT, 98.0, 27)  # REBALANCE_IN_PROGRESS
+        else:
+            lease.saw(JOIN_GROUP, 98.0, 0)
+            lease.saw(SYNC_GROUP, 98.1, 0)
+        return await asyncio.wait_for(waiting, 1)
+
+    assert asyncio.run(interrupted()) is False
+    assert lost == []
+    assert lease.rebalancing is (how == "rebalance")
+
+
+def test_a_short_lease_during_a_rebalance_skips_the_batch_at_once() -> None:
+    import asyncio
+
+    clock = Clock()
+    lease, lost = lease_at(clock)
+    lease.saw(JOIN_GROUP, 91.0, 0)
+    lease.saw(SYNC_GROUP, 95.0, 0)
+    lease.saw(HEARTBEAT, 95.5, 27)  # REBALANCE_IN_PROGRESS, no renewal
+    clock.now = 98.0
+    assert asyncio.run(asyncio.wait_for(lease.confirmed(), 0.01)) is False
+    lease.saw(HEARTBEAT, 98.0, 0)  # a batch with a long lease is not skipped
+    assert asyncio.run(asyncio.wait_for(lease.confirmed(), 0.01)) is True
+    assert lost == []
