@@ -21,6 +21,11 @@ grader.tiering.decide, carrying the tier (and the day it last changed)
 along, so an upgrade on the way counts as a tick's would. The look-ahead ends
 at the longest window of the policy plus one month (lookahead_end). Tested
 equal to a day-by-day simulation with apply_tick (tests/unit/test_atrisk.py).
+
+kept_drops_on() is drops_on() for a customer refreshed again and again (the
+worker, once per batch): it keeps each answer in the customer's in-memory memo
+with what it was computed from, and gives it again without walking while
+nothing the walk reads changed since (see there).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from datetime import date
 
 from grader.clock import local_day, month_first_day, month_of_day, months_later
 from grader.metricref import MetricRef
-from grader.metrics import MetricView, payment_days_slope
+from grader.metrics import MetricView, Window, payment_days_slope
 from grader.policy import Band, Line, Policy
 from grader.rational import Ratio
 from grader.scoring import ScoreMemo, rescore
@@ -45,7 +50,16 @@ _NEVER = 1 << 62  # later than every day
 def lookahead_end(today: int, policy: Policy) -> int:
     """The last local day looked at from day ``today``: the longest window of the
     policy plus one month later (GRADING.md section 4)."""
-    return months_later(today, policy.longest_window + 1)
+    key = (today, policy.longest_window)
+    last = _LAST.get(key)
+    if last is None:
+        if len(_LAST) > 4096:
+            _LAST.clear()
+        last = _LAST[key] = months_later(today, policy.longest_window + 1)
+    return last
+
+
+_LAST: dict[tuple[int, int], int] = {}  # lookahead_end's answers: few days are asked about
 
 
 def drops_on(state: CustomerState, policy: Policy) -> tuple[date | None, str | None]:
@@ -60,46 +74,123 @@ def drops_on(state: CustomerState, policy: Policy) -> tuple[date | None, str | N
         return NO_RISK  # not graded under this version yet
     if policy.rank(current.tier) == len(policy.tiers) - 1:
         return NO_RISK
-    day, tier = _Walk(state, policy, current).first_drop()
+    today = local_day(state.as_of, policy.timezone)
+    day, tier, _moves = _Walk(state, policy, current, today, {}).first_drop()
     return (None, None) if day is None else (date.fromordinal(day), tier)
+
+
+#: The key in ``CustomerState.memo`` (in memory only, never stored) under which
+#: kept_drops_on() keeps a policy's answer: a prefix no policy name has (names are
+#: validated at load: no control characters).
+_KEPT = "\x00drops_on\x00"
+
+
+def kept_drops_on(state: CustomerState, policy: Policy,
+                  windows: dict[int, dict[int, Window]] | None = None
+                  ) -> tuple[date | None, str | None]:
+    """drops_on(state, policy), given again without walking when nothing it reads changed.
+
+    ``windows``: the window sums of the customer's month buckets by month, in the
+    policy's timezone, shared by the walks of one refresh (the customer's buckets
+    must not change meanwhile); a new dict when not given.
+
+    The walk reads the customer's details through their revisions (the month
+    buckets, invoices, interactions, assessments: every change bumps one,
+    grader.state), the lifetime sales, first activity and last sale, the
+    tier under the policy (tier, day of the last change, pinned), the pin and
+    the local day of ``as_of``. The answer is kept with all but the last, the
+    day it was computed on (``today``) and the first day after it on which the
+    walk's tier moved (up, down, or from pinned to earned; ``moves``). It is
+    exact again for a later local day ``d`` with ``today <= d < moves`` and
+    everything else equal: ticking every day from ``today`` left the tier as
+    it is through ``d``, so the days after ``d`` tick alike from either start,
+    and the drop (at or after ``moves``) is the same. A walk that found no drop
+    is given again only on its own day (from a later one the look-ahead reaches
+    further). A state loaded from bytes starts with an empty memo.
+    """
+    current = state.tiers.get(policy.name)
+    if current is None:
+        return NO_RISK
+    key = (state.buckets_rev, state.invoices_rev, state.interactions_rev,
+           state.assessments_rev, state.lifetime_sales, state.first_activity,
+           state.last_sale, current.tier, current.changed_at, current.pinned,
+           state.pinned_tier(policy.name))
+    today = local_day(state.as_of, policy.timezone)
+    memo = state.memo
+    name = _KEPT + policy.name
+    kept = memo.get(name)
+    if kept is not None and kept[0] is policy and kept[1] == key and \
+            kept[2] <= today < kept[3]:
+        answer: tuple[date | None, str | None] = kept[4]
+        return answer
+    answer, moves = NO_RISK, today + 1
+    if state.pinned_tier(policy.name) is None and current.tier in policy.tier_names and \
+            policy.rank(current.tier) != len(policy.tiers) - 1:
+        walk = _Walk(state, policy, current, today, {} if windows is None else windows)
+        day, tier, moves = walk.first_drop()
+        if day is None:
+            moves = today + 1  # no drop within the look-ahead: only on this day
+        else:
+            answer = (date.fromordinal(day), tier)
+    else:
+        moves = _NEVER  # cannot drop while these stay (pinned, lowest, not graded under it)
+    memo[name] = (policy, key, today, moves, answer)
+    return answer
 
 
 class _Walk:
     """One customer's days ahead under one policy, candidate by candidate."""
 
-    def __init__(self, state: CustomerState, policy: Policy, current: TierState) -> None:
+    def __init__(self, state: CustomerState, policy: Policy, current: TierState, today: int,
+                 windows: dict[int, dict[int, Window]]) -> None:
         self.state = state
         self.policy = policy
         self.tz = policy.timezone
         self.current = current
         self.rank = policy.rank(current.tier)
-        self.today = local_day(state.as_of, self.tz)
-        self.last = lookahead_end(self.today, policy)
-        self.months = _leaving_months(state, policy, month_of_day(self.today),
+        self.today = today
+        self.last = lookahead_end(today, policy)
+        plan = _plan(policy)
+        self.months = _leaving_months(state, self.tz, plan.sources, month_of_day(today),
                                       month_of_day(self.last))
-        self.day_lines = [ln for ln in policy.lines if ln.metric.name in _DAY_METRICS
-                          and ln.weight[0] != 0]
+        self.day_lines = plan.day_lines
         self.memo = _copied_memo(state, policy)
+        self.windows = windows  # window sums by month, shared by the views of the walk
 
-    def first_drop(self) -> tuple[int | None, str | None]:
-        """The first day the tier is worse than the current one, and that tier."""
+    def view(self, day: int) -> MetricView:
+        """The metrics on ``day``, with the window sums of its month shared."""
+        view = MetricView(self.state, self.tz, day)
+        month = view.month
+        sums = self.windows.get(month)
+        if sums is None:
+            sums = self.windows[month] = {}
+        view._windows = sums
+        return view
+
+    def first_drop(self) -> tuple[int | None, str | None, int]:
+        """The first day the tier is worse than the current one, and that tier; and the
+        first day the tier moved at all (up, down, or from pinned to earned), or
+        _NEVER when it did not within the look-ahead."""
         policy, tier = self.policy, self.current
         changed = local_day(tier.changed_at, self.tz)
-        view = MetricView(self.state, self.tz, self.today)
+        view = self.view(self.today)
         day = self._next(self.today, view, tier, changed)
+        moves = _NEVER
         while day <= self.last:
-            view = MetricView(self.state, self.tz, day)
+            view = self.view(day)
             score = rescore(policy, view, self.memo)
             days = day - changed if policy.min_days_in_tier else 0
             decision = decide(policy, tier, score, None, days)
             if decision.direction is not None:
+                moves = min(moves, day)
                 if policy.rank(decision.tier) > self.rank:
-                    return day, decision.tier
+                    return day, decision.tier, moves
                 tier, changed = TierState(decision.tier, score, 0, 0, False), day
             elif tier.pinned:
+                moves = min(moves, day)
                 tier = TierState(tier.tier, score, 0, 0, False)
             day = self._next(day, view, tier, changed)
-        return None, None
+        return None, None, moves
 
     def _next(self, day: int, view: MetricView, tier: TierState, changed: int) -> int:
         """The next candidate day after ``day`` (``view`` is that day's)."""
@@ -163,23 +254,52 @@ def _days_to_leave(bands: tuple[Band, ...], value: Ratio, slope: Ratio) -> int:
     raise AssertionError("bands validated at load cover every value")
 
 
-def _leaving_months(state: CustomerState, policy: Policy, month: int, last: int) -> list[int]:
+class _Plan:
+    """What a walk needs of a policy, worked out once per policy object."""
+
+    __slots__ = ("day_lines", "sources")
+
+    def __init__(self, policy: Policy) -> None:
+        # the lines on a day count that count (a weight of 0 moves no score)
+        self.day_lines = [ln for ln in policy.lines if ln.metric.name in _DAY_METRICS
+                          and ln.weight[0] != 0]
+        # (window, interaction kind or None for the month buckets) of each windowed line
+        sources: set[tuple[int, str | None]] = set()
+        for line in policy.lines:
+            window = line.metric.window
+            if window is not None:
+                sources.add((window, line.metric.arg or "" if line.metric.name ==
+                             "interactions" else None))
+        self.sources = sorted(sources, key=lambda s: (s[0], s[1] or ""))
+
+
+_PLANS: dict[int, tuple[Policy, _Plan]] = {}
+
+
+def _plan(policy: Policy) -> _Plan:
+    known = _PLANS.get(id(policy))
+    if known is not None and known[0] is policy:
+        return known[1]
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    plan = _Plan(policy)
+    _PLANS[id(policy)] = (policy, plan)
+    return plan
+
+
+def _leaving_months(state: CustomerState, tz: str, sources: list[tuple[int, str | None]],
+                    month: int, last: int) -> list[int]:
     """The months after ``month``, up to ``last``, whose first day sees a month holding
-    data leave one of the policy's windows, in order."""
-    tz = policy.timezone
+    data leave one of the windows of ``sources`` (_Plan.sources), in order."""
     buckets = state.months.get(tz, {})
     kinds = state.interactions.get(tz, {})
     leaving: set[int] = set()
-    for line in policy.lines:
-        window = line.metric.window
-        if window is None:
-            continue
-        held: Iterable[int] = (kinds.get(line.metric.arg or "", {}).keys()
-                               if line.metric.name == "interactions" else buckets.keys())
+    for window, kind in sources:
+        held: Iterable[int] = buckets.keys() if kind is None else kinds.get(kind, {}).keys()
+        low, high = month - window, last - window  # month < data_month + window <= last
         for data_month in held:
-            gone = data_month + window
-            if month < gone <= last:
-                leaving.add(gone)
+            if low < data_month <= high:
+                leaving.add(data_month + window)
     return sorted(leaving)
 
 
