@@ -16,8 +16,8 @@ only on these days, the candidates:
 
 Between two candidates no metric and no rule moves, so the decision stays.
 At each candidate the customer is scored by the same code as a tick
-(grader.scoring on a MetricView of that day) and its tier decided by
-grader.tiering.decide, carrying the tier (and the day it last changed)
+(grader.scoring on a MetricView of that day) and its tier decided by the
+rules of grader.tiering.decide (_moved), carrying the tier (and the day it last changed)
 along, so an upgrade on the way counts as a tick's would. The look-ahead ends
 at the longest window of the policy plus one month (lookahead_end). Tested
 equal to a day-by-day simulation with apply_tick (tests/unit/test_atrisk.py).
@@ -38,9 +38,8 @@ from grader.metricref import MetricRef
 from grader.metrics import MetricView, Window, payment_days_slope
 from grader.policy import Band, Line, Policy
 from grader.rational import Ratio
-from grader.scoring import ScoreMemo, rescore
+from grader.scoring import ScoreMemo, admits, rescore
 from grader.state import CustomerState, TierState
-from grader.tiering import decide
 
 NO_RISK: tuple[date | None, str | None] = (None, None)
 _ONE_A_DAY: Ratio = (1, 1)
@@ -153,7 +152,12 @@ class _Walk:
         plan = _plan(policy)
         self.months = _leaving_months(state, self.tz, plan.sources, month_of_day(today),
                                       month_of_day(self.last))
-        self.day_lines = plan.day_lines
+        # avg_payment_days moves with the day only while an invoice is open (none is
+        # opened or paid on the way): without one, its lines never cross a band
+        open_invoice = any(inv.first_ts is not None and inv.paid_ts is None
+                           for inv in state.invoices.values()) if plan.ages else False
+        self.day_lines = [ln for ln in plan.day_lines
+                          if open_invoice or ln.metric.name != "avg_payment_days"]
         self.memo = _copied_memo(state, policy)
         self.windows = windows  # window sums by month, shared by the views of the walk
 
@@ -179,13 +183,12 @@ class _Walk:
         while day <= self.last:
             view = self.view(day)
             score = rescore(policy, view, self.memo)
-            days = day - changed if policy.min_days_in_tier else 0
-            decision = decide(policy, tier, score, None, days)
-            if decision.direction is not None:
+            moved = _moved(policy, tier, score, self.memo.tier, day - changed)
+            if moved is not None:
                 moves = min(moves, day)
-                if policy.rank(decision.tier) > self.rank:
-                    return day, decision.tier, moves
-                tier, changed = TierState(decision.tier, score, 0, 0, False), day
+                if policy.rank(moved) > self.rank:
+                    return day, moved, moves
+                tier, changed = TierState(moved, score, 0, 0, False), day
             elif tier.pinned:
                 moves = min(moves, day)
                 tier = TierState(tier.tier, score, 0, 0, False)
@@ -211,6 +214,22 @@ class _Walk:
             if crossing < nxt:
                 nxt = crossing
         return nxt
+
+
+def _moved(policy: Policy, tier: TierState, score: Ratio, earned: str, days: int) -> str | None:
+    """The tier grader.tiering.decide(policy, tier, score, None, days) moves to, None when
+    it stays; ``earned`` is the tier ``score`` earns (rescore's memo.tier). The same
+    rules, without building a Decision at every candidate day."""
+    rank = policy.rank(tier.tier)
+    if tier.pinned or policy.rank(earned) <= rank:
+        new = earned  # up, the same, or earned afresh after a pin was lifted
+    else:
+        minimum = policy.tiers[rank].minimum
+        assert minimum is not None  # a worse tier exists, so the current one has a minimum
+        if admits(minimum, score, policy.downgrade_margin) or days < policy.min_days_in_tier:
+            return None
+        new = earned
+    return None if new == tier.tier else new
 
 
 _DAY_METRICS = frozenset(("avg_payment_days", "tenure_days", "days_since_last_sale"))
@@ -257,12 +276,13 @@ def _days_to_leave(bands: tuple[Band, ...], value: Ratio, slope: Ratio) -> int:
 class _Plan:
     """What a walk needs of a policy, worked out once per policy object."""
 
-    __slots__ = ("day_lines", "sources")
+    __slots__ = ("ages", "day_lines", "sources")
 
     def __init__(self, policy: Policy) -> None:
         # the lines on a day count that count (a weight of 0 moves no score)
         self.day_lines = [ln for ln in policy.lines if ln.metric.name in _DAY_METRICS
                           and ln.weight[0] != 0]
+        self.ages = any(ln.metric.name == "avg_payment_days" for ln in self.day_lines)
         # (window, interaction kind or None for the month buckets) of each windowed line
         sources: set[tuple[int, str | None]] = set()
         for line in policy.lines:
