@@ -1,8 +1,9 @@
 """The CPU the tier at risk costs the worker, in-process: its Processor with and without.
 
-    python bench/risk_cost.py [--events 40000] [--customers 3000] [--batch 1000]
-                              [--policies abc-100,sabcd-weighted,stars] [--rounds 3]
-                              [--case steady|backlog|both] [--profile FILE]
+    python bench/risk_cost.py [--events 40000] [--customers 3000] [--input FILE]
+                              [--batch 1000] [--policies abc-100,sabcd-weighted,stars]
+                              [--rounds 3] [--case steady|backlog|both] [--profile FILE]
+                              [--callgrind]
 
 The worker's ``Processor`` (grader/stream/app.py) grades the same generated
 file (bench/generate_events.py, routed and partitioned as the worker reads
@@ -21,8 +22,14 @@ only: no broker, no Faust, no network). Two cases:
 
 Printed: each run's CPU seconds, and per case the median ratio with/without
 and the cost (ratio - 1). The target (issue 23) is a cost of at most 10%.
-``--profile FILE`` writes a cProfile of one extra run with the tier at risk
-(steady case) to FILE, for ``python -m pstats``.
+``--profile FILE`` writes a cProfile of one run with the tier at risk
+(``--case``, steady for both) to FILE, for ``python -m pstats``.
+
+``--callgrind`` counts instructions instead (valgrind's callgrind, stable on a
+loaded machine, about 50 times slower): one process per case and system, each
+less a process that only reads and routes the lines; use a smaller input
+(``--events 10000 --customers 1000``, or ``--input`` a file written by
+bench/generate_events.py).
 """
 
 from __future__ import annotations
@@ -115,6 +122,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--customers", type=int, default=3_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--input", help="read the lines from this file (e.g. written by "
+                        "bench/generate_events.py) instead of generating them")
     parser.add_argument("--policies", default="abc-100,sabcd-weighted,stars")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--case", choices=("steady", "backlog", "both"), default="both")
@@ -130,12 +139,16 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # not the notices of rejected lines
     grading = Grading(tuple(load_policy(PRESETS / f"{n}.toml")
                             for n in args.policies.split(",")))
-    lines = list(generate(args.customers, args.events, 1, AS_OF))
+    if args.input:
+        lines = Path(args.input).read_bytes().splitlines()
+    else:
+        lines = list(generate(args.customers, args.events, 1, AS_OF))
     msgs = messages(lines, 0.0)
     print(f"machine: {platform.platform()}, {platform.python_implementation()} "
           f"{platform.python_version()}, core {core_kind()}")
-    print(f"{len(msgs):,} input messages ({args.events:,} lines, {args.customers:,} customers), "
-          f"policies {args.policies}, batches of {args.batch:,}")
+    source = args.input or f"{args.events:,} lines, {args.customers:,} customers"
+    print(f"{len(msgs):,} input messages ({source}), policies {args.policies}, "
+          f"batches of {args.batch:,}")
     if args.single:
         if args.single != "setup":
             run(grading, msgs, args.batch, args.single == "with", args.case == "backlog")
@@ -174,6 +187,8 @@ def instructions(args: argparse.Namespace, case: str, single: str) -> int:
     command = [sys.executable, __file__, "--events", str(args.events), "--customers",
                str(args.customers), "--batch", str(args.batch), "--policies", args.policies,
                "--case", case, "--single", single]
+    if args.input:
+        command += ["--input", args.input]
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(["valgrind", "--tool=callgrind",
                                f"--callgrind-out-file={tmp}/callgrind.out", *command],
@@ -189,10 +204,11 @@ def callgrind(args: argparse.Namespace) -> None:
     risk, each less those of the set-up alone (generating and routing the lines)."""
     print(f"machine: {platform.platform()}, {platform.python_implementation()} "
           f"{platform.python_version()}, core {core_kind()}; instructions counted by "
-          f"callgrind, {args.events:,} lines, {args.customers:,} customers, policies "
-          f"{args.policies}, batches of {args.batch:,}", flush=True)
+          f"callgrind, {args.input or f'{args.events:,} lines, {args.customers:,} customers'}"
+          f", policies {args.policies}, batches of {args.batch:,}", flush=True)
     setup = instructions(args, "steady", "setup")
-    print(f"  set-up alone: {setup:,} instructions", flush=True)
+    print(f"  set-up alone (reading and routing the lines): {setup:,} instructions",
+          flush=True)
     cases = ("steady", "backlog") if args.case == "both" else (args.case,)
     for case in cases:
         counts = {}
