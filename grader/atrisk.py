@@ -105,36 +105,33 @@ def kept_drops_on(state: CustomerState, policy: Policy,
     it is through ``d``, so the days after ``d`` tick alike from either start,
     and the drop (at or after ``moves``) is the same. A walk that found no drop
     is given again only on its own day (from a later one the look-ahead reaches
-    further). A state loaded from bytes starts with an empty memo.
+    further). A customer who cannot drop (the lowest tier, pinned) is answered
+    before any walk, and nothing is kept for it. A state loaded from bytes starts
+    with an empty memo. What is kept costs memory for as long as the worker keeps
+    the decoded state (docs/performance.md).
     """
     current = state.tiers.get(policy.name)
-    if current is None:
-        return NO_RISK
+    if current is None or state.pinned_tier(policy.name) is not None or \
+            current.tier not in policy.tier_names or \
+            policy.rank(current.tier) == len(policy.tiers) - 1:
+        return NO_RISK  # cannot drop (as in drops_on): nothing to walk, nothing kept
+    plan = _plan(policy)
     key = (state.buckets_rev, state.invoices_rev, state.interactions_rev,
            state.assessments_rev, state.lifetime_sales, state.first_activity,
-           state.last_sale, current.tier, current.changed_at, current.pinned,
-           state.pinned_tier(policy.name))
+           state.last_sale, current.tier, current.changed_at, current.pinned)
     today = local_day(state.as_of, policy.timezone)
     memo = state.memo
-    name = _KEPT + policy.name
-    kept = memo.get(name)
-    if kept is not None and kept[0] is policy and kept[1] == key and \
-            kept[2] <= today < kept[3]:
-        answer: tuple[date | None, str | None] = kept[4]
-        return answer
-    answer, moves = NO_RISK, today + 1
-    if state.pinned_tier(policy.name) is None and current.tier in policy.tier_names and \
-            policy.rank(current.tier) != len(policy.tiers) - 1:
-        walk = _Walk(state, policy, current, today, {} if windows is None else windows)
-        day, tier, moves = walk.first_drop()
-        if day is None:
-            moves = today + 1  # no drop within the look-ahead: only on this day
-        else:
-            answer = (date.fromordinal(day), tier)
-    else:
-        moves = _NEVER  # cannot drop while these stay (pinned, lowest, not graded under it)
-    memo[name] = (policy, key, today, moves, answer)
-    return answer
+    kept = memo.get(plan.kept)
+    if kept is not None and kept[0] is policy and kept[2] <= today < kept[3] and \
+            kept[1] == key:
+        return NO_RISK if kept[4] is None else (date.fromordinal(kept[4]), kept[5])
+    walk = _Walk(state, policy, current, today, {} if windows is None else windows)
+    day, tier, moves = walk.first_drop()
+    if day is None:
+        moves = today + 1  # no drop within the look-ahead: only on this day
+    # (the policy, what the walk read, its day, the day its tier moved, the answer)
+    memo[plan.kept] = (policy, key, today, moves, day, tier)
+    return NO_RISK if day is None else (date.fromordinal(day), tier)
 
 
 class _Walk:
@@ -276,9 +273,10 @@ def _days_to_leave(bands: tuple[Band, ...], value: Ratio, slope: Ratio) -> int:
 class _Plan:
     """What a walk needs of a policy, worked out once per policy object."""
 
-    __slots__ = ("ages", "day_lines", "sources")
+    __slots__ = ("ages", "day_lines", "kept", "sources")
 
     def __init__(self, policy: Policy) -> None:
+        self.kept = _KEPT + policy.name  # kept_drops_on's key in CustomerState.memo
         # the lines on a day count that count (a weight of 0 moves no score)
         self.day_lines = [ln for ln in policy.lines if ln.metric.name in _DAY_METRICS
                           and ln.weight[0] != 0]

@@ -251,17 +251,13 @@ def test_a_new_event_or_a_pin_walks_again() -> None:
     assert kept_drops_on(state, ABC) == (None, None)  # a pinned tier never drops
 
 
-def test_no_drop_is_kept_for_its_own_day_only() -> None:
-    """A walk that found no drop saw up to its look-ahead's end; from a later day the
-    look-ahead reaches further, so it walks again (the lowest tier is kept: it cannot drop)."""
+def test_a_customer_who_cannot_drop_keeps_nothing() -> None:
+    """The lowest tier (or a pin) is answered before any walk: nothing is kept for it."""
     grading = Grading((STARS,))
     state = graded([event("interaction", "2026-11-01", grading_=grading, kind="visit",
                           event_id="e1")], grading)
     assert kept_drops_on(state, STARS) == (None, None)
-    kept = state.memo[_KEPT + STARS.name]
-    apply_tick(state, at("2027-05-01T12:00:00+08:00"), grading, 0)
-    assert kept_drops_on(state, STARS) == (None, None)
-    assert state.memo[_KEPT + STARS.name] is kept  # the lowest tier: cannot drop
+    assert _KEPT + STARS.name not in state.memo
 
 
 # --- hand-made cases ---------------------------------------------------------------------
