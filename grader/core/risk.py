@@ -18,9 +18,10 @@ import uuid
 from datetime import date
 from typing import Any
 
-from grader.core.atrisk import drops_on
+from grader.core.atrisk import kept_drops_on
 from grader.core.clock import format_instant, local_day
 from grader.core.grading import Grading
+from grader.core.metrics import Window
 from grader.core.policy import Policy
 from grader.core.state import CustomerState, Risk
 
@@ -39,10 +40,14 @@ def refresh_risk(state: CustomerState, grading: Grading, warn_days: int,
     for name in [p for p in state.risk if p not in state.tiers]:
         del state.risk[name]  # a policy no longer active (or never graded under)
         changed = True
+    windows: dict[str, dict[int, dict[int, Window]]] = {}  # by timezone: shared by the walks
     for policy in grading.policies:
         if policy.name not in state.tiers:
             continue
-        day, to_tier = drops_on(state, policy)
+        shared = windows.get(policy.timezone)
+        if shared is None:
+            shared = windows[policy.timezone] = {}
+        day, to_tier = kept_drops_on(state, policy, shared)
         drop = None if day is None else day.toordinal()
         risk = state.risk.get(policy.name)
         if risk is None:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grader.core.atrisk import drops_on, lookahead_end
+from grader.core.atrisk import _KEPT, drops_on, kept_drops_on, lookahead_end
 from grader.core.clock import US_PER_SECOND, local_day, zone
 from grader.core.codec import dump_state, load_state
 from grader.core.events import Event
@@ -186,6 +186,78 @@ def test_drops_on_equals_ticking_every_day(data: Any) -> None:
     expected = day_by_day(state, grading, policy)
     assert drops_on(state, policy) == expected
     assert drops_on(load_state(dump_state(state)), policy) == expected  # no scoring memo
+
+
+# --- the kept answer (kept_drops_on): given again only while it is exact -----------------
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_kept_answer_equals_a_fresh_walk_after_ticks_and_events(data: Any) -> None:
+    """The worker refreshes the same state object again and again: after ticks on later
+    days (the kept answer may be given again) and new events (it may not), each answer
+    equals drops_on of a copy (no memo, so a walk); on the first state also ticking
+    every day."""
+    policy = data.draw(policies())
+    grading = Grading((policy,))
+    state = graded(data.draw(histories(grading)), grading, AS_OF)
+    expected = day_by_day(state, grading, policy)
+    assert kept_drops_on(state, policy) == expected
+    assert kept_drops_on(state, policy) == expected  # given again, unchanged
+    tz = policy.timezone
+    day = local_day(state.as_of, tz)
+    for n, step in enumerate(data.draw(st.lists(st.integers(0, 45), min_size=1, max_size=6))):
+        day += step
+        if data.draw(st.integers(0, 3)) == 0:  # now and then a sale on that day
+            when = datetime.fromtimestamp(noon(day, tz) // US_PER_SECOND, zone(tz))
+            apply_event(state, event("sale", when.isoformat(), grading_=grading,
+                                     event_id=f"k{n}", amount=data.draw(money)), grading, 0)
+        apply_tick(state, noon(day, tz), grading, 0)
+        assert kept_drops_on(state, policy) == drops_on(load_state(dump_state(state)), policy)
+
+
+def _abc_a_customer() -> tuple[Any, Grading]:
+    grading = Grading((ABC,))
+    # A until 2026-12-01, when the 2025-12 sale leaves the 12-month window (see CASES)
+    evs = [event("sale", "2025-12-10", grading_=grading, amount="240000", event_id="e1"),
+           event("sale", "2026-11-10", grading_=grading, amount="100", event_id="e2")]
+    return graded(evs, grading), grading
+
+
+def test_a_tick_before_the_drop_gives_the_kept_answer_again() -> None:
+    state, grading = _abc_a_customer()
+    assert kept_drops_on(state, ABC) == (date(2026, 12, 1), "B")
+    kept = state.memo[_KEPT + ABC.name]
+    apply_tick(state, at("2026-11-30T12:00:00+08:00"), grading, 0)  # the day before it
+    assert kept_drops_on(state, ABC) == (date(2026, 12, 1), "B")
+    assert state.memo[_KEPT + ABC.name] is kept  # not walked again
+    apply_tick(state, at("2026-12-01T12:00:00+08:00"), grading, 0)  # it dropped: walked
+    assert state.tiers[ABC.name].tier == "B"
+    assert kept_drops_on(state, ABC) == drops_on(load_state(dump_state(state)), ABC)
+    assert state.memo[_KEPT + ABC.name] is not kept
+
+
+def test_a_new_event_or_a_pin_walks_again() -> None:
+    state, grading = _abc_a_customer()
+    kept_drops_on(state, ABC)
+    # a sale in 2026-11 keeps A past 2026-12-01 (240,100 over 12 months) until both 2026-11
+    # sales leave: no sale in the window, 30 + 0 points
+    apply_event(state, event("sale", "2026-11-20", grading_=grading, amount="240000",
+                             event_id="e3"), grading, 0)
+    assert kept_drops_on(state, ABC) == drops_on(load_state(dump_state(state)), ABC) \
+        == (date(2027, 11, 1), "C")
+    apply_event(state, event("override", "2026-11-21", grading_=grading, action="pin",
+                             policy="abc-100", tier="A", reason="r", actor="a",
+                             event_id="e4"), grading, 0)
+    assert kept_drops_on(state, ABC) == (None, None)  # a pinned tier never drops
+
+
+def test_a_customer_who_cannot_drop_keeps_nothing() -> None:
+    """The lowest tier (or a pin) is answered before any walk: nothing is kept for it."""
+    grading = Grading((STARS,))
+    state = graded([event("interaction", "2026-11-01", grading_=grading, kind="visit",
+                          event_id="e1")], grading)
+    assert kept_drops_on(state, STARS) == (None, None)
+    assert _KEPT + STARS.name not in state.memo
 
 
 # --- hand-made cases ---------------------------------------------------------------------
