@@ -68,18 +68,63 @@ def dump_state(state: CustomerState) -> bytes:
 
 
 def _dump_seen(out: Packer, seen: dict[str, int], digests: dict[str, int]) -> None:
-    """The dedup table, oldest first: its size, then each id and its occurred_at (untagged);
+    """The dedup table, oldest first: its size and form, then its ids and their occurred_at;
     then the digests, 4 bytes each in the same order when every id has one (else a map, as
-    a version 1 state's ids have none)."""
+    a version 1 state's ids have none).
+
+    The compact form, when every id is a canonical UUID met here first and every instant a
+    whole second within 68 years of as_of (the common case): the ids' 16 bytes each, then
+    4 bytes each of seconds before as_of. Else each id (a tagged string) and its instant.
+    """
     order = sorted(seen.items(), key=lambda item: (item[1], item[0]))
     out.uint(len(order))
-    for eid, ts in order:
-        out.text(eid)
-        out.instant(ts)
+    buf, refs, base = out.buf, out.refs, out.base
+    seconds = [(base - ts) // US for _eid, ts in order]
+    if (order and all(len(eid) == 36 and _UUID.fullmatch(eid) and eid not in refs
+                      for eid, _ts in order)
+            and all((base - ts) % US == 0 for _eid, ts in order)
+            and min(seconds) >= -(2**31) and max(seconds) < 2**31):
+        buf.append(COMPACT)
+        for eid, _ts in order:
+            refs[eid] = len(refs)
+        buf += bytes.fromhex("".join(eid for eid, _ts in order).replace("-", ""))
+        buf += struct.pack(f">{len(order)}i", *seconds)
+    else:
+        buf.append(TAGGED)
+        for eid, ts in order:
+            out.text(eid)
+            out.instant(ts)
     if digests.keys() == seen.keys():
         out.value(struct.pack(f">{len(order)}I", *[digests[eid] for eid, _ts in order]))
     else:
         out.value(digests)
+
+
+def _load_seen(src: Unpacker, state: CustomerState) -> None:
+    count = src.uint()
+    form = src.data[src.pos]
+    src.pos += 1
+    if form == COMPACT:
+        h = src.take(16 * count).hex()
+        ids = [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-"
+               f"{h[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
+        src.texts += ids
+        base = src.base
+        seconds = struct.unpack(f">{count}i", src.take(4 * count))
+        state.seen = {eid: base - s * US for eid, s in zip(ids, seconds, strict=True)}
+    elif form == TAGGED:
+        ids = []
+        for _ in range(count):
+            eid = src.value()
+            ids.append(eid)
+            state.seen[eid] = src.instant()
+    else:
+        raise ValueError(f"unknown form {form} of the dedup table")
+    digests = src.value()
+    if isinstance(digests, bytes):
+        state.digests = dict(zip(ids, struct.unpack(f">{len(ids)}I", digests), strict=True))
+    else:
+        state.digests = digests
 
 
 def _dump_months(out: Packer, months: dict[str, dict[int, list[int]]]) -> None:
@@ -218,16 +263,7 @@ def _load_v6(data: bytes) -> CustomerState:
     state = CustomerState(customer_id, as_of=as_of, horizon=src.value(),
                           first_activity=src.value(), last_sale=src.value(),
                           lifetime_sales=src.value())
-    ids = []
-    for _ in range(src.uint()):
-        eid = src.value()
-        ids.append(eid)
-        state.seen[eid] = src.instant()
-    digests = src.value()
-    if isinstance(digests, bytes):
-        state.digests = dict(zip(ids, struct.unpack(f">{len(ids)}I", digests), strict=True))
-    else:
-        state.digests = digests
+    _load_seen(src, state)
     state.months = _load_months(src)
     state.interactions = _load_interactions(src)
     state.invoices = _load_invoices(src)
@@ -333,6 +369,7 @@ SMALL_DICT, SMALL_LIST, SMALL_INT, SMALL_REF = 0x10, 0x20, 0x40, 0x80  # + n (0-
 _HEX = re.compile(r"(?:[0-9a-f]{2}){2,}")  # lowercase hex: half the bytes give it back
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # canonical
 US = 1_000_000
+TAGGED, COMPACT = 0, 1  # the forms of the dedup table (_dump_seen)
 
 
 class Instant(int):
@@ -476,6 +513,13 @@ class Unpacker:
         self.pos = pos
         return n
 
+    def take(self, size: int) -> bytes:
+        raw = self.data[self.pos:self.pos + size]
+        if len(raw) != size:
+            raise ValueError("the state ends inside a value")
+        self.pos += size
+        return raw
+
     def sints(self, count: int) -> list[int]:
         out = []
         data, pos = self.data, self.pos
@@ -523,11 +567,7 @@ class Unpacker:
         if tag == DICT:
             return self._dict(self.uint())
         if tag in (TEXT, HEX, UUID, BYTES):
-            size = 16 if tag == UUID else self.uint()
-            raw = self.data[self.pos:self.pos + size]
-            if len(raw) != size:
-                raise ValueError("the state ends inside a value")
-            self.pos += size
+            raw = self.take(16 if tag == UUID else self.uint())
             if tag == BYTES:
                 return raw
             if tag == UUID:

@@ -108,6 +108,32 @@ def test_version_5_states_still_load(state: CustomerState) -> None:
     assert view(load_state(dump_state_v5(state))) == view(state)
 
 
+@settings(max_examples=100, deadline=None)
+@given(seen=st.dictionaries(st.uuids().map(str), st.integers(-(2**32), 2**32), min_size=1,
+                            max_size=30),
+       whole=st.booleans(), data=st.data())
+def test_the_compact_dedup_table_of_uuids(seen: dict[str, int], whole: bool,
+                                          data: st.DataObject) -> None:
+    """Canonical UUIDs and whole seconds (the compact form), or not quite (the tagged form:
+    one instant off the second, or one id met before as the customer id)."""
+    as_of = 1_795_276_800_000_000
+    seen = {eid: as_of - s * 1_000_000 if whole else as_of - s for eid, s in seen.items()}
+    fits = all((as_of - ts) % 1_000_000 == 0 and -(2**31) <= (as_of - ts) // 1_000_000 < 2**31
+               for ts in seen.values())
+    customer = data.draw(st.sampled_from(["C1", next(iter(seen))]))
+    table = codec.Packer(as_of)
+    table.text(customer)
+    start = len(table.buf)
+    codec._dump_seen(table, seen, {})
+    compact = fits and customer == "C1"
+    assert table.buf[start + 1] == (codec.COMPACT if compact else codec.TAGGED)  # after the count
+    state = CustomerState(customer, as_of=as_of, seen=seen,
+                          digests={eid: n for n, eid in enumerate(seen)})
+    state.invoices = {"I1": Invoice([(ts, eid, 100) for eid, ts in seen.items()])}
+    again = load_state(dump_state(state))
+    assert view(again) == view(state)
+
+
 def test_event_ids_are_kept_exactly_whatever_their_form() -> None:
     forms = ["0f8fad5b-d9cb-469f-a165-70867728950e", "0F8FAD5B-D9CB-469F-A165-70867728950E",
              "0f8fad5bd9cb469fa16570867728950e", "0f8fad5b-d9cb-469f-a165-70867728950", "abc",
