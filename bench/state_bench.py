@@ -1,11 +1,12 @@
 """The size of a customer's stored state (issue 22), as the worker stores it.
 
-    python bench/state_bench.py [--customers 20000] [--events-per-customer 10]
+    python bench/state_bench.py [--customers 20000] [--events-per-customer 8.5]
                                 [--months 12] [--policies abc-100,sabcd-weighted,stars]
 
 1. Events: bench/generate_events.py (about a year of retail activity, about
    ``--events-per-customer`` distinct events per customer on average, log-normal
-   sizes), no re-sends, no bad lines; each event id replaced by a UUID (as
+   sizes; some customers get none, so about 10 a customer with a state), no
+   re-sends, no bad lines; each event id replaced by a UUID (as
    producers make them: ``str(uuid.uuid4())``, drawn from a seeded generator).
 2. The worker's path: each event, in arrival order, through
    ``grader.stream.step.handle_event`` (one partition), a tick at the end
