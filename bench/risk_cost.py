@@ -5,7 +5,7 @@
                               [--rounds 3] [--case steady|backlog|both] [--profile FILE]
                               [--callgrind]
 
-The worker's ``Processor`` (grader/stream/app.py) grades the same generated
+The worker's ``Processor`` (grader/stream/processor.py) grades the same generated
 file (bench/generate_events.py, routed and partitioned as the worker reads
 it) in batches of ``--batch`` messages, on a memory table store, into a sink
 that drops the outputs: once with the tier at risk (``at_risk=True``) and

@@ -3,6 +3,7 @@
     python bench/takeover_bench.py [--broker kafka|tansu] [--customers 50000]
                                    [--templates 2000] [--events-per-customer 20]
                                    [--policies abc-100,sabcd-weighted,stars] [--keep DIR]
+                                   [--event-ids uuid|serial]
 
 With standby replicas off (docs/streaming.md, "Standby replicas"), a worker
 that is given a partition it did not write (a takeover after a crash, a
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import re
 import signal
 import subprocess
@@ -145,6 +147,17 @@ def fill_changelog(broker: KafkaProtocolServer, topic: str, templates: list[byte
     return sent
 
 
+def with_uuids(lines: list[bytes]) -> list[bytes]:
+    """The lines with each event id replaced by a UUID, as producers make them (seeded)."""
+    rng = random.Random(11)
+    out = []
+    for line in lines:
+        record = orjson.loads(line)
+        record["event_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        out.append(orjson.dumps(record))
+    return out
+
+
 def du(path: Path) -> int:
     """Bytes of the files under ``path``."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -157,6 +170,9 @@ def main() -> None:
     parser.add_argument("--templates", type=int, default=2_000)
     parser.add_argument("--events-per-customer", type=int, default=20)
     parser.add_argument("--policies", default="abc-100,sabcd-weighted,stars")
+    parser.add_argument("--event-ids", choices=("uuid", "serial"), default="uuid",
+                        help="the templates' event ids: UUIDs (as producers make them) or "
+                             "the generator's serial numbers (e-0000123)")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs and data here")
     graderexe.add_argument(parser)
     args = parser.parse_args()
@@ -166,7 +182,8 @@ def main() -> None:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
     print(f"broker: {describe_broker(args.broker)}; 1 partition; policies {args.policies}; "
           f"core {graderexe.core(args.grader)}; {args.customers:,} customers from "
-          f"{args.templates:,} templates of {args.events_per_customer} events each")
+          f"{args.templates:,} templates of {args.events_per_customer} events each "
+          f"({args.event_ids} event ids)")
     with tempfile.TemporaryDirectory() as tmp, start_server(args.broker) as broker:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -176,6 +193,8 @@ def main() -> None:
         events = work / "templates.jsonl"
         lines = list(generate(args.templates, args.templates * args.events_per_customer,
                               seed=11, as_of=AS_OF, months=11, duplicates=0.0, bad=0.0))
+        if args.event_ids == "uuid":
+            lines = with_uuids(lines)
         events.write_bytes(b"\n".join(lines) + b"\n")
         graded = len({orjson.loads(line)["customer_id"] for line in lines})
         first = start_worker(broker, args, prefix, work / "data-a", work / "a.log")
