@@ -9,7 +9,7 @@
    re-sends, no bad lines; each event id replaced by a UUID (as
    producers make them: ``str(uuid.uuid4())``, drawn from a seeded generator).
 2. The worker's path: each event, in arrival order, through
-   ``grader.stream.step.handle_event`` (one partition), a tick at the end
+   ``grader.core.step.handle_event`` (one partition), a tick at the end
    (``handle_tick``), then the tier-at-risk refresh (``with_risk``).
 3. Each final state encoded by the codec: the one the worker writes now
    (``grader.codec.dump_state``) and, for the contrast, the previous one
