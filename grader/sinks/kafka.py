@@ -54,7 +54,7 @@ class BatchSender:
     run out: it is checked before a send, and while waiting for the acknowledgements
     (every ``LEASE_POLL`` s); ``guard`` gets the producer's aiokafka client before it
     starts (the worker's checks the lease when each produce request is written to its
-    socket: grader.stream.lease.guard_producer).
+    socket: grader.stream.faust_patches.lease_hooks.guard_producer).
     """
 
     def __init__(self, bootstrap_servers: list[str],

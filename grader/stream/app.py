@@ -37,8 +37,9 @@ from grader.sinks.redis import SupportQueues, reason
 from grader.stream.agent import grade_batches
 from grader.stream.faust_patches import webserver
 from grader.stream.faust_patches.flowfix import keep_records_on_repeated_resume
+from grader.stream.faust_patches.lease_hooks import guard_producer
 from grader.stream.faust_patches.seeking import ResumingConsumer, transport_for
-from grader.stream.lease import Lease, guard_producer
+from grader.stream.lease import Lease
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.options import StreamOptions
 from grader.stream.processor import Processor, now_us

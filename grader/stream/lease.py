@@ -11,11 +11,11 @@ a heartbeat from it (or when it rejoins, which this worker knows of). So a
 heartbeat that got an error-free answer, sent at time S (this process's
 monotonic clock), proves that the member keeps its partitions at least until
 S + session. :class:`Lease` keeps ``until = S + session - margin`` from the
-consumer's own requests (:func:`watch_group`: Heartbeat, and JoinGroup then
+consumer's own requests (``faust_patches.lease_hooks.watch_group``: Heartbeat, and JoinGroup then
 SyncGroup), and :meth:`Lease.check` is called before every write of the
 worker: before each batch of changelog records and outputs
 (grader.sinks.kafka), at the very moment a produce request is written to its
-socket (:func:`guard_producer`), while waiting for the broker's answer, and
+socket (``faust_patches.lease_hooks.guard_producer``), while waiting for the broker's answer, and
 before the Redis writes. ``margin`` covers a request written just before the
 lease ends reaching the broker.
 
@@ -50,11 +50,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import struct
 import time
 from collections.abc import Callable
-from typing import Any
 
 log = logging.getLogger(__name__)
 LEASE_LOST_EXIT = 75  # EX_TEMPFAIL: restart me
@@ -166,55 +163,3 @@ def exit_now(what: str) -> None:
               "records is written; restart the worker", what, LEASE_LOST_EXIT)
     logging.shutdown()
     os._exit(LEASE_LOST_EXIT)
-
-
-def watch_group(client: Any, lease: Lease) -> None:
-    """Feed ``lease`` from the group requests a consumer's aiokafka client sends."""
-    send = client.send
-
-    async def watched(node_id: Any, request: Any, **kwargs: Any) -> Any:
-        sent = time.monotonic()
-        response = await send(node_id, request, **kwargs)
-        api_key = getattr(request, "API_KEY", None)
-        if api_key in (HEARTBEAT, JOIN_GROUP, SYNC_GROUP):
-            lease.saw(api_key, sent, getattr(response, "error_code", None))
-        return response
-
-    client.send = watched
-
-
-LINGER_0 = struct.pack("ii", 1, 0)
-
-
-def guard_producer(client: Any, lease: Lease) -> None:
-    """Check ``lease`` at each produce request's write to its socket, and make each
-    connection's close abortive (SO_LINGER 0: unsent bytes are dropped, not delivered
-    once a broken network heals)."""
-    get_conn = client._get_conn
-
-    async def guarded(node_id: Any, **kwargs: Any) -> Any:
-        conn = await get_conn(node_id, **kwargs)
-        if conn is not None and not getattr(conn, "_grader_guarded", False):
-            _guard(conn, lease)
-        return conn
-
-    client._get_conn = guarded
-
-
-def _guard(conn: Any, lease: Lease) -> None:
-    conn._grader_guarded = True
-    writer = getattr(conn, "_writer", None)
-    sock = writer.transport.get_extra_info("socket") if writer is not None else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_0)
-        except OSError as exc:  # pragma: no cover - a socket type without SO_LINGER
-            log.warning("cannot set SO_LINGER on a producer connection: %s", exc)
-    send = conn.send
-
-    def checked(request: Any, expect_response: bool = True) -> Any:
-        if getattr(request, "API_KEY", None) == PRODUCE:
-            lease.check("writing a produce request")  # no await between this and the write
-        return send(request, expect_response=expect_response)
-
-    conn.send = checked

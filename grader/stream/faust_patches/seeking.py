@@ -54,7 +54,8 @@ from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as driver
 
 from grader.kafka.offsets import fetch_first, fetched_ends
-from grader.stream.lease import Lease, watch_group
+from grader.stream.faust_patches.lease_hooks import watch_group
+from grader.stream.lease import Lease
 from grader.stream.progress import SourceProgress
 
 log = logging.getLogger(__name__)
