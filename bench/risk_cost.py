@@ -3,7 +3,7 @@
     python bench/risk_cost.py [--events 40000] [--customers 3000] [--input FILE]
                               [--batch 1000] [--policies abc-100,sabcd-weighted,stars]
                               [--rounds 3] [--case steady|backlog|both] [--profile FILE]
-                              [--callgrind]
+                              [--callgrind [--parts]]
 
 The worker's ``Processor`` (grader/stream/processor.py) grades the same generated
 file (bench/generate_events.py, routed and partitioned as the worker reads
@@ -29,7 +29,14 @@ and the cost (ratio - 1). The target (issue 23) is a cost of at most 10%.
 loaded machine, about 50 times slower): one process per case and system, each
 less a process that only reads and routes the lines; use a smaller input
 (``--events 10000 --customers 1000``, or ``--input`` a file written by
-bench/generate_events.py).
+bench/generate_events.py). ``--parts`` splits the cost: two more processes per
+case with the tier at risk but a part of it left out, ``restored`` (the
+refresh computes nothing: each deferred customer is only marked fresh and
+stored again) and ``unwalked`` (every drops_on is answered "never" without a
+walk: the refresh's bookkeeping, snapshot and store, no walk); so the walk is
+with - unwalked, the bookkeeping unwalked - restored, the store again
+restored - without. Set PYTHONHASHSEED (e.g. 0) for counts that repeat to the
+instruction.
 """
 
 from __future__ import annotations
@@ -54,8 +61,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.generate_events import generate  # noqa: E402
 from grader import core_kind  # noqa: E402
+from grader.core import risk  # noqa: E402
+from grader.core.atrisk import NO_RISK  # noqa: E402
 from grader.core.grading import Grading  # noqa: E402
 from grader.core.policy import load_policy  # noqa: E402
+from grader.core.state import CustomerState  # noqa: E402
 from grader.core.step import Incoming, Output  # noqa: E402
 from grader.core.topology import partition_of  # noqa: E402
 from grader.kafka.produce import route  # noqa: E402
@@ -101,7 +111,7 @@ def run(grading: Grading, msgs: list[Incoming], batch: int, at_risk: bool,
     proc = Processor(grading, MemoryTableStore(), MemoryTableStore(), sink,
                      PREFIX + "ticks", PARTITIONS, at_risk=at_risk)
     if not backlog:  # as if each batch were read as soon as it was written
-        proc.behind = lambda _messages: False  # type: ignore[method-assign]
+        proc.behind = lambda _messages: False  # type: ignore[method-assign,assignment]
 
     async def go() -> None:
         for start in range(0, len(msgs), batch):
@@ -117,6 +127,21 @@ def run(grading: Grading, msgs: list[Incoming], batch: int, at_risk: bool,
     return time.process_time() - started, sink.count
 
 
+PARTS = ("restored", "unwalked")  # --parts: runs with a part of the tier at risk left out
+
+
+def leave_out(part: str) -> None:
+    """Leave a part of the tier at risk out of this process (--parts)."""
+    if part == "restored":
+        def marked(_self: Processor, state: CustomerState, outputs: list[Output], _now: int,
+                   _force: bool = False) -> list[Output]:
+            state.risk_stale = False
+            return outputs
+        Processor.with_risk = marked  # type: ignore[method-assign,assignment]
+    else:
+        risk.kept_drops_on = lambda *_args: NO_RISK  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=40_000)
@@ -130,7 +155,10 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile of a run with it here")
     parser.add_argument("--callgrind", action="store_true",
                         help="count instructions (valgrind) instead of CPU seconds")
-    parser.add_argument("--single", choices=("setup", "with", "without"),
+    parser.add_argument("--parts", action="store_true",
+                        help="with --callgrind: split the cost into the store again, the "
+                        "bookkeeping and the walk")
+    parser.add_argument("--single", choices=("setup", "with", "without", *PARTS),
                         help=argparse.SUPPRESS)  # one run of --case, for --callgrind
     args = parser.parse_args()
     if args.callgrind:
@@ -150,8 +178,10 @@ def main() -> None:
     print(f"{len(msgs):,} input messages ({source}), policies {args.policies}, "
           f"batches of {args.batch:,}")
     if args.single:
+        if args.single in PARTS:
+            leave_out(args.single)
         if args.single != "setup":
-            run(grading, msgs, args.batch, args.single == "with", args.case == "backlog")
+            run(grading, msgs, args.batch, args.single != "without", args.case == "backlog")
         return
     if args.profile:
         profiler = cProfile.Profile()
@@ -212,12 +242,19 @@ def callgrind(args: argparse.Namespace) -> None:
     cases = ("steady", "backlog") if args.case == "both" else (args.case,)
     for case in cases:
         counts = {}
-        for single in ("with", "without"):
+        for single in ("with", "without", *(PARTS if args.parts else ())):
             counts[single] = instructions(args, case, single) - setup
             print(f"  {case} {single}: {counts[single]:,} instructions", flush=True)
-        ratio = counts["with"] / counts["without"]
+        without = counts["without"]
+        ratio = counts["with"] / without
         print(f"{case}: ratio {ratio:.4f}: the tier at risk costs {100 * (ratio - 1):+.1f}% "
               f"instructions", flush=True)
+        if args.parts:
+            parts = {"storing again": counts["restored"] - without,
+                     "bookkeeping and snapshot": counts["unwalked"] - counts["restored"],
+                     "the walks": counts["with"] - counts["unwalked"]}
+            print(f"{case}: of which " + ", ".join(
+                f"{name} {100 * n / without:+.1f}%" for name, n in parts.items()), flush=True)
 
 
 if __name__ == "__main__":
