@@ -84,6 +84,9 @@ def create_app(settings: Settings, grading: Grading, options: StreamOptions,
     install_timers(parts)
     install_signals(parts)
     install_tasks(parts, store, options)
+    # Whether the group ever gave this worker partitions (grader.stream.worker: a stopping
+    # signal before that exits at once).
+    app.grader_assigned = lambda: parts.lease.synced > 0  # type: ignore[attr-defined]
     return app
 
 

@@ -171,7 +171,19 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
     check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 
-    worker_type = worker_class(lambda: exit_if_stuck(code=lambda: stopped[0] if stopped else 0))
+    def exit_if_never_assigned(signum: signal.Signals) -> None:
+        """Before the group first assigned partitions nothing was graded: exit at once (a
+        graceful stop there could die in the closed store: faust_patches/shutdown.py)."""
+        if app.grader_assigned():  # type: ignore[attr-defined]
+            return
+        if not stopped:
+            print(f"grader: {signal.Signals(signum).name} during start-up: stopped before "
+                  "grading anything", file=sys.__stderr__, flush=True)
+        logging.shutdown()
+        os._exit(stopped[0] if stopped else 0)
+
+    worker_type = worker_class(lambda: exit_if_stuck(code=lambda: stopped[0] if stopped else 0),
+                               exit_if_never_assigned)
     worker = worker_type(app, loglevel=options.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
