@@ -101,14 +101,20 @@ def exit_on_signal_until_started() -> None:
     word. mode replaces these handlers when the worker starts (Worker.on_first_start).
     """
     def stop(signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
-        print(f"grader: {name} during start-up: stopped before grading anything",
-              file=sys.stderr, flush=True)
-        logging.shutdown()
-        os._exit(0)
+        exit_before_grading(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+
+
+def exit_before_grading(signum: int, code: int = 0, say: bool = True) -> None:
+    """Exit at once with ``code``: a stopping signal came before anything was graded;
+    ``say``: with the one line that says so."""
+    if say:
+        print(f"grader: {signal.Signals(signum).name} during start-up: stopped before "
+              "grading anything", file=sys.__stderr__, flush=True)
+    logging.shutdown()
+    os._exit(code)
 
 
 def exit_if_stuck(grace: float = SHUTDOWN_GRACE,
@@ -171,19 +177,16 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
     check_local_tables(Path(app.conf.tabledir), changelogs_of(app), settings.kafka)
     tune_gc()
 
+    def exit_code() -> int:
+        return stopped[0] if stopped else 0
+
     def exit_if_never_assigned(signum: signal.Signals) -> None:
         """Before the group first assigned partitions nothing was graded: exit at once (a
         graceful stop there could die in the closed store: faust_patches/shutdown.py)."""
-        if app.grader_assigned():  # type: ignore[attr-defined]
-            return
-        if not stopped:
-            print(f"grader: {signal.Signals(signum).name} during start-up: stopped before "
-                  "grading anything", file=sys.__stderr__, flush=True)
-        logging.shutdown()
-        os._exit(stopped[0] if stopped else 0)
+        if not app.grader_assigned():  # type: ignore[attr-defined]
+            exit_before_grading(signum, exit_code(), say=not stopped)
 
-    worker_type = worker_class(lambda: exit_if_stuck(code=lambda: stopped[0] if stopped else 0),
-                               exit_if_never_assigned)
+    worker_type = worker_class(lambda: exit_if_stuck(code=exit_code), exit_if_never_assigned)
     worker = worker_type(app, loglevel=options.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
@@ -191,4 +194,4 @@ def run_worker(settings: Settings, grading: Grading, options: StreamOptions,
         return stopped[0] if stopped else int(exc.code or 0)
     finally:
         watch.close()
-    return stopped[0] if stopped else 0
+    return exit_code()
