@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -39,6 +40,55 @@ AUDIT_KEYS = ("ts", "event_id", "occurred_at", "action", "policy", "tier", "reas
 def dump_state(state: CustomerState) -> bytes:
     """Serialise a customer's state (version 6)."""
     out = Packer(state.as_of)
+    _dump_body(out, state)
+    _dump_tail(out, state)
+    return V6 + out.bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Where a dump's tail (the tier at risk) begins, for :func:`redump_tail`."""
+
+    at: int  # the tail's offset in the dump
+    count: int  # how many strings the dump had numbered before it
+    names: tuple[str, ...]  # the strings a tail may write (dump_state_marked)
+    refs: tuple[int, ...]  # the number of each of ``names`` before the tail, or -1
+
+
+def dump_state_marked(state: CustomerState, names: tuple[str, ...]) -> tuple[bytes, Mark]:
+    """:func:`dump_state`, and the mark of its tail; ``names``: every string a later tail
+    may write (the policies' names and their tiers' names)."""
+    out = Packer(state.as_of)
+    _dump_body(out, state)
+    refs = out.refs
+    mark = Mark(len(out.buf) + 1, len(refs), names, tuple(refs.get(s, -1) for s in names))
+    _dump_tail(out, state)
+    return V6 + out.bytes(), mark
+
+
+def redump_tail(data: bytes, start: int, mark: Mark, state: CustomerState) -> bytes | None:
+    """``dump_state(state)``, for a state whose dump is ``data[start:]`` (marked ``mark``)
+    but for its tail, the tier at risk (``risk``, ``risk_stale``): the body
+    is copied, only the tail is encoded again. None if the tail would write a string not
+    in the mark's names (then dump it whole). A refresh of the tier at risk changes nothing else
+    (grader.core.risk.refresh_risk), so the worker stores a refreshed customer so
+    (docs/performance.md, "Storing a refresh")."""
+    known = set(mark.names)
+    for policy, r in state.risk.items():
+        if policy not in known or (r.to_tier is not None and r.to_tier not in known):
+            return None
+    out = Packer(state.as_of)
+    out.buf = bytearray(data[start + 1:start + mark.at])
+    refs: dict[Any, int] = {s: n for s, n in zip(mark.names, mark.refs, strict=True) if n >= 0}
+    for n in range(mark.count - len(refs)):
+        refs[n] = -1  # the strings numbered before the tail but not in names: only counted
+    out.refs = refs
+    _dump_tail(out, state)
+    return V6 + out.bytes()
+
+
+def _dump_body(out: Packer, state: CustomerState) -> None:
+    """Every field before the tier at risk."""
     out.value(state.customer_id)
     out.value(state.as_of)
     out.value(Instant.of(state.horizon))
@@ -62,9 +112,12 @@ def dump_state(state: CustomerState) -> bytes:
         out.text(policy)
         out.text(version)
         out.text(digest)
+
+
+def _dump_tail(out: Packer, state: CustomerState) -> None:
+    """The tier at risk, last: a refresh changes only this (redump_tail)."""
     _dump_risk(out, state.risk)
     out.value(state.risk_stale)
-    return V6 + out.bytes()
 
 
 def _dump_seen(out: Packer, seen: dict[str, int], digests: dict[str, int]) -> None:
@@ -388,7 +441,8 @@ class Packer:
     def __init__(self, base: int) -> None:
         self.base = base
         self.buf = bytearray()
-        self.refs: dict[str, int] = {}
+        # string -> its number; redump_tail adds numbers (int keys) for strings not kept
+        self.refs: dict[Any, int] = {}
 
     def bytes(self) -> bytes:
         return bytes(self.buf)

@@ -84,7 +84,8 @@ class Outcome:
 
 
 def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], clock_us: int,
-                 grading: Grading, now_us: int, partitions: int) -> Outcome:
+                 grading: Grading, now_us: int, partitions: int,
+                 snapshots: bool = True) -> Outcome:
     """Grade one input message.
 
     ``load`` gives the state of a customer by key (None if never stored; it is
@@ -98,6 +99,9 @@ def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], c
     repartition topic, keyed and partitioned by customer_id, and graded when
     it arrives there (docs/streaming.md, "Repartitioning"). A message without
     a key is routed by its customer_id the same way.
+
+    ``snapshots`` False: no customer-tiers snapshot for a customer with tiers (the
+    worker defers them while behind: grader.stream.processor, Processor.defer_risk).
     """
     parsed = parse_event(msg.value, grading.parse_context(now_us))
     if isinstance(parsed, Event):
@@ -114,12 +118,13 @@ def handle_event(msg: Incoming, load: Callable[[bytes], CustomerState | None], c
     step = apply_event(state, parsed, grading, now_us)
     if step.status != "applied":
         if steps:  # not applied, but the roll-out's regrade is stored
-            return graded(step.status, state, steps, conflict=step.conflict)
+            return graded(step.status, state, steps, conflict=step.conflict,
+                          snapshots=snapshots)
         return Outcome(step.status, conflict=step.conflict)
     steps.append(step)
     if clock_us > state.as_of:
         steps.append(apply_tick(state, clock_us, grading, now_us))
-    return graded("applied", state, steps)
+    return graded("applied", state, steps, snapshots=snapshots)
 
 
 def handle_tick(state: CustomerState, as_of: int, grading: Grading, now_us: int) -> Outcome:
@@ -142,10 +147,13 @@ def handle_policy(state: CustomerState, grading: Grading, now_us: int) -> Outcom
 
 
 def graded(status: str, state: CustomerState, steps: list[StepResult],
-           conflict: bool = False) -> Outcome:
+           conflict: bool = False, snapshots: bool = True) -> Outcome:
     """What grading ``steps`` did to ``state``: its outputs (graded_outputs), the state to
-    store, and whether its support-queue keys in Redis are to be written."""
-    return Outcome(status, graded_outputs(state.customer_id, steps), state, conflict=conflict,
+    store, and whether its support-queue keys in Redis are to be written. ``snapshots``
+    False: no customer-tiers snapshot if the customer has tiers (handle_event)."""
+    return Outcome(status, graded_outputs(state.customer_id, steps,
+                                          snapshots or not state.tiers),
+                   state, conflict=conflict,
                    support=any(step.support_changed for step in steps))
 
 
@@ -175,15 +183,16 @@ SUPPORT_MARK = "@support"
 
 
 def encode_record(state: CustomerState, epoch: str, pending: list[Output],
-                  support: bool = False) -> bytes:
+                  support: bool = False, body: bytes | None = None) -> bytes:
     """``{"epoch", "rev", "pending": [[topic, value], ...]}`` newline, then the state
     codec; ``rev`` is the state's revision (a record from before it has none: 0);
-    ``support``: a last pending entry ``[SUPPORT_MARK, ""]``."""
+    ``support``: a last pending entry ``[SUPPORT_MARK, ""]``; ``body``: the state's
+    ``dump_state`` when the caller has it."""
     entries = [[out.topic, out.value.decode()] for out in pending]
     if support:
         entries.append([SUPPORT_MARK, ""])
     head = orjson.dumps({"epoch": epoch, "rev": state.revision, "pending": entries})
-    return head + b"\n" + dump_state(state)
+    return head + b"\n" + (dump_state(state) if body is None else body)
 
 
 def decode_record(value: bytes) -> Record:
@@ -213,12 +222,14 @@ def republished(pending: list[Output]) -> list[Output]:
     return [out for n, out in enumerate(pending) if out.topic != CUSTOMER_TIERS or n == last]
 
 
-def graded_outputs(customer_id: str, steps: list[StepResult]) -> list[Output]:
-    """Tier changes in order, then the customer's snapshot if any step changed it."""
+def graded_outputs(customer_id: str, steps: list[StepResult],
+                   with_snapshot: bool = True) -> list[Output]:
+    """Tier changes in order, then the customer's snapshot if any step changed it (and
+    ``with_snapshot``)."""
     key = customer_id.encode()
     outputs = [Output(TIER_CHANGES, key, orjson.dumps(change))
                for step in steps for change in step.changes]
-    if any(step.snapshot_changed for step in steps):
+    if with_snapshot and any(step.snapshot_changed for step in steps):
         outputs.append(Output(CUSTOMER_TIERS, key, orjson.dumps(snapshot(steps[-1].state))))
     return outputs
 

@@ -19,10 +19,11 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import orjson
 
-from grader.core import step
+from grader.core import codec, step
 from grader.core.clock import NEVER, format_instant
 from grader.core.errors import WorkerStop
 from grader.core.events import Rejection
@@ -49,10 +50,25 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class Batch:
-    """What the messages of one batch did: live states, and outputs per customer in order."""
+@dataclass(slots=True)
+class Cached:
+    """A record this process stored: its bytes, its state decoded, where the state's codec
+    bytes begin in them, and the mark of their tail (codec.dump_state_marked) or None."""
 
-    def __init__(self) -> None:
+    value: bytes
+    state: CustomerState
+    start: int
+    mark: codec.Mark | None
+
+
+class Batch:
+    """What the messages of one batch did: live states, and outputs per customer in order.
+
+    ``defer``: a backlog's batch, whose tier at risk is deferred (Processor.defer_risk):
+    its steps build no customer-tiers snapshot for a customer with tiers."""
+
+    def __init__(self, defer: bool = False) -> None:
+        self.defer = defer
         self.states: dict[bytes, CustomerState | None] = {}  # loaded or changed
         self.store: dict[bytes, tuple[int, CustomerState]] = {}  # records to write, by key
         self.outputs: dict[bytes, list[step.Output]] = {}  # per customer, stored with it
@@ -61,6 +77,9 @@ class Batch:
         self.clocks: dict[int, int] = {}  # partition -> its clock, read once per batch
         self.republished: dict[bytes, int] = {}  # how many outputs first are republished ones
         self.support: dict[bytes, None] = {}  # customers whose Redis keys are to be written
+        # Customers whose state is the one this process stored but for the tier at risk
+        # their refresh changes (take_stale): stored again by encoding only that (Cached).
+        self.tails: dict[bytes, None] = {}
 
     def add(self, key: bytes, partition: int, outcome: step.Outcome) -> None:
         """Keep what one step did to customer ``key``."""
@@ -74,7 +93,8 @@ class Batch:
 
     def forget(self, key: bytes) -> list[step.Incoming]:
         """Drop customer ``key``'s live state and outputs; the messages that had changed it."""
-        for kept in (self.states, self.store, self.outputs, self.republished, self.support):
+        for kept in (self.states, self.store, self.outputs, self.republished, self.support,
+                     self.tails):
             kept.pop(key, None)
         return self.applied.pop(key, [])
 
@@ -112,9 +132,12 @@ class Processor:
         self.ticks_topic = ticks_topic
         self.partitions = partitions
         self.epoch = uuid.uuid4().hex  # this process, in the records it stores
-        # The records this process stored, decoded: key -> (the bytes stored, state).
-        # A cached state is used only while the table still holds those same bytes.
-        self.decoded: dict[bytes, tuple[bytes, CustomerState]] = {}
+        # The records this process stored, decoded: key -> Cached (the bytes stored, the
+        # state, ...). A cached state is used only while the table still holds those bytes.
+        self.decoded: dict[bytes, Cached] = {}
+        # Every string a refreshed tier at risk may write (codec.dump_state_marked).
+        self.names = tuple(dict.fromkeys([*(p.name for p in grading.policies),
+                                          *(t for p in grading.policies for t in p.tier_names)]))
         self.notices = Notices(log)
 
     async def on_batch(self, messages: Iterable[step.Incoming]) -> None:
@@ -127,12 +150,13 @@ class Processor:
             self.refuse_if_superseded()
             self.begin()
             started = time.monotonic()
+            defer = self.at_risk and behind
             try:
-                batch = Batch()
+                batch = Batch(defer)
                 for msg in messages:
                     if msg.topic == self.ticks_topic:
                         await self.settle(batch, behind)
-                        batch = Batch()
+                        batch = Batch(defer)
                         await self.on_tick(msg)
                     else:
                         self.grade(msg, batch)
@@ -204,7 +228,8 @@ class Processor:
 
         try:
             outcome = step.handle_event(msg, load, self.batch_clock(msg.partition, batch),
-                                        self.grading, now_us(), self.partitions)
+                                        self.grading, now_us(), self.partitions,
+                                        snapshots=not batch.defer)
         except WorkerStop:
             raise
         except Exception as exc:  # a defect in grader: it must not stop the worker
@@ -257,8 +282,8 @@ class Processor:
         state = None
         if stored is not None:
             cached = self.decoded.get(key)
-            if cached is not None and cached[0] == stored:  # (== is an identity check first)
-                state = cached[1]  # stored by this process: nothing to republish
+            if cached is not None and cached.value == stored:  # (an identity check first)
+                state = cached.state  # stored by this process: nothing to republish
             else:
                 record = step.decode_record(stored)
                 state = record.state
@@ -289,21 +314,22 @@ class Processor:
                 self.stale.pop(key, None)
                 batch.outputs[key] = outputs[:again] + self.with_risk(state, outputs[again:],
                                                                       now, force)
-        for _partition, state in batch.store.values():
+        cached = []
+        for key, (partition, state) in batch.store.items():
             state.revision += 1
-        writes = [(partition, key, step.encode_record(state, self.epoch,
-                                                      batch.outputs.get(key, []),
-                                                      key in batch.support))
-                  for key, (partition, state) in batch.store.items()]
-        await self.customers.put_many(writes)
+            body, mark = self.dump(key, state, key in batch.tails)
+            value = step.encode_record(state, self.epoch, batch.outputs.get(key, []),
+                                       key in batch.support, body)
+            cached.append((partition, key, Cached(value, state, len(value) - len(body), mark)))
+        await self.customers.put_many([(partition, key, entry.value)
+                                       for partition, key, entry in cached])
         if len(self.decoded) > DECODED_MAX:
             self.decoded.clear()
         index = self.telemetry.index
-        for partition, key, value in writes:
-            state = batch.store[key][1]
-            self.decoded[key] = (value, state)
+        for partition, key, entry in cached:
+            self.decoded[key] = entry
             if index is not None:
-                index.stored(key, partition, state)
+                index.stored(key, partition, entry.state)
         await self.sink.publish([*batch.unstored,
                                  *(out for outs in batch.outputs.values() for out in outs)])
         self.count_changes(batch)
@@ -312,6 +338,21 @@ class Processor:
             if changed and self.lease is not None:
                 await self.lease.ready(f"writing {len(changed)} customers to Redis")
             await self.support.write(changed)
+
+    def dump(self, key: bytes, state: CustomerState,
+             tail: bool) -> tuple[bytes, codec.Mark | None]:
+        """The state's codec bytes, and where their tier at risk begins if a refresh may
+        follow (stored deferred: risk_stale). ``tail``: only the tier at risk changed since
+        this process stored it (take_stale): the stored body is kept, the tail encoded."""
+        if tail:
+            cached = self.decoded.get(key)
+            if cached is not None and cached.state is state and cached.mark is not None:
+                body = codec.redump_tail(cached.value, cached.start, cached.mark, state)
+                if body is not None:
+                    return body, None
+        if state.risk_stale:
+            return codec.dump_state_marked(state, self.names)
+        return codec.dump_state(state), None
 
     def defer_risk(self, batch: Batch) -> None:
         """While behind: each graded customer to store keeps its tier at risk as it was,
@@ -340,11 +381,15 @@ class Processor:
                 continue
             if key in batch.store:
                 continue
+            untouched = key not in batch.states
             state = self.state_of(key, partition, batch)
             if state is None or not state.risk_stale:
                 del self.stale[key]
                 continue
             batch.store[key] = (partition, state)
+            cached = self.decoded.get(key)
+            if untouched and cached is not None and cached.state is state:
+                batch.tails[key] = None  # as stored: the refresh changes only its tail
             taken += 1
 
     def with_risk(self, state: CustomerState, outputs: list[step.Output],

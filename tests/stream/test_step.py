@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from grader.core import step
+from grader.core import codec, step
 from grader.core.clock import NEVER, parse_instant
 from grader.core.codec import dump_state
 from grader.core.grading import Grading
@@ -56,6 +56,21 @@ def test_first_sale_grades_and_snapshots() -> None:
     snap = orjson.loads(outcome.outputs[-1].value)
     assert snap["tiers"]["abc-100"]["tier"] == "B"  # 2500 a month: 30 + paid at once: 30
     assert outcome.state is not None and outcome.state.customer_id == "C1"
+
+
+def test_a_deferring_batch_builds_no_snapshot_of_a_customer_with_tiers() -> None:
+    """While behind the worker drops a graded customer's snapshots (Processor.defer_risk),
+    so its steps do not build them; the rest of the outcome is the same."""
+    msg = message(sale("C1", "e1", "2026-11-01T10:00:00+08:00"), b"C1")
+    g = grading("abc-100", "stars")
+    outcome = step.handle_event(msg, lambda _key: None, NEVER, g, NOW, PARTITIONS,
+                                snapshots=False)
+    assert [o.topic for o in outcome.outputs] == ["tier-changes", "tier-changes"]
+    whole = step.handle_event(msg, lambda _key: None, NEVER, g, NOW, PARTITIONS)
+    assert outcome.outputs == whole.outputs[:2]
+    assert whole.outputs[2].topic == "customer-tiers"
+    assert outcome.state is not None and whole.state is not None
+    assert dump_state(outcome.state) == dump_state(whole.state)
 
 
 def test_duplicate_changes_nothing() -> None:
@@ -602,6 +617,41 @@ def test_a_backlog_defers_the_tier_at_risk_and_refreshes_it_once_caught_up() -> 
                                           "to_tier": "unrated"}
     assert not stored(store, b"C1").state.risk_stale and not proc.stale
     assert asyncio.run(proc.refresh_stale()) == 0
+
+
+def test_a_refresh_after_a_backlog_stores_what_a_whole_encoding_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: a deferred customer, refreshed once the worker is idle, is stored by
+    encoding only its tier at risk again (codec.redump_tail): the record holds the same
+    bytes as encoding its whole state, and it loads to the state the worker holds."""
+    g, store, sink = grading("abc-100", "sabcd-weighted", "stars"), MemoryTableStore(), \
+        RecordingSink()
+    proc = processor(g, sink, store)
+    tails: list[bytes | None] = []
+    real = codec.redump_tail
+
+    def redump_tail(*args: Any) -> bytes | None:
+        tails.append(real(*args))
+        return tails[-1]
+
+    monkeypatch.setattr(codec, "redump_tail", redump_tail)
+    days = ["2026-03-10", "2026-05-02", "2026-08-20", "2026-11-01"]
+    msgs = [message(sale(f"C{n}", f"e{n}-{d}", f"{day}T10:00:00+08:00", str(900 * n * (d + 1))),
+                    f"C{n}".encode(), offset=10 * n + d)
+            for n in range(1, 9) for d, day in enumerate(days[:1 + n % 4])]
+    asyncio.run(proc.on_batch([backlog(m) for m in msgs]))
+    assert all(stored(store, k).state.risk_stale for k in store.data)
+    before = {k: v.split(b"\n", 1)[1] for k, v in store.data.items()}
+    proc.behind_at -= BEHIND_AFTER
+    assert asyncio.run(proc.refresh_stale()) == len(store.data) == 8
+    assert len(tails) == 8 and None not in tails  # every one stored by its tail
+    for key, value in store.data.items():
+        body = value.split(b"\n", 1)[1]
+        state = proc.decoded[key].state
+        assert not state.risk_stale and set(state.risk) == set(state.tiers)
+        assert body == dump_state(state) != before[key]
+        assert dump_state(stored(store, key).state) == body
+    assert len(snapshots(sink.published)) == 8
 
 
 def test_a_deferred_tier_at_risk_survives_a_restart_and_a_tick_refreshes_it() -> None:

@@ -103,6 +103,35 @@ def test_version_6_gives_back_every_state(state: CustomerState) -> None:
     assert dump_state(again) == data  # one state, one encoding
 
 
+@settings(max_examples=200, deadline=None)
+@given(state=states(st.one_of(ints, big)), data=st.data())
+def test_a_tail_encoded_again_is_the_whole_dump(state: CustomerState,
+                                                 data: st.DataObject) -> None:
+    """The worker stores a refreshed customer by encoding only its tier at risk again
+    (codec.redump_tail): byte for byte what dump_state gives, whatever the refresh wrote,
+    the strings numbered before the tail or not (a tier name met first in the audit, or
+    only now); None when the refresh wrote a string the mark was not told of."""
+    names = tuple(dict.fromkeys([*state.tiers, *data.draw(st.lists(texts, max_size=4)),
+                                 *(r.to_tier for r in state.risk.values() if r.to_tier)]))
+    prefix = data.draw(st.binary(max_size=20))  # the record's head, before the state
+    body, mark = codec.dump_state_marked(state, names)
+    assert body == dump_state(state)
+    state.risk = data.draw(st.dictionaries(st.sampled_from(names) if names else texts,
+                                           st.builds(Risk, st.none() | st.integers(1, 10**6),
+                                                     st.none() | st.sampled_from(names or ("",)),
+                                                     st.lists(st.integers(1, 10**6),
+                                                              max_size=3)), max_size=3))
+    state.risk_stale = data.draw(st.booleans())
+    again = codec.redump_tail(prefix + body, len(prefix), mark, state)
+    fits = all(p in names and (r.to_tier is None or r.to_tier in names)
+               for p, r in state.risk.items())
+    if fits:
+        assert again == dump_state(state)
+        assert view(load_state(again)) == view(state)
+    else:
+        assert again is None
+
+
 @settings(max_examples=100, deadline=None)
 @given(state=states())
 def test_version_5_states_still_load(state: CustomerState) -> None:
