@@ -4,7 +4,7 @@ Run by tests/integration/test_faust_shutdown.py, one process per group member:
 
     python faust_stop_app.py BROKER_URL APP_ID DATA_DIR WEB_PORT CLIENT_ID [--bounded]
 
-One agent reads the topic ``{APP_ID}-src`` (3 partitions); the group session is 30 s.
+One agent reads the topic ``{APP_ID}-src`` (3 partitions); the group session is 45 s.
 ``--bounded`` applies grader's patch (grader/stream/faust_patches/shutdown.py): from the
 first SIGTERM or SIGINT, the process exits within 4 s (grader.stream.worker's
 SHUTDOWN_GRACE), whatever is still pending.
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     url, app_id, data_dir, web_port, client_id, *flags = argv
     app = faust.App(app_id, broker=url, datadir=data_dir, web_port=int(web_port),
                     web_bind="127.0.0.1", broker_client_id=client_id, topic_partitions=3,
-                    broker_session_timeout=30, broker_heartbeat_interval=1,
+                    broker_session_timeout=45, broker_heartbeat_interval=1,
                     autodiscover=False)
     source = app.topic(f"{app_id}-src", partitions=3)
 

@@ -3,7 +3,7 @@
 
 A plain Faust app (tests/integration/faust_stop_app.py) on Apache Kafka, grader out of the
 picture, three members of one group: A, then B, which is then frozen (SIGSTOP), then C,
-whose join starts a rebalance that cannot end before B's 30 s session runs out. A rejoins
+whose join starts a rebalance that cannot end before B's 45 s session runs out. A rejoins
 and is stopped (SIGTERM) in that rebalance. aiokafka's coordinator, closing, waits for
 its pending JoinGroup, so Faust as it is exits only after the broker dropped B. With the
 patch, A exits within its grace, while B is still a member of the group. Ordering, not

@@ -17,8 +17,8 @@ test_sigterm_during_start_up_stops_at_once[on_kafka-Updating subscribed topics])
 
 Kept by tests/integration/test_faust_shutdown.py (a plain Faust app on Apache
 Kafka, stopped while a rebalance waits for a frozen member: without the
-bound it exits only after the broker dropped that member, 27 s later; tried
-2026-12-08), and by tests/integration (every Worker.stop in
+bound it exits only after the broker dropped that member, at the end of its
+session; tried 2026-12-08), and by tests/integration (every Worker.stop in
 tests/integration/conftest.py fails a test whose worker is not gone within
 5 s of SIGTERM).
 """
