@@ -9,9 +9,10 @@ nor one before a produce request is written to its socket.
   write, on a connection that already carried a record under the lease; without the hook
   aiokafka delivers it.
 
-The other half of ``guard_producer`` (an abortive close: unsent bytes dropped, not
-delivered once a broken network heals) needs a broken network to show its effect
-(tests/integration/test_zombie.py); here only that the producer's sockets get SO_LINGER 0.
+* ``guard_producer``'s abortive close (SO_LINGER 0): a producer that exits with a produce
+  request stuck behind a cut network leaves, without it, the request's bytes to the kernel,
+  which delivers them once the network heals; with it they die with the process. The
+  producer runs in a network namespace of the test's own (tests/integration/test_zombie.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -31,7 +35,8 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from grader.stream.faust_patches.lease_hooks import guard_producer, watch_group
 from grader.stream.lease import Lease
-from tests.integration.conftest import Server
+from tests.integration.conftest import ROOT, Server, wait_for
+from tests.integration.test_zombie import Namespace, namespace  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +143,53 @@ def test_guard_producer_refuses_a_produce_request_written_after_the_lease_ran_ou
         assert error is None
         assert end_offset(broker, topic) == 2
         assert (1, 0) not in lingers  # a graceful close: unsent bytes still go out
+
+
+LINGER = Path(__file__).with_name("linger_producer.py")
+
+
+def stuck_sockets(ns: Namespace, port: int) -> list[str]:
+    """The namespace's TCP sockets to the broker's port that still hold unsent bytes."""
+    found = subprocess.run(["ip", "netns", "exec", ns.name, "ss", "-tnH", "dst",
+                            f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=20)
+    assert found.returncode == 0, found.stderr
+    return [line for line in found.stdout.splitlines() if int(line.split()[2]) > 0]
+
+
+@pytest.mark.parametrize("broker", ["kafka"], ids=["on_kafka"], indirect=True)
+@pytest.mark.parametrize("guarded", [False, True], ids=["aiokafka_as_is", "with_guard"])
+def test_a_produce_request_stuck_behind_a_cut_network_dies_with_the_process(
+        broker: Server, namespace: Namespace, guarded: bool) -> None:  # noqa: F811
+    topic = new_topic(broker, f"linger-{uuid.uuid4().hex[:8]}")
+    port = int(broker.bootstrap.rsplit(":", 1)[1])
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", namespace.name, sys.executable, str(LINGER), broker.bootstrap,
+         topic, "guarded" if guarded else "as_is"],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert process.stdout.readline() == b"ready\n"
+        namespace.cut()
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+        said = process.stdout.readline()
+        assert said == b"exiting\n", said + process.stdout.read()
+        process.wait(30)
+        stuck = stuck_sockets(namespace, port)  # the process is gone; is its request?
+        namespace.heal()
+        if guarded:
+            assert stuck == [], "SO_LINGER 0: the unsent request died with the process"
+        else:
+            # aiokafka as it is closes gracefully: the kernel keeps the request's bytes and
+            # delivers them once the network heals, after the process is gone
+            assert stuck, "no unsent bytes left behind: guard_producer's SO_LINGER is moot"
+            wait_for(lambda: end_offset(broker, topic) == 2, 120,
+                     "the stuck request to reach the broker after the process exited")
+    finally:
+        namespace.heal()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
+        process.stdout.close()
