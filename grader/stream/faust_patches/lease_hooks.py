@@ -4,9 +4,14 @@ nor one before a produce request is written to its socket, and closes its
 connections gracefully (unsent bytes are still delivered once a broken network
 heals). These patch one client instance each, never a class.
 
-Kept by tests/stream/test_lease.py and tests/integration/test_zombie.py (a
-worker frozen past its session, a worker cut from the broker: without the
-hooks the thawed or healed worker writes after the new owner).
+Kept by tests/integration/test_lease_hooks.py (plain aiokafka clients on
+Apache Kafka: without ``watch_group`` the lease never learns of a Heartbeat;
+without ``guard_producer`` a produce request written after the lease ran out
+is delivered, and one stuck behind a cut network when the process exits is
+delivered once the network heals; tried 2026-12-08), tests/stream/test_lease.py and
+tests/integration/test_zombie.py (a worker frozen past its session, a worker
+cut from the broker: the thawed or healed worker must not write after the new
+owner).
 """
 
 from __future__ import annotations

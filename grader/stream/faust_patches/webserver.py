@@ -17,6 +17,11 @@ access middleware (grader.web.customer) is added to it (:func:`add_middleware`).
   text and logs each with a traceback at ERROR, which anyone can cause before any
   authentication. Here they are ``{"error": ...}``; a request that cannot be parsed is
   logged at debug level in one line, and a 500 keeps its traceback (it is a bug).
+
+Kept by tests/unit/test_faust_web_patches.py (a plain Faust app's web server: without
+:func:`install_json_errors` a 400 and a 500 are plain text, without :func:`add_middleware`
+its pages are open; tried 2026-12-08) and tests/integration/test_customer_api_hostile.py,
+test_access.py (grader's worker).
 """
 
 from __future__ import annotations
