@@ -105,8 +105,14 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     later). In a thread whose loop is running this raises RuntimeError: a
     coroutine there awaits the async form (``connected``, ``described_topics``).
     """
-    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
-        return runner.run(coro)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none: the caller is sync code, as it should be
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            return runner.run(coro)
+    coro.close()
+    raise RuntimeError("run_blocking() cannot be called from a running event loop: "
+                       "await the coroutine")
 
 
 async def admin_client(kafka: str | KafkaTarget) -> Any:

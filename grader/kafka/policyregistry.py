@@ -31,6 +31,7 @@ from grader.core.policy import Policy
 from grader.kafka import auth as kafkaauth
 from grader.kafka.admin import KafkaError, run_blocking
 from grader.kafka.auth import KafkaTarget
+from grader.kafka.produce import quiet_retries
 
 TOPIC = "policies"
 READ_TIMEOUT = 10.0  # seconds to read the topic to its end
@@ -52,13 +53,18 @@ async def _check_and_record(kafka: KafkaTarget, topic: str, policies: tuple[Poli
                               "changed policy a new version")
     new = [p for p in policies if f"{p.name}:{p.version}" not in known]
     if new:
-        async with _client(kafka, "producer") as producer:
-            for p in new:
-                value = orjson.dumps({"name": p.name, "version": p.version,
-                                      "digest": p.digest})
-                # one record a batch (sent and acknowledged): tansu's end offset stays right
-                await producer.send_and_wait(topic, value, key=f"{p.name}:{p.version}".encode(),
-                                             partition=0)
+        with quiet_retries():
+            await _record(kafka, topic, new)
+
+
+async def _record(kafka: KafkaTarget, topic: str, new: list[Policy]) -> None:
+    """Record the versions ``new`` on the topic (partition 0), in order."""
+    async with _client(kafka, "producer") as producer:
+        for p in new:
+            value = orjson.dumps({"name": p.name, "version": p.version, "digest": p.digest})
+            # one record a batch (sent and acknowledged): tansu's end offset stays right
+            await producer.send_and_wait(topic, value, key=f"{p.name}:{p.version}".encode(),
+                                         partition=0)
 
 
 class PolicySuperseded(WorkerStop):

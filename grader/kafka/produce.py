@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,14 @@ Send = Callable[[str, bytes | None, bytes, int | None], Awaitable[None]]
 
 @contextlib.asynccontextmanager
 async def _producer(target: KafkaTarget) -> AsyncIterator[Send]:
+    """:func:`_sending`, without the warnings of the requests it retries."""
+    with quiet_retries():
+        async with _sending(target) as send:
+            yield send
+
+
+@contextlib.asynccontextmanager
+async def _sending(target: KafkaTarget) -> AsyncIterator[Send]:
     """``send(topic, key, value, partition)`` of a started AIOKafkaProducer; on leaving, every
     record sent is acknowledged (all in-sync replicas: acks=all), else KafkaError.
 
@@ -162,3 +171,21 @@ async def _producer(target: KafkaTarget) -> AsyncIterator[Send]:
         raise KafkaError(f"Kafka at {target.url}: {exc}") from None
     finally:
         await producer.stop()
+
+
+@contextlib.contextmanager
+def quiet_retries() -> Iterator[None]:
+    """Meanwhile, no warning from aiokafka's producer of a request it retries ("Got error
+    produce response on topic-partition ..., retrying"): Kafka refuses the first records
+    sent to a topic it has just created (NOT_LEADER_OR_FOLLOWER) until each partition's
+    leader is in place, and a command's terminal would show one warning a partition.
+    Retrying is the producer's job; a record it gives up on is a KafkaError."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and "retrying" in record.getMessage())
+
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    sender_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        sender_log.removeFilter(keep)
