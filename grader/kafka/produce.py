@@ -136,7 +136,11 @@ async def _sending(target: KafkaTarget) -> AsyncIterator[Send]:
     order sent, retries included. Not idempotent: aiokafka's idempotent
     producer cannot start on tansu (InitProducerId v0, docs/tansu.md), so a
     batch retried after a lost acknowledgement can be written twice; the
-    workers take a duplicate event, tick or policy record as such.
+    workers take a duplicate event, tick or policy record as such. aiokafka
+    has no ``allow_auto_create_topics`` (kafka-python's was off): its Metadata
+    requests let a broker that auto-creates topics create a missing one, so the
+    callers make sure the topics exist first (`grader produce` creates them,
+    `grader tick` refuses a missing ticks topic).
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError as ClientError
