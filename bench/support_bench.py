@@ -75,6 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import graderexe  # noqa: E402
+from bench.kafkapython import kafka_module  # noqa: E402
 from bench.worker_bench import (  # noqa: E402
     Process,
     committed,
@@ -89,7 +90,6 @@ from bench.worker_bench import (  # noqa: E402
 from grader.core.events import TOPIC_OF_TYPE  # noqa: E402
 from grader.core.support import TIME_BITS  # noqa: E402
 from grader.devtools.services import KafkaProtocolServer, free_port, start_redis  # noqa: E402
-from grader.kafka.admin import kafka_module  # noqa: E402
 
 POLICY = "abc-100"
 QUEUES = ("billing", "support", "delivery", "returns")

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import graderexe  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
+from bench.kafkapython import kafka_module  # noqa: E402
 from bench.worker_bench import (  # noqa: E402
     AS_OF,
     Process,
@@ -62,7 +63,6 @@ from bench.worker_bench import (  # noqa: E402
 )
 from grader.core.step import decode_record, encode_record  # noqa: E402
 from grader.devtools.services import KafkaProtocolServer, free_port  # noqa: E402
-from grader.kafka.admin import kafka_module  # noqa: E402
 
 CHANGELOG = "worker-customers-changelog"
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")

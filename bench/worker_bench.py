@@ -69,8 +69,8 @@ sys.path.insert(0, str(ROOT))
 from bench import graderexe  # noqa: E402
 from bench.faust_baseline import OUTPUT as BASELINE_OUTPUT  # noqa: E402
 from bench.generate_events import generate  # noqa: E402
+from bench.kafkapython import kafka_module  # noqa: E402
 from grader.devtools.services import KafkaProtocolServer, free_port, start_broker  # noqa: E402
-from grader.kafka.admin import kafka_module  # noqa: E402
 from grader.kafka.produce import route  # noqa: E402
 from grader.stream.app import AT_RISK_SWITCH  # noqa: E402
 

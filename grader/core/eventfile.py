@@ -9,7 +9,7 @@ of a line, whatever the file holds (a 2 GB sparse file is one line of NULs).
 Why 1 MiB is the largest valid event (docs/replay.md): the parser ignores
 fields it does not know and takes numbers and fractions of seconds of any
 length, so it sets no bound of its own; the stream does. `grader produce`
-(kafka-python's default ``max_request_size``) and a Kafka broker at its
+(aiokafka's default ``max_request_size``) and a Kafka broker at its
 default ``message.max.bytes`` carry no message over 1 MiB, so no longer event
 can be graded by the workers, and replay must agree with them. The string
 fields of one event take under 32 KiB even written entirely in ``\\uXXXX``

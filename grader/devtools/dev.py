@@ -14,6 +14,7 @@ Redis and the broker. (A worker whose broker is gone hangs in its shutdown.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -33,7 +34,7 @@ from grader.core.errors import GraderError
 from grader.devtools.kafkabroker import KafkaBroker, kafka_available, start_kafka
 from grader.devtools.sample import LiveSample
 from grader.devtools.services import Broker, RedisServer, free_port, start_broker, start_redis
-from grader.kafka.admin import kafka_module
+from grader.kafka.admin import run_blocking
 
 Server = Broker | KafkaBroker
 
@@ -202,37 +203,60 @@ def _wait_for_topics(
     broker: Server, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
 ) -> None:
     """Wait until the worker has created the topics (it does so at start-up)."""
+    run_blocking(_wait_for_topics_async(broker, prefix, worker, workdir))
+
+
+async def _wait_for_topics_async(
+    broker: Server, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
     wanted = {f"{prefix}{name}" for name in ("transactions", "customer-tiers", "tier-changes")}
     deadline = time.monotonic() + WORKER_READY_TIMEOUT
-    admin = kafka_module().KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap, client_id="grader-dev")
     try:
-        while not wanted <= set(admin.list_topics()):
+        await admin.start()
+        while not wanted <= set(await admin.list_topics()):
             if worker.poll() is not None:
                 raise _worker_failed(worker, workdir)
             if time.monotonic() > deadline:
                 raise GraderError("the worker did not create its topics in time")
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
     finally:
-        admin.close()
+        await admin.close()
 
 
 def _feed(broker: Server, prefix: str, customers: int, stop: threading.Event,
           view: TierView) -> None:
-    """Send live sample events to their topics until stopped; tell ``view`` what was sent."""
+    """Send live sample events to their topics until stopped; tell ``view`` what was sent
+    (in a thread of its own, on an event loop of its own)."""
+    run_blocking(_feed_async(broker, prefix, customers, stop, view))
+
+
+async def _feed_async(broker: Server, prefix: str, customers: int, stop: threading.Event,
+                      view: TierView) -> None:
+    from aiokafka import AIOKafkaProducer
+
     from grader.core.events import TOPIC_OF_TYPE
 
-    producer = kafka_module().KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, client_id="grader-dev",
+                                linger_ms=0)
+    await producer.start()
     sample = LiveSample(customers, pin=view.pin)
     start = time.time_ns() // 1000
     try:
-        while not stop.wait(0.25):
+        while True:
+            await asyncio.sleep(0.25)
+            if stop.is_set():
+                break
             for event in sample.events(start, time.time_ns() // 1000):
                 topic = prefix + TOPIC_OF_TYPE[event["type"]]
-                producer.send(topic, key=event["customer_id"].encode(), value=orjson.dumps(event))
+                await producer.send(topic, orjson.dumps(event), key=event["customer_id"].encode())
                 view.on_sent(event["event_id"], event["type"], event["occurred_at"])
-            producer.flush()
+            await producer.flush()
     finally:
-        producer.close(timeout=FEEDER_STOP_TIMEOUT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(producer.stop(), FEEDER_STOP_TIMEOUT)
 
 
 class TierView:
@@ -497,13 +521,31 @@ def _watch(
     worker: subprocess.Popen[bytes],
     workdir: Path,
 ) -> None:
-    consumer = kafka_module().KafkaConsumer(
+    """Show the tiers (read from the output topics) and the support queues until stopped."""
+    run_blocking(_watch_async(broker, redis, prefix, view, stop, duration, worker, workdir))
+
+
+async def _watch_async(
+    broker: Server,
+    redis: RedisServer,
+    prefix: str,
+    view: TierView,
+    stop: threading.Event,
+    duration: float | None,
+    worker: subprocess.Popen[bytes],
+    workdir: Path,
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
         f"{prefix}customer-tiers",
         f"{prefix}tier-changes",
         bootstrap_servers=broker.bootstrap,
+        client_id="grader-dev",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    await consumer.start()
     import redis as redis_py
 
     queues = redis_py.Redis.from_url(redis.url, socket_timeout=2)
@@ -521,7 +563,7 @@ def _watch(
         while end is None or time.monotonic() < end:
             if worker.poll() is not None:
                 raise _worker_failed(worker, workdir)
-            for records in consumer.poll(timeout_ms=250).values():
+            for records in (await consumer.getmany(timeout_ms=250)).values():
                 for record in records:
                     message = orjson.loads(record.value)
                     if record.topic.endswith("customer-tiers"):
@@ -542,5 +584,5 @@ def _watch(
         if live is not None:
             with contextlib.suppress(OSError):  # the terminal may be gone
                 live.stop()
-        consumer.close()
+        await consumer.stop()
         queues.close()

@@ -41,11 +41,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from grader.devtools.services import (
     HOST,
@@ -506,31 +504,32 @@ def _wait_metadata(broker: KafkaBroker, deadline: float) -> None:
 
 
 def _metadata_problem(bootstrap: str) -> str:
-    """``""`` if Metadata from *bootstrap* lists broker NODE_ID, else what is wrong."""
-    kafka = _kafka_python()
+    """``""`` if Metadata from *bootstrap* lists broker NODE_ID, else what is wrong.
+
+    A KRaft broker's Metadata answer lists the unfenced brokers only.
+    """
+    from grader.kafka.admin import run_blocking
+
+    return run_blocking(_metadata_answer(bootstrap))
+
+
+async def _metadata_answer(bootstrap: str) -> str:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="grader-kafkabroker",
+                                request_timeout_ms=5_000)
     try:
-        admin = kafka.KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="grader-kafkabroker", request_timeout_ms=5_000
-        )
-    except kafka.errors.KafkaError as error:
-        return f"admin client: {error!r}"
-    try:
-        admin.list_topics()
-        brokers = admin.describe_cluster()["brokers"]
-    except kafka.errors.KafkaError as error:
-        return f"metadata: {error!r}"
+        try:
+            await admin.start()
+        except KafkaError as error:
+            return f"admin client: {error!r}"
+        try:
+            brokers = (await admin.describe_cluster())["brokers"]
+        except KafkaError as error:
+            return f"metadata: {error!r}"
     finally:
-        admin.close()
-    if any(b["broker_id"] == NODE_ID and not b.get("is_fenced") for b in brokers):
+        await admin.close()
+    if any(b["node_id"] == NODE_ID for b in brokers):
         return ""
     return f"node {NODE_ID} not among the unfenced brokers {brokers}"
-
-
-def _kafka_python() -> Any:
-    """kafka-python (its admin and errors modules loaded), import warnings silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import kafka
-        import kafka.admin
-        import kafka.errors
-    return kafka

@@ -1,9 +1,14 @@
-"""Reaching the broker, creating and checking the topics (kafka-python admin client),
+"""Reaching the broker, creating and checking the topics (aiokafka's admin client),
 before Faust starts.
 
 Every function takes the cluster as a :class:`~grader.kafka.auth.KafkaTarget`
 (``settings.kafka``: the URL and the security settings); a bare URL means a
 PLAINTEXT broker (the local one of `grader dev`, the benchmarks).
+
+The clients are aiokafka's, so their calls are coroutines: the sync functions
+(:func:`ensure_topics`, :func:`topic_ids`) run them with :func:`run_blocking`,
+from the CLI, from the worker before Faust starts and from executor threads;
+a coroutine uses :func:`connected` and :func:`described_topics` directly.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import warnings
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from grader.core.errors import GraderError
 from grader.core.topology import TopicSpec
@@ -22,11 +26,12 @@ from grader.kafka import auth as kafkaauth
 from grader.kafka.auth import KafkaTarget, bootstrap_servers, target_of
 
 __all__ = ["KafkaError", "admin_client", "bootstrap_servers", "connected", "described_topics",
-           "ensure_topics", "kafka_module", "partition_counts", "reach_kafka", "topic_ids"]
+           "ensure_topics", "partition_counts", "reach_kafka",
+           "run_blocking", "topic_ids"]
 
 log = logging.getLogger(__name__)
 REACH_TIMEOUT = 10.0  # seconds for a broker to accept a connection and authenticate it
-CLIENT_TIMEOUT_MS = 10_000  # kafka-python's request and bootstrap timeouts (its default: 30 s)
+CLIENT_TIMEOUT_MS = 10_000  # the clients' request timeout (aiokafka's default: 40 s)
 
 
 class KafkaError(GraderError):
@@ -38,19 +43,15 @@ def reach_kafka(kafka: str | KafkaTarget, timeout: float = REACH_TIMEOUT) -> Non
     return when one of them answers; else raise KafkaError with one line naming the setting
     to check.
 
-    kafka-python only says "Unable to bootstrap" after its 30 s bootstrap timeout,
-    whatever went wrong; aiokafka's ``create_conn`` raises the cause at once.
+    A client's bootstrap only says "Unable to bootstrap", whatever went wrong;
+    aiokafka's ``create_conn`` raises the cause at once.
     """
     target = target_of(kafka)
     try:
         context = kafkaauth.ssl_context(target.security)
     except ValueError as exc:
         raise KafkaError(str(exc)) from None
-    loop = asyncio.new_event_loop()  # its own loop: the worker's are made later, by Faust
-    try:
-        failures = loop.run_until_complete(_reach_all(target, context, timeout))
-    finally:
-        loop.close()
+    failures = run_blocking(_reach_all(target, context, timeout))
     if failures:
         server, failure = _most_telling(failures)
         raise KafkaError(kafkaauth.connect_failure(failure, server, target.security, timeout))
@@ -93,61 +94,91 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, (ssl.SSLError, ConnectionResetError))
 
 
-def kafka_module() -> Any:
-    """kafka-python, imported without its import-time DeprecationWarning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import kafka
-        import kafka.admin
-        import kafka.errors
-    return kafka
+T = TypeVar("T")
 
 
-def admin_client(kafka: str | KafkaTarget) -> Any:
-    """A connected KafkaAdminClient, or KafkaError naming the URL."""
-    target = target_of(kafka)
-    module = kafka_module()
-    auth = kafkaauth.client_auth(target.security, kafkaauth.ssl_context(target.security))
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end on an event loop of its own, for the sync callers of the
+    functions here (the CLI, the worker before Faust starts, executor threads).
+
+    The loop is not made the thread's current one (Faust makes the worker's
+    later). In a thread whose loop is running this raises RuntimeError: a
+    coroutine there awaits the async form (``connected``, ``described_topics``).
+    """
     try:
-        return module.KafkaAdminClient(bootstrap_servers=target.servers, client_id="grader-admin",
-                                       request_timeout_ms=CLIENT_TIMEOUT_MS,
-                                       bootstrap_timeout_ms=CLIENT_TIMEOUT_MS, **auth)
-    except module.errors.KafkaError as exc:
-        raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}") from None
+        asyncio.get_running_loop()
+    except RuntimeError:  # none: the caller is sync code, as it should be
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            return runner.run(coro)
+    coro.close()
+    raise RuntimeError("run_blocking() cannot be called from a running event loop: "
+                       "await the coroutine")
 
 
-def described_topics(admin: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The description (partitions, topic id, ...) of each existing topic among ``names``."""
-    existing = set(names) & set(admin.list_topics())
-    if not existing:
-        return {}
-    return {t["name"]: t for t in admin.describe_topics(sorted(existing)) if t["error_code"] == 0}
+async def admin_client(kafka: str | KafkaTarget) -> Any:
+    """A started AIOKafkaAdminClient, or KafkaError naming the URL."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError as ClientError
+
+    target = target_of(kafka)
+    auth = kafkaauth.client_auth(target.security, kafkaauth.ssl_context(target.security))
+    admin = AIOKafkaAdminClient(bootstrap_servers=target.servers, client_id="grader-admin",
+                                request_timeout_ms=CLIENT_TIMEOUT_MS, **auth)
+    try:
+        await admin.start()
+    except (ClientError, OSError, TimeoutError) as exc:
+        await admin.close()
+        raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}"
+                         ) from None
+    return admin
 
 
-def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
-    """Partition count of each existing topic among ``names``."""
-    return {name: len(t["partitions"]) for name, t in described_topics(admin, names).items()}
+@contextlib.asynccontextmanager
+async def connected(kafka: str | KafkaTarget) -> AsyncIterator[Any]:
+    """A started admin client, closed afterwards; a Kafka error becomes a KafkaError."""
+    from aiokafka.errors import KafkaError as ClientError
 
-
-@contextlib.contextmanager
-def connected(kafka: str | KafkaTarget) -> Iterator[Any]:
-    """A connected admin client, closed afterwards; a Kafka error becomes a KafkaError."""
-    module = kafka_module()
-    admin = admin_client(kafka)
+    admin = await admin_client(kafka)
     try:
         yield admin
-    except module.errors.KafkaError as exc:
-        raise KafkaError(f"Kafka at {target_of(kafka).url}: {exc}") from None
+    except (ClientError, TimeoutError) as exc:
+        raise KafkaError(f"Kafka at {target_of(kafka).url}: {exc or type(exc).__name__}"
+                         ) from None
     finally:
-        admin.close()
+        await admin.close()
+
+
+async def described_topics(admin: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The description (``partitions``, each with its ``partition_index``; ``topic_id``) of
+    each existing topic among ``names``: one Metadata request (v10 or later) for all topics.
+
+    aiokafka's own ``describe_topics`` asks for Metadata v5 at most, which has no
+    topic ids; the request goes through the admin client's private ``_send_request``
+    (a random broker, as its ``describe_topics`` does).
+    """
+    from grader.kafka.metadata import TopicsMetadataRequest
+
+    wanted = set(names)
+    response = await admin._send_request(TopicsMetadataRequest())
+    return {t["name"]: t for t in response.to_object()["topics"]
+            if t["name"] in wanted and t["error_code"] == 0}
+
+
+async def partition_counts(admin: Any, names: Iterable[str]) -> dict[str, int]:
+    """Partition count of each existing topic among ``names``."""
+    return {name: len(t["partitions"])
+            for name, t in (await described_topics(admin, names)).items()}
 
 
 def topic_ids(kafka: str | KafkaTarget, names: Iterable[str]) -> dict[str, str]:
     """The topic id (a UUID the broker gives each topic it creates) of each existing topic
     among ``names``; a topic deleted and created again gets a new one."""
-    with connected(kafka) as admin:
-        return {name: str(t.get("topic_id"))
-                for name, t in described_topics(admin, names).items()}
+    async def ids() -> dict[str, str]:
+        async with connected(kafka) as admin:
+            return {name: str(t["topic_id"])
+                    for name, t in (await described_topics(admin, names)).items()}
+
+    return run_blocking(ids())
 
 
 def ensure_topics(kafka: str | KafkaTarget, specs: Iterable[TopicSpec]) -> list[str]:
@@ -155,20 +186,28 @@ def ensure_topics(kafka: str | KafkaTarget, specs: Iterable[TopicSpec]) -> list[
 
     Returns the names created.
     """
-    module = kafka_module()
-    specs = list(specs)
-    with connected(kafka) as admin:
-        counts = partition_counts(admin, (s.name for s in specs))
+    return run_blocking(_ensure_topics(kafka, list(specs)))
+
+
+async def _ensure_topics(kafka: str | KafkaTarget, specs: list[TopicSpec]) -> list[str]:
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    async with connected(kafka) as admin:
+        counts = await partition_counts(admin, (s.name for s in specs))
         for spec in specs:
             if spec.name in counts and counts[spec.name] != spec.partitions:
                 raise KafkaError(f"topic {spec.name} has {counts[spec.name]} partitions, the "
                                  f"partitions setting (GRADER_PARTITIONS) says {spec.partitions}")
         missing = [s for s in specs if s.name not in counts]
-        new = [module.admin.NewTopic(s.name, s.partitions, 1, topic_configs=s.config)
-               for s in missing]
+        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in missing]
         if new:
-            with contextlib.suppress(module.errors.TopicAlreadyExistsError):
-                admin.create_topics(new)  # raises if another process created one first
+            response = await admin.create_topics(new, timeout_ms=CLIENT_TIMEOUT_MS)
+            for topic, code, *message in response.topic_errors:
+                # already there: another process created it since the counts were read
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    detail = message[0] if message and message[0] else ""
+                    raise for_code(code)(f"creating topic {topic}: {detail}".rstrip(": "))
         for spec in missing:
             log.info("created topic %s (%d partitions, %s)", spec.name, spec.partitions,
                      spec.cleanup_policy)

@@ -4,12 +4,12 @@ One place turns the validated settings (``kafka_security_protocol``,
 ``kafka_sasl_mechanism``, ``kafka_username``, ``GRADER_KAFKA_PASSWORD``,
 ``kafka_ca_file``, ``kafka_cert_file``, ``kafka_key_file``,
 ``kafka_ssl_check_hostname``; docs/streaming.md, "Kafka security") into the
-keyword arguments of the three client libraries grader uses: kafka-python
-(the admin client, `grader produce` and `grader tick`) and aiokafka (the
-worker's output sender, and the reachability check), which name them alike
-(:func:`client_auth`), and Faust (the worker's consumer and producer, through
-``broker_credentials``: :func:`faust_credentials`). Every client gets
-the same :class:`ssl.SSLContext`, built once by :func:`ssl_context`.
+keyword arguments of grader's Kafka clients, all aiokafka's: grader's own
+(the admin client, `grader produce` and `grader tick`, the policies topic, the
+worker's output sender, the changelog reader and the reachability check:
+:func:`client_auth`), and Faust's (the worker's consumer and producer, through
+``broker_credentials``: :func:`faust_credentials`). Every client gets the
+same :class:`ssl.SSLContext`, built once by :func:`ssl_context`.
 
 Apart from :func:`ssl_context`, which reads the certificate files, the
 functions here are pure. Nothing here imports a Kafka client at import time.
@@ -189,9 +189,7 @@ def _file_problem(key: str, path: Path | None, exc: BaseException) -> str:
 
 
 def client_auth(security: KafkaSecurity, context: ssl.SSLContext | None) -> dict[str, Any]:
-    """Keyword arguments for kafka-python's and aiokafka's clients (the same names in both).
-
-    kafka-python: KafkaAdminClient, KafkaProducer, KafkaConsumer; aiokafka:
+    """Keyword arguments for grader's aiokafka clients: AIOKafkaAdminClient,
     AIOKafkaProducer, AIOKafkaConsumer and ``aiokafka.conn.create_conn``.
     """
     kwargs: dict[str, Any] = {"security_protocol": security.protocol}

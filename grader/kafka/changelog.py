@@ -37,8 +37,8 @@ async def read_states(kafka: KafkaTarget, topic_prefix: str,
                                          auto_offset_reset="earliest", **auth)
     await consumer.start()
     try:
-        with connected(kafka) as admin:
-            described = described_topics(admin, [topic]).get(topic)
+        async with connected(kafka) as admin:
+            described = (await described_topics(admin, [topic])).get(topic)
         partitions = [p["partition_index"] for p in described["partitions"]] if described else []
         if not partitions:
             raise GraderError(f"topic {topic} does not exist: no worker has stored a "

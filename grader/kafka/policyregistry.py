@@ -17,7 +17,11 @@ rolling deploy (issue 20; docs/policies.md, "A rolling deploy").
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -25,8 +29,9 @@ import orjson
 from grader.core.errors import GraderError, WorkerStop
 from grader.core.policy import Policy
 from grader.kafka import auth as kafkaauth
-from grader.kafka.admin import kafka_module
+from grader.kafka.admin import KafkaError, run_blocking
 from grader.kafka.auth import KafkaTarget
+from grader.kafka.produce import quiet_retries
 
 TOPIC = "policies"
 READ_TIMEOUT = 10.0  # seconds to read the topic to its end
@@ -34,7 +39,11 @@ READ_TIMEOUT = 10.0  # seconds to read the topic to its end
 
 def check_and_record(kafka: KafkaTarget, prefix: str, policies: tuple[Policy, ...]) -> None:
     """Refuse a changed policy that kept its version; record the versions not seen yet."""
-    known = read_known(kafka, prefix + TOPIC)
+    run_blocking(_check_and_record(kafka, prefix + TOPIC, policies))
+
+
+async def _check_and_record(kafka: KafkaTarget, topic: str, policies: tuple[Policy, ...]) -> None:
+    known = dict(await _read_history(kafka, topic))
     for policy in policies:
         key = f"{policy.name}:{policy.version}"
         digest = known.get(key)
@@ -44,16 +53,18 @@ def check_and_record(kafka: KafkaTarget, prefix: str, policies: tuple[Policy, ..
                               "changed policy a new version")
     new = [p for p in policies if f"{p.name}:{p.version}" not in known]
     if new:
-        producer = _client(kafka, "KafkaProducer", acks="all", linger_ms=0)
-        try:
-            for p in new:
-                value = orjson.dumps({"name": p.name, "version": p.version,
-                                      "digest": p.digest})
-                producer.send(prefix + TOPIC, key=f"{p.name}:{p.version}".encode(),
-                              value=value, partition=0)
-                producer.flush()  # one record a batch: tansu's end offset stays right
-        finally:
-            producer.close()
+        with quiet_retries():
+            await _record(kafka, topic, new)
+
+
+async def _record(kafka: KafkaTarget, topic: str, new: list[Policy]) -> None:
+    """Record the versions ``new`` on the topic (partition 0), in order."""
+    async with _client(kafka, "producer") as producer:
+        for p in new:
+            value = orjson.dumps({"name": p.name, "version": p.version, "digest": p.digest})
+            # one record a batch (sent and acknowledged): tansu's end offset stays right
+            await producer.send_and_wait(topic, value, key=f"{p.name}:{p.version}".encode(),
+                                         partition=0)
 
 
 class PolicySuperseded(WorkerStop):
@@ -69,27 +80,30 @@ def read_known(kafka: KafkaTarget, topic: str) -> dict[str, str]:
 
 def read_history(kafka: KafkaTarget, topic: str) -> list[tuple[str, str]]:
     """(``name:version``, digest) in the topic's order, from its start to its end."""
-    module = kafka_module()
-    consumer = _client(kafka, "KafkaConsumer", enable_auto_commit=False)
-    try:
-        tp = module.TopicPartition(topic, 0)
+    return run_blocking(_read_history(kafka, topic))
+
+
+async def _read_history(kafka: KafkaTarget, topic: str) -> list[tuple[str, str]]:
+    async with _client(kafka, "consumer") as consumer:
+        return await _read_new(consumer, topic)
+
+
+async def _read_new(consumer: Any, topic: str) -> list[tuple[str, str]]:
+    """The records of the topic's partition from the consumer's position to the end."""
+    from aiokafka import TopicPartition
+
+    tp = TopicPartition(topic, 0)
+    if tp not in consumer.assignment():
         consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        return _read_to(consumer, tp, end, topic)
-    finally:
-        consumer.close()
-
-
-def _read_to(consumer: Any, tp: Any, end: int, topic: str) -> list[tuple[str, str]]:
-    """The records of ``tp`` from the consumer's position up to ``end``."""
+        await consumer.seek_to_beginning(tp)
+    end = (await consumer.end_offsets([tp]))[tp]
     history: list[tuple[str, str]] = []
     deadline = time.monotonic() + READ_TIMEOUT
-    while consumer.position(tp) < end:
+    while await consumer.position(tp) < end:
         if time.monotonic() > deadline:
             raise GraderError(f"topic {topic}: not read to its end within "
                               f"{READ_TIMEOUT:g} s")
-        for records in consumer.poll(timeout_ms=500).values():
+        for records in (await consumer.getmany(tp, timeout_ms=500)).values():
             for record in records:
                 if record.key is not None and record.value is not None:
                     history.append((record.key.decode(), orjson.loads(record.value)["digest"]))
@@ -128,18 +142,31 @@ class PolicyWatch:
         self.history: list[tuple[str, str]] = []
         self._kafka = kafka
         self._consumer: Any = None
-        self._tp: Any = None
+        self._runner: asyncio.Runner | None = None
+        self._lock = threading.Lock()
 
     def poll(self) -> str | None:
-        """Read what was added to the topic; why this worker must stop, or None."""
-        if self._consumer is None:
-            self._consumer = _client(self._kafka, "KafkaConsumer", enable_auto_commit=False)
-            self._tp = kafka_module().TopicPartition(self.topic, 0)
-            self._consumer.assign([self._tp])
-            self._consumer.seek_to_beginning(self._tp)
-        end = self._consumer.end_offsets([self._tp])[self._tp]
-        self.history += _read_to(self._consumer, self._tp, end, self.topic)
+        """Read what was added to the topic; why this worker must stop, or None.
+
+        Blocks: its consumer runs on an event loop of the watch's own (the first
+        poll is before Faust starts, the later ones in an executor thread), one
+        poll at a time.
+        """
+        with self._lock:
+            if self._runner is None:
+                self._runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
+            self.history += self._runner.run(self._read())
         return self.superseded()
+
+    async def _read(self) -> list[tuple[str, str]]:
+        from aiokafka.errors import KafkaError as ClientError
+
+        if self._consumer is None:
+            self._consumer = await _started(self._kafka, "consumer")
+        try:
+            return await _read_new(self._consumer, self.topic)
+        except ClientError as exc:
+            raise KafkaError(f"Kafka at {self._kafka.url}: {exc}") from None
 
     def superseded(self) -> str | None:
         """Why this worker must stop (a newer version of one of its policies), or None."""
@@ -168,13 +195,50 @@ class PolicyWatch:
                 "or later")
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        """Stop the consumer and close the watch's event loop (waits for a poll under way)."""
+        with self._lock:
+            runner, consumer = self._runner, self._consumer
+            self._runner = self._consumer = None
+            if runner is None:
+                return
+            try:
+                if consumer is not None:
+                    runner.run(consumer.stop())
+            finally:
+                runner.close()
 
 
+async def _started(kafka: KafkaTarget, kind: str) -> Any:
+    """A started AIOKafkaProducer (acks=all; not idempotent, as in grader.kafka.produce) or
+    AIOKafkaConsumer (no group); KafkaError naming the URL if it cannot start."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.errors import KafkaError as ClientError
 
-def _client(kafka: KafkaTarget, kind: str, **kwargs: Any) -> Any:
     auth = kafkaauth.client_auth(kafka.security, kafkaauth.ssl_context(kafka.security))
-    module = kafka_module()
-    return getattr(module, kind)(bootstrap_servers=kafka.servers, **kwargs, **auth)
+    client = (AIOKafkaProducer(bootstrap_servers=kafka.servers, client_id="grader-policies",
+                               acks="all", **auth)
+              if kind == "producer" else
+              AIOKafkaConsumer(bootstrap_servers=kafka.servers, client_id="grader-policies",
+                               group_id=None, enable_auto_commit=False,
+                               auto_offset_reset="earliest", **auth))
+    try:
+        await client.start()
+    except ClientError as exc:
+        await client.stop()
+        raise KafkaError(f"cannot reach Kafka at {kafka.url} (GRADER_KAFKA_URL): {exc}"
+                         ) from None
+    return client
+
+
+@contextlib.asynccontextmanager
+async def _client(kafka: KafkaTarget, kind: str) -> AsyncIterator[Any]:
+    """:func:`_started`, stopped afterwards; a Kafka error becomes a KafkaError."""
+    from aiokafka.errors import KafkaError as ClientError
+
+    client = await _started(kafka, kind)
+    try:
+        yield client
+    except ClientError as exc:
+        raise KafkaError(f"Kafka at {kafka.url}: {exc}") from None
+    finally:
+        await client.stop()

@@ -134,9 +134,10 @@ def assert_no_password(text: str, *passwords: str) -> None:
 
 
 def test_the_worker_grades_over_sasl_ssl(stream: SecureStream, tmp_path: Path) -> None:
-    """Faust's consumer and producer, grader's sender and kafka-python's clients: all
-    authenticated on the SASL_SSL listener; the result equals `grader replay`. The worker logs
-    at debug level, where kafka-python prints its whole configuration."""
+    """Faust's consumer and producer, grader's sender and grader's other aiokafka clients
+    (topic admin, policies topic, produce, tick): all authenticated on the SASL_SSL listener;
+    the result equals `grader replay`. The worker logs at debug level, with the password in
+    no line."""
     lines = events_file(tmp_path / "events.jsonl", customers=8, events=60, seed=31)
     want, _dead = expected(lines)
     worker = stream.start_worker(GRADER_LOG_LEVEL="debug")

@@ -18,7 +18,7 @@ before it, never from one after it:
 
 The core also imports no library of the shell (SHELL_LIBRARIES), but for
 aiokafka's ``murmur2`` (a pure function: the Java client's partitioner, which
-grader.core.topology must match exactly).
+grader.core.topology must match exactly). No module imports kafka-python.
 """
 
 from __future__ import annotations
@@ -143,6 +143,12 @@ def test_the_core_imports_no_library_of_the_shell() -> None:
              if layer(module) == "core"
              and (shell := targets & SHELL_LIBRARIES - PURE_USES.get(module, set()))}
     assert wrong == {}
+
+
+def test_one_kafka_client_family() -> None:
+    """grader's own Kafka clients are aiokafka's, as Faust's are (issue 21): no module imports
+    kafka-python (``kafka``), which is the tests' and benchmarks' client only."""
+    assert sorted(module for module, targets in graph().items() if "kafka" in targets) == []
 
 
 @pytest.mark.parametrize(("edges", "expected"), [
