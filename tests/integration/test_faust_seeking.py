@@ -23,7 +23,7 @@ from aiokafka import TopicPartition
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from grader.stream.faust_patches.seeking import transport_for
+from grader.stream.faust_patches.seeking import GraderConsumerThread, transport_for
 from grader.stream.progress import SourceProgress
 from tests.integration.conftest import Server
 
@@ -168,6 +168,70 @@ def test_seek_to_committed_rewinds_what_was_fetched(broker: Server, patched: boo
                 # when this fails, aiokafka rewinds never-committed partitions:
                 # GraderConsumerThread.seek_to_committed may go
                 assert positions == [4, 10], "aiokafka now rewinds a never-committed partition"
+        finally:
+            await consumer.stop()
+
+    run_with(app, run)
+
+
+tansu_only = pytest.mark.parametrize("broker", ["tansu"], ids=["on_tansu"], indirect=True)
+
+
+@tansu_only
+@as_is_or_patched
+def test_end_offsets_of_a_batched_partition(broker: Server, patched: bool) -> None:
+    """Faust's highwaters (which its table recovery reads up to) on tansu.
+
+    Partition 0 holds 3 records sent one by one, then a batch of 9 (offsets
+    3-11). tansu's ListOffsets answers 4, the last batch's base + 1: Faust's
+    recovery would stop there and lose offsets 4-11. With ``true_end_offsets``
+    (ResumingConsumer.highwaters) it is 12.
+    """
+    topic = new_topic(broker, 1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)
+    for n in range(3):
+        producer.send(topic, value=b"%d" % n, partition=0)
+        producer.flush()
+    batch = [producer.send(topic, value=b"%d" % n, partition=0) for n in range(9)]
+    producer.flush()
+    producer.close()
+    assert [f.get().offset for f in batch] == list(range(3, 12))
+    tp = TopicPartition(topic, 0)
+    app = faust_app(broker, patched, topic, true_end_offsets=True)
+
+    async def run() -> None:
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        try:
+            on_this_loop(app.consumer._thread, consumer)
+            ends = await app.consumer.highwaters(tp)
+            if patched:
+                assert ends == {tp: 12}
+            else:
+                # when this fails, tansu answers the true end: the quirk may go
+                assert ends == {tp: 4}, "tansu's ListOffsets now answers the true end"
+        finally:
+            await consumer.stop()
+
+    run_with(app, run)
+
+
+@tansu_only
+@as_is_or_patched
+def test_the_fetch_wait_reaches_aiokafkas_fetcher(broker: Server, patched: bool) -> None:
+    """Faust gives aiokafka fetch_max_wait_ms=1500 whatever its settings; tansu holds
+    every empty Fetch that long (bench/tansu_fetch_wait.py measures it). With
+    ``fetch_max_wait_ms`` (GraderConsumerThread._create_worker_consumer) the
+    consumer's Fetcher, made when it starts, waits 20 ms."""
+    app = faust_app(broker, patched, "src", fetch_max_wait_ms=20)
+    thread = app.consumer._thread
+    assert isinstance(thread, GraderConsumerThread) == patched  # transport_for's doing
+
+    async def run() -> None:
+        consumer = thread._create_worker_consumer(app.transport)
+        await consumer.start()
+        try:
+            assert consumer._fetcher._fetch_max_wait_ms == (20 if patched else 1500)
         finally:
             await consumer.stop()
 
