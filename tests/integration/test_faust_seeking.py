@@ -27,8 +27,6 @@ from grader.stream.faust_patches.seeking import GraderConsumerThread, transport_
 from grader.stream.progress import SourceProgress
 from tests.integration.conftest import Server
 
-SOURCE = "src"
-
 
 def new_topic(broker: Server, partitions: int) -> str:
     topic = f"seek-{uuid.uuid4().hex[:8]}"
