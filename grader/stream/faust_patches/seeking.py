@@ -7,7 +7,11 @@ stream during the rebalance. aiokafka's ``seek_to_committed`` only seeks
 partitions whose committed offset is > 0, so on a partition that was never
 committed those records are never delivered. The rebalance test in
 tests/integration/test_stream.py lost the tick of the partitions the first
-worker kept. (Related: faust-streaming/faust#221, robinhood/faust#115.)
+worker kept. Upstream: aio-libs/aiokafka#1003 (open: ``seek_to_committed``
+ignores a committed offset of 0 or none); related: faust-streaming/faust#221,
+robinhood/faust#115. Shown by tests/integration/test_faust_seeking.py
+(``test_aiokafka_seek_to_committed_skips_a_never_committed_partition``,
+``test_seek_to_committed_rewinds_what_was_fetched``, Apache Kafka).
 
 The fix: such a source partition goes back to its beginning (what
 ``auto_offset_reset="earliest"`` means). Records a stream had already
@@ -18,13 +22,23 @@ second rebalance, and the rebalance test lost events that way.) Also,
 aiokafka's seek stops at the first partition that a newer rebalance took
 away while it awaited committed offsets; here each partition still assigned
 is sought on its own, and one that moved is left to that newer rebalance.
+(That part is not shown to matter: aiokafka gives every partition of a new
+assignment a fresh position from its committed offset, and the newer
+rebalance seeks again.)
 
 **No read offsets for inputs** (:class:`ReadOffsets`), and commits from
 SourceProgress (:meth:`ResumingConsumer._new_offset`, grader.stream.progress):
 Faust's read offsets made its fetch loop drop or skip records after seeks and
 rebalances; input records are now all handed on, and only graded offsets are
-committed. A stalled input partition is read again
-(:meth:`ResumingConsumer.repair_stalled`).
+committed. Related upstream: robinhood/faust#115 ("DROPPED MESSAGE ROFF"),
+faust-streaming/faust#216, robinhood/faust PR #542 (read offset reset on a seek
+to 0); for the commits faust-streaming/faust#312, #606. Shown by
+tests/stream/test_faust_read_offsets.py (Faust's own fetch loop) and
+tests/stream/test_progress.py
+(``test_the_worker_consumer_commits_inputs_from_progress_not_from_faust_gaps``).
+
+(A repair that read a "stalled" input partition again, ``repair_stalled``,
+was removed: docs/streaming.md, "Committed offsets".)
 
 **True end offsets** (only with ``true_end_offsets``, the tansu quirk).
 Faust restores a table by reading its changelog up to the end offset that
@@ -33,27 +47,36 @@ record batch + 1, not the last offset + 1, so a restore would stop at the
 first record of the last batch and lose the rest. With the quirk on, each
 end offset is checked by fetching from the offset before it: the records
 returned (the whole last batch) show the true end. On Apache Kafka the fetch
-returns one record and the end offset is unchanged.
+returns one record and the end offset is unchanged. Shown on tansu by
+tests/integration/test_faust_seeking.py
+(``test_end_offsets_of_a_batched_partition``).
 
 **Fetch wait** (only with ``fetch_max_wait_ms``, the tansu quirk). Faust
 fixes the consumer's ``fetch_max_wait_ms`` at 1,500 ms. Kafka answers a
 waiting Fetch as soon as new records arrive; tansu waits the full time
 (measured: a record produced while a fetch waited arrived 1.1-1.4 s later),
 so every quiet moment would add up to 1.5 s of latency. With the quirk on,
-the worker's consumer waits at most ``fetch_max_wait_ms``.
+the worker's consumer waits at most ``fetch_max_wait_ms``. That the value
+reaches aiokafka's Fetcher is tested (tests/integration/test_faust_seeking.py,
+``test_the_fetch_wait_reaches_aiokafkas_fetcher``, tansu); the latency it
+saves is measured, not tested (bench/tansu_fetch_wait.py).
+
+**Transport** (:func:`transport_for`): Faust has no setting for the consumer
+class, so the App's ``transport`` is replaced after the App exists. It is how
+the patches above are installed; the tests named above build a bare Faust App
+with and without it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as driver
 
-from grader.kafka.offsets import fetch_first, fetched_ends
+from grader.kafka.offsets import fetched_ends
 from grader.stream.faust_patches.lease_hooks import watch_group
 from grader.stream.lease import Lease
 from grader.stream.progress import SourceProgress
@@ -144,8 +167,7 @@ class ResumingConsumer(driver.Consumer):
 
     Its thread seeks robustly; on tansu it checks end offsets. On the input
     topics, what may be committed is :class:`SourceProgress`'s business, not
-    Faust's acknowledgement lists (whose gaps count as done), and a stalled
-    partition is read again (:meth:`repair_stalled`).
+    Faust's acknowledgement lists (whose gaps count as done).
     """
 
     source_topics: frozenset[str] = frozenset()
@@ -183,53 +205,12 @@ class ResumingConsumer(driver.Consumer):
         """Seek to the committed offsets, and count each input partition from there."""
         self.sought = {}
         await super().perform_seek()
-        now = time.monotonic()
         for tp, offset in self.sought.items():
-            self.progress.start(tp, offset, now)
+            self.progress.start(tp, offset)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await super().on_partitions_revoked(revoked)
         self.progress.forget(revoked)
-
-    async def repair_stalled(self) -> None:
-        """Read each stalled input partition again from the offset it is stuck at.
-
-        Offsets that a fetch shows to hold no record (compacted away,
-        transaction markers, deleted by retention) are skipped, with a
-        warning; the records from there on are delivered again, and those
-        graded before are duplicates that the customers' states ignore.
-        """
-        if self.app.rebalancing or not self.flow_active:
-            return
-        assigned = self.assignment()
-        progress = self.progress
-        ends: dict[Any, int | None] = {tp: self.highwater(tp) for tp in progress.next
-                                       if tp in assigned}
-        stuck = {tp: offset for tp, offset in progress.stalled(ends, time.monotonic()).items()
-                 if tp in assigned}
-        if not stuck:
-            return
-        firsts = await fetch_first(list(self.servers), stuck, self.auth, timeout=5.0)
-        if self.app.rebalancing:
-            return  # the next assignment starts every partition afresh
-        now = time.monotonic()
-        assigned = self.assignment()
-        for tp, offset in stuck.items():
-            if tp not in assigned or progress.committable(tp) != offset:
-                continue  # moved meanwhile
-            progress.repairing(tp, now)
-            first = firsts.get(tp)
-            if first is None:
-                continue  # nothing at or past it after all
-            if first > offset:
-                log.warning("%s: offsets %d..%d hold no record; skipped", tp, offset, first - 1)
-                progress.skip_to(tp, first, now)
-            log.warning("%s: not graded past offset %d though later records exist; "
-                        "reading it again from there", tp, first)
-            try:
-                await self.seek_wait({tp: first})  # in the consumer's own thread
-            except IllegalStateError:  # revoked meanwhile: its next owner reads it
-                continue
 
 
 def transport_for(app: Any, source_topics: Iterable[str], servers: Iterable[str],
