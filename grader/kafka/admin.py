@@ -115,6 +115,20 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
                        "await the coroutine")
 
 
+async def started(client: Any, target: KafkaTarget) -> Any:
+    """``client`` (an aiokafka producer or consumer) started; if it cannot start, stopped,
+    and a KafkaError naming the URL."""
+    from aiokafka.errors import KafkaError as ClientError
+
+    try:
+        await client.start()
+    except (ClientError, OSError, TimeoutError) as exc:
+        await client.stop()
+        raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}"
+                         ) from None
+    return client
+
+
 async def admin_client(kafka: str | KafkaTarget) -> Any:
     """A started AIOKafkaAdminClient, or KafkaError naming the URL."""
     from aiokafka.admin import AIOKafkaAdminClient

@@ -29,7 +29,7 @@ import orjson
 from grader.core.errors import GraderError, WorkerStop
 from grader.core.policy import Policy
 from grader.kafka import auth as kafkaauth
-from grader.kafka.admin import KafkaError, run_blocking
+from grader.kafka.admin import KafkaError, run_blocking, started
 from grader.kafka.auth import KafkaTarget
 from grader.kafka.produce import quiet_retries
 
@@ -212,7 +212,6 @@ async def _started(kafka: KafkaTarget, kind: str) -> Any:
     """A started AIOKafkaProducer (acks=all; not idempotent, as in grader.kafka.produce) or
     AIOKafkaConsumer (no group); KafkaError naming the URL if it cannot start."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.errors import KafkaError as ClientError
 
     auth = kafkaauth.client_auth(kafka.security, kafkaauth.ssl_context(kafka.security))
     client = (AIOKafkaProducer(bootstrap_servers=kafka.servers, client_id="grader-policies",
@@ -221,13 +220,7 @@ async def _started(kafka: KafkaTarget, kind: str) -> Any:
               AIOKafkaConsumer(bootstrap_servers=kafka.servers, client_id="grader-policies",
                                group_id=None, enable_auto_commit=False,
                                auto_offset_reset="earliest", **auth))
-    try:
-        await client.start()
-    except ClientError as exc:
-        await client.stop()
-        raise KafkaError(f"cannot reach Kafka at {kafka.url} (GRADER_KAFKA_URL): {exc}"
-                         ) from None
-    return client
+    return await started(client, kafka)
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from grader.core.eventfile import Line, LongLine, original_line_fields
 from grader.core.events import TOPIC_OF_TYPE, ParseContext, Rejection, parse_event
 from grader.core.topology import DEAD_LETTERS, TICKS
 from grader.kafka import auth as kafkaauth
-from grader.kafka.admin import KafkaError, connected, described_topics, run_blocking
+from grader.kafka.admin import KafkaError, connected, described_topics, run_blocking, started
 from grader.kafka.auth import KafkaTarget, target_of
 
 # Routing only needs type and customer_id; a line that lacks them fails
@@ -146,14 +146,9 @@ async def _sending(target: KafkaTarget) -> AsyncIterator[Send]:
     from aiokafka.errors import KafkaError as ClientError
 
     auth = kafkaauth.client_auth(target.security, kafkaauth.ssl_context(target.security))
-    producer = AIOKafkaProducer(bootstrap_servers=target.servers, client_id="grader-produce",
-                                acks="all", linger_ms=5, **auth)
-    try:
-        await producer.start()
-    except ClientError as exc:
-        await producer.stop()
-        raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}"
-                         ) from None
+    producer = await started(AIOKafkaProducer(bootstrap_servers=target.servers,
+                                              client_id="grader-produce", acks="all",
+                                              linger_ms=5, **auth), target)
     failed: list[BaseException] = []
 
     def delivered(future: asyncio.Future[Any]) -> None:
