@@ -26,6 +26,20 @@ def test_the_newest_version_both_sides_know(offered: tuple[int, int], version: i
     assert (request.API_VERSION, request.encode().hex()) == (version, wire)
 
 
+def test_aiokafkas_own_metadata_request_has_no_topic_ids() -> None:
+    """Why grader.kafka.metadata exists (docs/architecture.md, "Dependency patches"):
+    aiokafka's MetadataRequest stops at v5, whose topics carry no id. When a release
+    adds v10 or later, this fails, and the patch can go."""
+    from aiokafka.protocol import metadata
+
+    versions = [cls.API_VERSION for cls in vars(metadata).values()
+                if isinstance(cls, type) and cls.__name__.startswith("MetadataRequest_v")]
+    assert max(versions) == 5
+    schema = metadata.MetadataResponse_v5.SCHEMA
+    topics = schema.fields[schema.names.index("topics")].array_of
+    assert topics.names == ("error_code", "topic", "is_internal", "partitions")  # no id
+
+
 def test_no_metadata_version_with_topic_ids_is_an_error() -> None:
     with pytest.raises(NotImplementedError):
         TopicsMetadataRequest().prepare({3: (0, 9)})
