@@ -1,5 +1,5 @@
-"""Where a partition's records really end: a plain aiokafka consumer fetches from given
-offsets (the tansu quirk's true end offsets).
+"""Where a partition's records really are: a plain aiokafka consumer fetches from given
+offsets (the tansu quirk's true end offsets; the first record at or after an offset).
 
 Used by the worker's consumer (grader.stream.faust_patches.seeking) and by the
 changelog reader (grader.kafka.changelog).
@@ -12,6 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiokafka
+
+
+async def fetch_first(servers: list[str], starts: Mapping[Any, int],
+                      auth: Mapping[str, Any], timeout: float = 10.0) -> dict[Any, int]:
+    """The offset of the first record at or after each start (absent: none before ``timeout``)."""
+    batches = await _fetch_from(servers, starts, auth, timeout)
+    return {tp: records[0].offset for tp, records in batches.items()}
 
 
 async def fetched_ends(servers: list[str], ends: Mapping[Any, int],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
@@ -69,7 +70,7 @@ async def grade_batches(stream: Any, processor: Processor,
                                           m.timestamp))
         try:
             await processor.on_batch(mine)
-            progress.graded([(m.topic, m.partition, m.offset) for m in mine])
+            progress.graded([(m.topic, m.partition, m.offset) for m in mine], time.monotonic())
             if (graded + len(mine)) // LOG_EVERY > graded // LOG_EVERY:
                 log.info("graded %d messages since start", graded + len(mine))
             graded += len(mine)

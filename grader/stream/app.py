@@ -38,7 +38,7 @@ from grader.stream.agent import grade_batches
 from grader.stream.faust_patches import webserver
 from grader.stream.faust_patches.flowfix import keep_records_on_repeated_resume
 from grader.stream.faust_patches.lease_hooks import guard_producer
-from grader.stream.faust_patches.seeking import transport_for
+from grader.stream.faust_patches.seeking import ResumingConsumer, transport_for
 from grader.stream.lease import Lease
 from grader.stream.localstate import changelogs_of, record_when_created
 from grader.stream.options import StreamOptions
@@ -52,7 +52,8 @@ from grader.web.metrics import Telemetry, TierIndex
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-NOTICES_EVERY = 1.0  # seconds between two looks whether a summary of notices is due
+STALL_AFTER = 2.0  # seconds an input partition may lag a known record before it is read again
+REPAIR_EVERY = 1.0  # seconds between two checks for stalled input partitions
 REDIS_CHECK_EVERY = 2.0  # seconds between two checks that Redis did not restart empty
 SWEEP_EVERY = 2.0  # seconds between two looks for partitions to sweep after a roll-out
 SWEEP_PAUSE = 0.5  # seconds between two partitions of a sweep: the stream goes first
@@ -136,7 +137,7 @@ class WorkerParts:
         self.clocks = app.Table("clocks", partitions=self.partitions, key_type=bytes,
                                 value_type=bytes)
         self.source_names = [self.prefix + t for t in (*INPUTS, REPARTITION, TICKS)]
-        self.progress = SourceProgress()
+        self.progress = SourceProgress(stall_after=STALL_AFTER)
         self.lease = Lease(app.conf.broker_session_timeout)  # docs/streaming.md, "Zombies"
         servers = bootstrap_servers(settings.kafka_url)
         auth = kafkaauth.client_auth(settings.kafka_security, tls)
@@ -237,9 +238,14 @@ class WorkerParts:
         await self.sender.stop()
         await self.access_sender.stop()
 
-    async def flush_notices(self) -> None:
-        """Timer: the summary of rejected, expired and conflicting messages, when due."""
+    async def repair_stalled(self) -> None:
+        """Timer: read again an input partition not graded past a known record."""
+        consumer: ResumingConsumer = self.app.consumer  # type: ignore[assignment]
         self.processor.notices.flush()
+        try:
+            await consumer.repair_stalled()
+        except Exception as exc:  # a timer's error would crash the worker; retried next time
+            log.warning("checking for stalled input partitions failed: %r", exc)
 
     async def check_redis(self) -> None:
         """Timer: after Redis restarted (empty), write this worker's customers again."""
@@ -366,7 +372,7 @@ def install_agent(parts: WorkerParts) -> None:
 def install_timers(parts: WorkerParts) -> None:
     """The timers, each a method of WorkerParts (a timer's error is caught in it)."""
     timer = parts.app.timer
-    timer(NOTICES_EVERY)(parts.flush_notices)
+    timer(REPAIR_EVERY)(parts.repair_stalled)
     if parts.support is not None:
         timer(REDIS_CHECK_EVERY)(parts.check_redis)
     timer(REFRESH_EVERY)(parts.refresh_stale)

@@ -63,7 +63,7 @@ def faust_app(broker: Server, patched: bool, topic: str, **options: Any) -> Any:
         app.transport = transport_for(app, [topic], [broker.bootstrap], {},
                                       options.get("true_end_offsets", False),
                                       options.get("fetch_max_wait_ms"),
-                                      SourceProgress())
+                                      SourceProgress(stall_after=2.0))
     return app
 
 

@@ -36,7 +36,7 @@ def test_records_fetched_again_after_a_seek_are_handed_on(patched: bool) -> None
     app = faust.App("t", broker="kafka://127.0.0.1:9")  # nothing connects to it
     if patched:
         app.transport = transport_for(app, [SOURCE.topic], ["127.0.0.1:9"], {}, False, None,
-                                      SourceProgress())
+                                      SourceProgress(stall_after=2.0))
     consumer = app.consumer
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
     handed: list[int] = []

@@ -139,8 +139,8 @@ def test_a_full_store_stops_the_worker_without_committing_the_batch() -> None:
         stops.append(exc)
 
     tp = ("g.transactions", partition_of(b"C1", 4))
-    progress = SourceProgress()
-    progress.start(tp, 0)
+    progress = SourceProgress(stall_after=2.0)
+    progress.start(tp, 0, now=0.0)
 
     async def run() -> None:
         agent = asyncio.ensure_future(grade_batches(stream, proc, stop, lambda: ALL_PARTITIONS,

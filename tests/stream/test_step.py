@@ -392,8 +392,8 @@ def test_a_batch_that_fails_is_never_committed_and_crashes_the_worker() -> None:
         crashed.append(exc)
 
     tp = ("g.transactions", partition_of(b"C1", PARTITIONS))
-    progress = SourceProgress()
-    progress.start(tp, 0)
+    progress = SourceProgress(stall_after=2.0)
+    progress.start(tp, 0, now=0.0)
 
     async def run() -> None:
         with pytest.raises(ConnectionError):
@@ -508,11 +508,11 @@ def test_messages_of_partitions_no_longer_owned_are_skipped_uncommitted() -> Non
     async def crash(exc: BaseException) -> None:
         raise AssertionError("no crash expected")
 
-    progress = SourceProgress()
+    progress = SourceProgress(stall_after=2.0)
     for n, k in enumerate(keys):  # each partition counted from its first message here
         tp = ("g.transactions", partition_of(k, PARTITIONS))
         if progress.committable(tp) is None:
-            progress.start(tp, n)
+            progress.start(tp, n, now=0.0)
     firsts = dict(progress.next)
 
     asyncio.run(grade_batches(stream, proc, crash, lambda: owned, progress))

@@ -22,8 +22,8 @@ consumer's position has moved past them, so nothing reads them again:
   faust-streaming issue #212 reports the same symptom for global tables,
   and robinhood/faust PR #583 describes the clearing on resume;
 - input records fetched between the seek to committed offsets and that
-  last resume are dropped too (probably what the removed repair of
-  "stalled" input partitions used to read again: docs/streaming.md).
+  last resume are lost too, until grader's repair of stalled partitions
+  reads them again.
 
 The fix: a resume while the flow is already resumed changes nothing (it
 neither clears nor re-signals). A resume after a suspension clears as

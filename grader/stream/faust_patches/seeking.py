@@ -37,8 +37,13 @@ tests/stream/test_faust_read_offsets.py (Faust's own fetch loop) and
 tests/stream/test_progress.py
 (``test_the_worker_consumer_commits_inputs_from_progress_not_from_faust_gaps``).
 
-(A repair that read a "stalled" input partition again, ``repair_stalled``,
-was removed: docs/streaming.md, "Committed offsets".)
+**Stalled input partitions** (:meth:`ResumingConsumer.repair_stalled`): offsets
+that hold no record (transaction markers, records deleted by retention or
+delete-records, compaction) are skipped, or SourceProgress, which moves only
+over graded records, would stop there for good; a partition whose first
+record at the offset was not delivered is read again (docs/streaming.md,
+"Committed offsets"). Shown by tests/integration/test_input_gaps.py (a
+transactional producer's markers on Apache Kafka).
 
 **True end offsets** (only with ``true_end_offsets``, the tansu quirk).
 Faust restores a table by reading its changelog up to the end offset that
@@ -70,13 +75,14 @@ with and without it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as driver
 
-from grader.kafka.offsets import fetched_ends
+from grader.kafka.offsets import fetch_first, fetched_ends
 from grader.stream.faust_patches.lease_hooks import watch_group
 from grader.stream.lease import Lease
 from grader.stream.progress import SourceProgress
@@ -167,7 +173,8 @@ class ResumingConsumer(driver.Consumer):
 
     Its thread seeks robustly; on tansu it checks end offsets. On the input
     topics, what may be committed is :class:`SourceProgress`'s business, not
-    Faust's acknowledgement lists (whose gaps count as done).
+    Faust's acknowledgement lists (whose gaps count as done), and a stalled
+    partition is read again (:meth:`repair_stalled`).
     """
 
     source_topics: frozenset[str] = frozenset()
@@ -205,12 +212,53 @@ class ResumingConsumer(driver.Consumer):
         """Seek to the committed offsets, and count each input partition from there."""
         self.sought = {}
         await super().perform_seek()
+        now = time.monotonic()
         for tp, offset in self.sought.items():
-            self.progress.start(tp, offset)
+            self.progress.start(tp, offset, now)
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         await super().on_partitions_revoked(revoked)
         self.progress.forget(revoked)
+
+    async def repair_stalled(self) -> None:
+        """Read each stalled input partition again from the offset it is stuck at.
+
+        Offsets that a fetch shows to hold no record (compacted away,
+        transaction markers, deleted by retention) are skipped, with a
+        warning; the records from there on are delivered again, and those
+        graded before are duplicates that the customers' states ignore.
+        """
+        if self.app.rebalancing or not self.flow_active:
+            return
+        assigned = self.assignment()
+        progress = self.progress
+        ends: dict[Any, int | None] = {tp: self.highwater(tp) for tp in progress.next
+                                       if tp in assigned}
+        stuck = {tp: offset for tp, offset in progress.stalled(ends, time.monotonic()).items()
+                 if tp in assigned}
+        if not stuck:
+            return
+        firsts = await fetch_first(list(self.servers), stuck, self.auth, timeout=5.0)
+        if self.app.rebalancing:
+            return  # the next assignment starts every partition afresh
+        now = time.monotonic()
+        assigned = self.assignment()
+        for tp, offset in stuck.items():
+            if tp not in assigned or progress.committable(tp) != offset:
+                continue  # moved meanwhile
+            progress.repairing(tp, now)
+            first = firsts.get(tp)
+            if first is None:
+                continue  # nothing at or past it after all
+            if first > offset:
+                log.warning("%s: offsets %d..%d hold no record; skipped", tp, offset, first - 1)
+                progress.skip_to(tp, first, now)
+            log.warning("%s: not graded past offset %d though later records exist; "
+                        "reading it again from there", tp, first)
+            try:
+                await self.seek_wait({tp: first})  # in the consumer's own thread
+            except IllegalStateError:  # revoked meanwhile: its next owner reads it
+                continue
 
 
 def transport_for(app: Any, source_topics: Iterable[str], servers: Iterable[str],
