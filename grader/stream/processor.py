@@ -7,8 +7,9 @@ messages in batches; :class:`Processor` steps each one with grader.core.step
 (one live state per customer in the batch), stores each changed customer
 once, together with the outputs computed for it, and waits for the broker;
 then publishes the outputs and waits again; then writes the customers whose
-support-queue keys changed to Redis; only then does Faust acknowledge the
-batch's messages (docs/streaming.md, "Ordering"). grader.stream.app wires it.
+support-queue keys changed to Redis; only then are the batch's offsets
+counted as graded, and so committed (grader.stream.progress; docs/streaming.md,
+"Ordering"). grader.stream.app wires it.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class Processor:
                         self.grade(msg, batch)
                 await self.settle(batch, behind)
             except BaseException:
-                self.decoded.clear()  # states may have changed in place without being stored
+                self.forget_stored()
                 raise
             self.telemetry.batch_seconds.observe(time.monotonic() - started)
 
@@ -184,8 +185,22 @@ class Processor:
             self.refuse_if_superseded()
             self.begin()
             batch = Batch()
-            await self.settle(batch)
+            try:
+                await self.settle(batch)
+            except BaseException:
+                self.forget_stored()
+                for key, (partition, _state) in batch.store.items():
+                    self.stale.setdefault(key, partition)  # refreshed again next time
+                raise
             return len(batch.store)
+
+    def forget_stored(self) -> None:
+        """After a failure between grading and publishing: forget the states this process
+        stored and decoded (they may have changed in place without being stored), and
+        take a new epoch, so that a record it stored whose outputs may not have gone out
+        is published again when next loaded, as after a restart (state_of)."""
+        self.decoded.clear()
+        self.epoch = uuid.uuid4().hex
 
     async def confirmed(self) -> bool:
         """Before taking the lock: wait until a new assignment's lease is not short; False
@@ -433,15 +448,19 @@ class Processor:
                         return swept
                     batch = Batch()
                     now = now_us()
-                    for key in keys[start:start + TICK_BATCH]:
-                        state = self.state_of(key, partition, batch)
-                        if state is None or not policy_stale(state, self.grading):
-                            continue
-                        outcome = step.handle_policy(state, self.grading, now)
-                        batch.add(key, partition, outcome)
-                        done += 1
-                        changes += sum(out.topic == TIER_CHANGES for out in outcome.outputs)
-                    await self.settle(batch)
+                    try:
+                        for key in keys[start:start + TICK_BATCH]:
+                            state = self.state_of(key, partition, batch)
+                            if state is None or not policy_stale(state, self.grading):
+                                continue
+                            outcome = step.handle_policy(state, self.grading, now)
+                            batch.add(key, partition, outcome)
+                            done += 1
+                            changes += sum(out.topic == TIER_CHANGES for out in outcome.outputs)
+                        await self.settle(batch)
+                    except BaseException:
+                        self.forget_stored()
+                        raise
                 await asyncio.sleep(0)  # let the stream's batches in between
             if done:
                 log.info("policy roll-out: partition %d: %d customers graded again, "

@@ -22,6 +22,7 @@ from grader.core.grading import Grading
 from grader.core.step import Incoming, Output
 from grader.core.topology import partition_of
 from grader.sinks.kafka import RecordingSink
+from grader.stream import processor as processor_module
 from grader.stream.agent import grade_batches
 from grader.stream.processor import BEHIND_AFTER, Processor
 from grader.stream.progress import SourceProgress
@@ -653,6 +654,93 @@ def test_a_refresh_after_a_backlog_stores_what_a_whole_encoding_would(
         assert body == dump_state(state) != before[key]
         assert dump_state(stored(store, key).state) == body
     assert len(snapshots(sink.published)) == 8
+
+
+class FailingOnce(MemoryTableStore):
+    """A table whose next write fails once (``fail`` set)."""
+
+    fail = False
+
+    async def put_many(self, writes: Sequence[tuple[int, bytes, bytes]]) -> None:
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("the table write failed")
+        await super().put_many(writes)
+
+
+class SinkFailingOnce(RecordingSink):
+    """A sink whose next publish fails once (``fail`` set), after nothing went out."""
+
+    fail = False
+
+    async def publish(self, outputs: Sequence[Output]) -> None:
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("the broker refused the outputs")
+        await super().publish(outputs)
+
+
+def deferred(store: MemoryTableStore, sink: Any) -> Processor:
+    """A Processor that graded C1 in a backlog: its tier at risk deferred."""
+    proc = processor(grading("stars"), sink, store)
+    msg = message(sale("C1", "e0", "2026-03-10T10:00:00+08:00", "1000"), b"C1")
+    asyncio.run(proc.on_batch([backlog(msg)]))
+    assert stored(store, b"C1").state.risk_stale and b"C1" in proc.stale
+    proc.behind_at -= BEHIND_AFTER
+    return proc
+
+
+def test_a_refresh_whose_store_failed_is_done_again() -> None:
+    """The timer's refresh fails (and is retried by the app): the customer stays deferred,
+    so the next refresh stores it and sends its snapshot."""
+    store, sink = FailingOnce(), RecordingSink()
+    proc = deferred(store, sink)
+    store.fail = True
+    with pytest.raises(ConnectionError):
+        asyncio.run(proc.refresh_stale())
+    assert b"C1" in proc.stale and not snapshots(sink.published)
+    assert asyncio.run(proc.refresh_stale()) == 1
+    assert not stored(store, b"C1").state.risk_stale
+    [snapshot] = snapshots(sink.published)
+    assert snapshot["tiers"]["stars"]["drops_on"] == "2027-03-01"
+
+
+def test_a_refresh_whose_publish_failed_is_published_again() -> None:
+    """Stored, then the broker refused the outputs: the record holds them, and this
+    process publishes them again when it next loads the customer, as after a restart."""
+    store, sink = MemoryTableStore(), SinkFailingOnce()
+    proc = deferred(store, sink)
+    sink.fail = True
+    with pytest.raises(ConnectionError):
+        asyncio.run(proc.refresh_stale())
+    record = stored(store, b"C1")
+    assert not record.state.risk_stale and snapshots(record.pending)
+    assert not snapshots(sink.published)
+    asyncio.run(proc.refresh_stale())
+    assert snapshots(sink.published) == snapshots(record.pending)
+
+
+def test_a_sweep_that_fails_leaves_no_half_changed_state_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A defect in the roll-out's regrade changes a state in place, then raises: the
+    state is not used again as stored (a deferred refresh stores what the table holds)."""
+    store = MemoryTableStore()
+    proc = deferred(store, RecordingSink())
+    before = stored(store, b"C1").state.lifetime_sales
+
+    def defect(state: Any, *_args: Any) -> Any:
+        state.lifetime_sales += 7
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(step, "handle_policy", defect)
+    monkeypatch.setattr(processor_module, "policy_stale", lambda *_args: True)
+    with pytest.raises(RuntimeError):
+        asyncio.run(proc.sweep_policies(range(PARTITIONS)))
+    monkeypatch.undo()
+    assert asyncio.run(proc.refresh_stale()) == 1
+    body = store.data[b"C1"].split(b"\n", 1)[1]
+    assert stored(store, b"C1").state.lifetime_sales == before
+    assert body == dump_state(proc.decoded[b"C1"].state)
 
 
 def test_a_deferred_tier_at_risk_survives_a_restart_and_a_tick_refreshes_it() -> None:
