@@ -156,12 +156,12 @@ class Processor:
                 batch = Batch(defer)
                 for msg in messages:
                     if msg.topic == self.ticks_topic:
-                        await self.settle(batch, behind)
+                        await self.settle(batch)
                         batch = Batch(defer)
                         await self.on_tick(msg)
                     else:
                         self.grade(msg, batch)
-                await self.settle(batch, behind)
+                await self.settle(batch)
             except BaseException:
                 self.forget_stored()
                 raise
@@ -311,14 +311,14 @@ class Processor:
         batch.states[key] = state
         return state
 
-    async def settle(self, batch: Batch, behind: bool = False) -> None:
+    async def settle(self, batch: Batch) -> None:
         """Store the changed customers with their outputs, then publish; wait for both.
 
         First each customer to store gets its tier at risk refreshed, once for the
         whole batch (step.with_risk): its snapshot and warnings are stored with it.
-        A backlog's batch (``behind``) defers that instead (defer_risk); a batch that
+        A backlog's batch (``batch.defer``) defers that instead (defer_risk); a batch that
         is not refreshes, with its own customers, up to STALE_CHUNK deferred ones."""
-        if self.at_risk and behind:
+        if batch.defer:
             self.defer_risk(batch)
         elif self.at_risk:
             self.take_stale(batch)
@@ -402,9 +402,8 @@ class Processor:
                 del self.stale[key]
                 continue
             batch.store[key] = (partition, state)
-            cached = self.decoded.get(key)
-            if untouched and cached is not None and cached.state is state:
-                batch.tails[key] = None  # as stored: the refresh changes only its tail
+            if untouched:  # as stored: the refresh changes only its tail (dump checks the
+                batch.tails[key] = None  # cache holds this very state with its mark)
             taken += 1
 
     def with_risk(self, state: CustomerState, outputs: list[step.Output],
