@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from grader.core.errors import GraderError
@@ -115,15 +115,16 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
                        "await the coroutine")
 
 
-async def started(client: Any, target: KafkaTarget) -> Any:
-    """``client`` (an aiokafka producer or consumer) started; if it cannot start, stopped,
-    and a KafkaError naming the URL."""
+async def started(client: Any, target: KafkaTarget,
+                  close: Callable[[], Awaitable[Any]] | None = None) -> Any:
+    """``client`` (an aiokafka producer, consumer or admin client) started; if it cannot
+    start, closed (``close``, else its ``stop``) and a KafkaError naming the URL."""
     from aiokafka.errors import KafkaError as ClientError
 
     try:
         await client.start()
     except (ClientError, OSError, TimeoutError) as exc:
-        await client.stop()
+        await (close or client.stop)()
         raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}"
                          ) from None
     return client
@@ -132,19 +133,12 @@ async def started(client: Any, target: KafkaTarget) -> Any:
 async def admin_client(kafka: str | KafkaTarget) -> Any:
     """A started AIOKafkaAdminClient, or KafkaError naming the URL."""
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError as ClientError
 
     target = target_of(kafka)
     auth = kafkaauth.client_auth(target.security, kafkaauth.ssl_context(target.security))
     admin = AIOKafkaAdminClient(bootstrap_servers=target.servers, client_id="grader-admin",
                                 request_timeout_ms=CLIENT_TIMEOUT_MS, **auth)
-    try:
-        await admin.start()
-    except (ClientError, OSError, TimeoutError) as exc:
-        await admin.close()
-        raise KafkaError(f"cannot reach Kafka at {target.url} (GRADER_KAFKA_URL): {exc}"
-                         ) from None
-    return admin
+    return await started(admin, target, close=admin.close)
 
 
 @contextlib.asynccontextmanager
