@@ -92,13 +92,14 @@ def _run(
     worker = stack.enter_context(_worker(broker, redis, workdir, policies))
     say("waiting for the worker to start ...")
     prefix = "grader."
-    _wait_for_topics(broker, prefix, worker, workdir)
+    run_blocking(_wait_for_topics(broker, prefix, worker, workdir))
     stop = threading.Event()
-    feeder = threading.Thread(target=_feed, args=(broker, prefix, customers, stop, view),
-                              daemon=True)
+    # on an event loop of its own, in a thread of its own
+    feeder = threading.Thread(target=run_blocking,
+                              args=(_feed(broker, prefix, customers, stop, view),), daemon=True)
     feeder.start()
     try:
-        _watch(broker, redis, prefix, view, stop, duration, worker, workdir)
+        run_blocking(_watch(broker, redis, prefix, view, stop, duration, worker, workdir))
     except KeyboardInterrupt as interrupt:
         say(f"stopping ({interrupt.args[0] if interrupt.args else 'Ctrl-C'})")
     finally:
@@ -199,16 +200,10 @@ def _worker_failed(worker: subprocess.Popen[bytes], workdir: Path) -> GraderErro
     return GraderError(f"the worker exited with {worker.returncode}: {' | '.join(tail)}")
 
 
-def _wait_for_topics(
+async def _wait_for_topics(
     broker: Server, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
 ) -> None:
     """Wait until the worker has created the topics (it does so at start-up)."""
-    run_blocking(_wait_for_topics_async(broker, prefix, worker, workdir))
-
-
-async def _wait_for_topics_async(
-    broker: Server, prefix: str, worker: subprocess.Popen[bytes], workdir: Path
-) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     wanted = {f"{prefix}{name}" for name in ("transactions", "customer-tiers", "tier-changes")}
@@ -226,15 +221,9 @@ async def _wait_for_topics_async(
         await admin.close()
 
 
-def _feed(broker: Server, prefix: str, customers: int, stop: threading.Event,
-          view: TierView) -> None:
-    """Send live sample events to their topics until stopped; tell ``view`` what was sent
-    (in a thread of its own, on an event loop of its own)."""
-    run_blocking(_feed_async(broker, prefix, customers, stop, view))
-
-
-async def _feed_async(broker: Server, prefix: str, customers: int, stop: threading.Event,
-                      view: TierView) -> None:
+async def _feed(broker: Server, prefix: str, customers: int, stop: threading.Event,
+                view: TierView) -> None:
+    """Send live sample events to their topics until stopped; tell ``view`` what was sent."""
     from aiokafka import AIOKafkaProducer
 
     from grader.core.events import TOPIC_OF_TYPE
@@ -511,7 +500,7 @@ def _read_queues(client: Any, prefix: str,
     return queues
 
 
-def _watch(
+async def _watch(
     broker: Server,
     redis: RedisServer,
     prefix: str,
@@ -522,19 +511,6 @@ def _watch(
     workdir: Path,
 ) -> None:
     """Show the tiers (read from the output topics) and the support queues until stopped."""
-    run_blocking(_watch_async(broker, redis, prefix, view, stop, duration, worker, workdir))
-
-
-async def _watch_async(
-    broker: Server,
-    redis: RedisServer,
-    prefix: str,
-    view: TierView,
-    stop: threading.Event,
-    duration: float | None,
-    worker: subprocess.Popen[bytes],
-    workdir: Path,
-) -> None:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
